@@ -1,0 +1,22 @@
+"""The ``brainae`` command line: one module per pipeline stage registers its commands on one app.
+
+- :mod:`brainae.cli.data`: ``inspect``, ``prepare``
+- :mod:`brainae.cli.models`: ``train``, ``grid``, ``import-keras``
+- :mod:`brainae.cli.evaluation`: ``evaluate``, ``stats``, ``report``
+- :mod:`brainae.cli.apply`: ``denoise``, ``inpaint``, ``reconstruct``, ``anomaly``, ``demo``
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from brainae.cli._app import app, main
+
+for _name in ("data", "models", "evaluation", "apply"):
+    try:
+        importlib.import_module(f"brainae.cli.{_name}")
+    except ModuleNotFoundError as _exc:  # a stage not written yet
+        if _exc.name != f"brainae.cli.{_name}":
+            raise
+
+__all__ = ["app", "main"]

@@ -1,0 +1,296 @@
+"""Reading and writing NIfTI volumes, and atomic outputs. The only module that imports nibabel.
+
+Every volume is read into the closest canonical orientation (RAS+: the voxel axes point to the subject's
+Right, Anterior, Superior), so that the rest of the package slices all volumes in the same anatomical view
+whatever their on-disk orientation. :func:`save_like` undoes that reorientation and writes the result with
+the input's own affine and header, so outputs lie on the input's grid.
+
+Example:
+    >>> vol = load_volume("IXI002-Guys-0828-T1.nii.gz")  # doctest: +SKIP
+    >>> vol.data.shape, vol.zooms, vol.axcodes  # data is RAS+, axcodes are the file's own  # doctest: +SKIP
+    ((150, 256, 256), (1.2, 0.9375, 0.9375), ('P', 'S', 'R'))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from brainae.errors import BrainaeError
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def is_nifti(path: str | os.PathLike) -> bool:
+    """True for names ending in ``.nii`` or ``.nii.gz`` (case-insensitive)."""
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def volume_id(path: str | os.PathLike) -> str:
+    """The file name without ``.nii``/``.nii.gz`` (e.g. ``IXI002-Guys-0828-T1``)."""
+    name = Path(path).name
+    for suffix in NIFTI_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+_IXI = re.compile(r"^(IXI(\d+))-([A-Za-z]+)-(\d+)", re.IGNORECASE)
+_BIDS = re.compile(r"^(sub-[A-Za-z0-9]+)")
+
+
+def subject_id(path_or_id: str | os.PathLike) -> str:
+    """The subject a volume belongs to: ``IXI<id>-<site>-<nnnn>`` for IXI names, ``sub-X`` for BIDS names.
+
+    Other names are their own subject. Two files with the same subject are duplicates of one person.
+    """
+    vid = volume_id(path_or_id)
+    m = _IXI.match(vid)
+    if m:
+        return f"IXI{int(m.group(2)):03d}-{m.group(3)}-{m.group(4)}"
+    m = _BIDS.match(vid)
+    return m.group(1) if m else vid
+
+
+def ixi_number(path_or_id: str | os.PathLike) -> int | None:
+    """The IXI subject number (``IXI_ID`` of IXI.xls) of an IXI file name, else None."""
+    m = _IXI.match(volume_id(path_or_id))
+    return int(m.group(2)) if m else None
+
+
+def list_niftis(folder: str | os.PathLike) -> list[Path]:
+    """The NIfTI files directly in ``folder`` (sorted), with a clear error for a missing/empty folder."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise BrainaeError(f"{folder}: no such folder; give the folder that holds your .nii/.nii.gz volumes")
+    if not folder.is_dir():
+        raise BrainaeError(f"{folder}: is a file, not a folder; give the folder that holds the volumes")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p))
+    if not files:
+        raise BrainaeError(
+            f"{folder}: no .nii or .nii.gz files found; put the T1 volumes directly in this folder"
+        )
+    return files
+
+
+@dataclass(frozen=True)
+class HeaderFacts:
+    """What the header says about a volume, in its on-disk voxel order."""
+
+    shape: tuple[int, ...]
+    zooms: tuple[float, ...]
+    axcodes: tuple[str, str, str]
+    dtype: str
+
+
+@dataclass
+class Volume:
+    """A 3-D volume in RAS+ voxel order, with what is needed to write results back on the input's grid.
+
+    Attributes:
+        path: the file it came from.
+        data: float32 array in RAS+ voxel order (scaled by the header's slope/intercept).
+        zooms: voxel sizes in mm along the RAS+ axes.
+        header: the facts of the file as stored (shape, zooms and axis codes in on-disk order).
+        affine: the RAS+ array's voxel-to-world affine.
+    """
+
+    path: Path
+    data: np.ndarray
+    zooms: tuple[float, float, float]
+    header: HeaderFacts
+    affine: np.ndarray
+    _image: object = field(repr=False, default=None)
+
+    @property
+    def id(self) -> str:
+        return volume_id(self.path)
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise BrainaeError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        raise BrainaeError(f"{path}: is a folder, not a NIfTI file")
+    if not is_nifti(path):
+        raise BrainaeError(f"{path}: not a NIfTI file (.nii or .nii.gz expected); convert it first (e.g. dcm2niix)")
+
+
+def _load_image(path: Path):
+    import nibabel as nib
+
+    _check_readable(path)
+    try:
+        img = nib.load(str(path))
+        shape = img.shape
+    except Exception as exc:  # nibabel raises many types for broken files
+        raise BrainaeError(
+            f"{path}: cannot be read as NIfTI ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+            "re-export or re-download the file"
+        ) from None
+    return img, shape
+
+
+def read_header(path: str | os.PathLike) -> HeaderFacts:
+    """Header facts without reading the voxels (fast)."""
+    import nibabel as nib
+
+    path = Path(path)
+    img, shape = _load_image(path)
+    zooms = tuple(float(z) for z in img.header.get_zooms())
+    codes: tuple[str, str, str] = ("?", "?", "?")
+    if len(shape) >= 3:
+        codes = tuple(str(c) for c in nib.aff2axcodes(img.affine))  # type: ignore[assignment]
+    return HeaderFacts(
+        shape=tuple(int(s) for s in shape), zooms=zooms, axcodes=codes, dtype=str(img.get_data_dtype())
+    )
+
+
+def _squeeze_3d(shape: tuple[int, ...], path: Path) -> None:
+    if len(shape) < 3 or (len(shape) > 3 and any(s != 1 for s in shape[3:])):
+        what = f"{len(shape)}-D image of shape {tuple(shape)}"
+        fix = (
+            "give one 3-D volume (split 4-D series first, e.g. fslsplit)"
+            if len(shape) > 3
+            else "give a 3-D volume, not a single slice"
+        )
+        raise BrainaeError(f"{path}: {what}; {fix}")
+
+
+def load_volume(path: str | os.PathLike) -> Volume:
+    """Read a 3-D NIfTI into RAS+ order as float32.
+
+    Raises:
+        BrainaeError: missing, unreadable or truncated file; not 3-D; NaN/Inf voxels.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    img, shape = _load_image(path)
+    _squeeze_3d(shape, path)
+    facts = read_header(path)
+    try:
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as exc:  # EOFError, zlib.error, OSError, ValueError... for truncated files
+        raise BrainaeError(
+            f"{path}: truncated or corrupt voxel data ({type(exc).__name__}); re-download or re-export the file"
+        ) from None
+    data = data.reshape(data.shape[:3])
+    if not np.isfinite(data).all():
+        bad = int((~np.isfinite(data)).sum())
+        raise BrainaeError(
+            f"{path}: {bad} NaN/Inf voxels; replace them (e.g. fslmaths in -nan out) before using this volume"
+        )
+    ornt = nib.orientations.io_orientation(img.affine)
+    ras = nib.orientations.apply_orientation(data, ornt)
+    affine = img.affine @ nib.orientations.inv_ornt_aff(ornt, data.shape)
+    zooms3 = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    return Volume(
+        path=path,
+        data=np.ascontiguousarray(ras, dtype=np.float32),
+        zooms=(float(zooms3[0]), float(zooms3[1]), float(zooms3[2])),
+        header=facts,
+        affine=affine,
+        _image=img,
+    )
+
+
+def save_like(path: str | os.PathLike, data_ras: np.ndarray, like: Volume, *, dtype: str | None = None) -> Path:
+    """Write ``data_ras`` (RAS+ order, ``like.data.shape``) on the grid of ``like``: same shape, affine, header.
+
+    The data are put back into the input file's voxel order. ``dtype`` defaults to float32 (results are
+    continuous); pass ``"same"`` to keep the input's on-disk dtype (values are rounded and clipped).
+    The file is written atomically.
+    """
+    import nibabel as nib
+
+    img = like._image
+    if img is None:
+        raise BrainaeError(f"{like.path}: the reference volume has no header loaded")
+    if tuple(data_ras.shape) != tuple(like.data.shape):
+        raise BrainaeError(f"internal: result shape {data_ras.shape} differs from input {like.data.shape}")
+    ornt = nib.orientations.io_orientation(img.affine)
+    back = nib.orientations.apply_orientation(data_ras, nib.orientations.ornt_inverse(ornt))
+    back = back.reshape(img.shape)
+    header = img.header.copy()
+    if dtype == "same":
+        out_dtype = np.dtype(img.get_data_dtype())
+        if np.issubdtype(out_dtype, np.integer):
+            info = np.iinfo(out_dtype)
+            back = np.clip(np.rint(back), info.min, info.max)
+        arr = back.astype(out_dtype)
+    else:
+        out_dtype = np.dtype(dtype or np.float32)
+        arr = back.astype(out_dtype)
+        header.set_data_dtype(out_dtype)
+        header.set_slope_inter(1.0, 0.0)
+    klass = type(img)
+    out = klass(arr, img.affine, header)
+    if dtype != "same":
+        out.header.set_slope_inter(1.0, 0.0)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        nib.save(out, str(tmp))
+    return path
+
+
+def save_nifti(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray) -> Path:
+    """Write a new NIfTI (used for masks and synthetic test volumes), atomically."""
+    import nibabel as nib
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        nib.save(nib.Nifti1Image(data, affine), str(tmp))
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed to ``path``, on error removed.
+
+    The temporary name keeps ``path``'s suffixes so that writers that look at the extension still work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes) or ".tmp"
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it replaces ``path`` as a whole.
+
+    An existing ``path`` is moved aside first and removed only once the new folder is in place, so a
+    failure leaves either the old folder or nothing, never a half-written one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,283 @@
+"""Self-describing model checkpoints: ONE safetensors file that is all later commands need.
+
+Weights are stored as tensors (the model's ``state_dict``); a JSON string under the safetensors metadata key
+``"brainae"`` describes them::
+
+    {"format": 1, "version": "<brainae version>", "arch": "res-unet", "arch_kwargs": {...},
+     "preprocessing": {...} | null, "training": {...} | null, "normative": {...} | null, "source": {...}}
+
+``preprocessing`` is the data pipeline's settings (opaque here), ``training`` the training configuration,
+``normative`` anomaly statistics of healthy validation volumes, ``source`` where the weights came from
+(e.g. an imported Keras file with its license). Files are written atomically (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from brainae.errors import BrainaeError
+
+FORMAT = 1
+"""Version of the checkpoint layout written by this brainae."""
+
+METADATA_KEY = "brainae"
+
+_UNSET: Any = object()
+
+
+@dataclass
+class Checkpoint:
+    """The contents of a checkpoint file."""
+
+    arch: str
+    arch_kwargs: dict[str, Any]
+    state_dict: dict[str, torch.Tensor] = field(repr=False)
+    preprocessing: dict[str, Any] | None = None
+    training: dict[str, Any] | None = None
+    normative: dict[str, Any] | None = None
+    source: dict[str, Any] | None = None
+    version: str | None = None
+    format: int = FORMAT
+    path: Path | None = None
+
+    def metadata(self) -> dict[str, Any]:
+        """The JSON-able description stored under the ``"brainae"`` metadata key."""
+        return {
+            "format": self.format,
+            "version": self.version,
+            "arch": self.arch,
+            "arch_kwargs": self.arch_kwargs,
+            "preprocessing": self.preprocessing,
+            "training": self.training,
+            "normative": self.normative,
+            "source": self.source,
+        }
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray | torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, set | tuple):
+        return list(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DataParallel / DistributedDataParallel / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        elif hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        else:
+            return model
+
+
+def _check_fit(
+    state: dict[str, torch.Tensor], arch: str, arch_kwargs: dict[str, Any], where: str
+) -> nn.Module:
+    """Build the architecture and check that ``state`` fits it exactly; return the (untrained) model."""
+    from brainae.models import build_model
+
+    try:
+        model = build_model(arch, **arch_kwargs)
+    except BrainaeError as exc:
+        raise BrainaeError(f"{where}: {exc}") from None
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
+        raise BrainaeError(
+            f"{where}: weights do not fit architecture {arch!r} {arch_kwargs}: {what} "
+            f"({len(missing)} missing, {len(unexpected)} unexpected); the file is damaged or mislabelled"
+        )
+    for key, ref in expected.items():
+        if tuple(state[key].shape) != tuple(ref.shape):
+            raise BrainaeError(
+                f"{where}: weights do not fit architecture {arch!r} {arch_kwargs}: {key!r} has shape "
+                f"{tuple(state[key].shape)}, expected {tuple(ref.shape)}; the file is damaged or mislabelled"
+            )
+    return model
+
+
+def _write(path: Path, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    from brainae.io import atomic_path
+
+    try:
+        text = json.dumps(meta, default=_json_default, allow_nan=True)
+    except (TypeError, ValueError) as exc:
+        raise BrainaeError(f"{path.name}: checkpoint description is not JSON serialisable: {exc}") from None
+    with atomic_path(path) as tmp:
+        save_file(state, os.fspath(tmp), metadata={METADATA_KEY: text})
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    *,
+    arch: str | None = None,
+    arch_kwargs: dict[str, Any] | None = None,
+    preprocessing: dict[str, Any] | None = None,
+    training: dict[str, Any] | None = None,
+    normative: dict[str, Any] | None = None,
+    source: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` and its description to one safetensors file, atomically.
+
+    Args:
+        path: output file (conventionally ``*.safetensors``); its folder is created.
+        model: the model (DataParallel / DDP / ``torch.compile`` wrappers are unwrapped).
+        arch: architecture name; defaults to the ``brainae_arch`` that :func:`brainae.models.build_model` set.
+        arch_kwargs: constructor arguments; defaults to the model's ``brainae_arch_kwargs``.
+        preprocessing: the data pipeline's settings (stored as given).
+        training: training configuration / history summary.
+        normative: anomaly statistics of healthy volumes.
+        source: provenance (file, license, credit).
+
+    Returns:
+        The path written.
+
+    Raises:
+        BrainaeError: unknown architecture, weights that do not fit it, or a description that is not JSON.
+    """
+    path = Path(path)
+    inner = _unwrap(model)
+    arch = arch if arch is not None else getattr(inner, "brainae_arch", None)
+    if arch is None:
+        raise BrainaeError(f"{path.name}: say which architecture the model is (arch=...)")
+    if arch_kwargs is None:
+        arch_kwargs = dict(getattr(inner, "brainae_arch_kwargs", {}))
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in inner.state_dict().items()}
+    _check_fit(state, arch, arch_kwargs, path.name)
+    from brainae import __version__
+
+    meta = Checkpoint(
+        arch=arch,
+        arch_kwargs=dict(arch_kwargs),
+        state_dict=state,
+        preprocessing=preprocessing,
+        training=training,
+        normative=normative,
+        source=source,
+        version=__version__,
+    ).metadata()
+    _write(path, state, meta)
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a checkpoint's description and weights (CPU tensors) without building the model.
+
+    Raises:
+        BrainaeError: missing file, not a safetensors file, not a brainae checkpoint, or a newer format.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise BrainaeError(f"{path}: no such checkpoint file; give a .safetensors file written by brainae")
+    try:
+        with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    except Exception:  # safetensors raises several types for damaged headers
+        raise BrainaeError(
+            f"{path.name}: not a safetensors file (damaged or another format); give a brainae checkpoint"
+        ) from None
+    raw = meta.get(METADATA_KEY)
+    if raw is None:
+        raise BrainaeError(
+            f"{path.name}: a safetensors file but not a brainae checkpoint (no '{METADATA_KEY}' metadata); "
+            "use a checkpoint written by brainae train / import-keras"
+        )
+    try:
+        info = json.loads(raw)
+        fmt = int(info.get("format", 0))
+        arch = str(info["arch"])
+        arch_kwargs = dict(info.get("arch_kwargs") or {})
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise BrainaeError(
+            f"{path.name}: damaged brainae checkpoint description; re-create the checkpoint"
+        ) from None
+    if fmt > FORMAT:
+        raise BrainaeError(
+            f"{path.name}: checkpoint format {fmt} is newer than this brainae understands ({FORMAT}); "
+            "upgrade brainae"
+        )
+    return Checkpoint(
+        arch=arch,
+        arch_kwargs=arch_kwargs,
+        state_dict=state,
+        preprocessing=info.get("preprocessing"),
+        training=info.get("training"),
+        normative=info.get("normative"),
+        source=info.get("source"),
+        version=info.get("version"),
+        format=fmt,
+        path=path,
+    )
+
+
+def load_checkpoint(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, Checkpoint]:
+    """Build the checkpoint's model with its weights, in eval mode on ``device``.
+
+    Raises:
+        BrainaeError: as :func:`read_checkpoint`, or weights that do not fit the described architecture.
+    """
+    ckpt = read_checkpoint(path)
+    name = Path(path).name
+    model = _check_fit(ckpt.state_dict, ckpt.arch, ckpt.arch_kwargs, name)
+    model.load_state_dict(ckpt.state_dict, strict=True)
+    return model.to(device).eval(), ckpt
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """The checkpoint's model in eval mode on ``device`` (see :func:`load_checkpoint`)."""
+    return load_checkpoint(path, device)[0]
+
+
+def update_checkpoint(
+    path: str | os.PathLike,
+    *,
+    preprocessing: dict[str, Any] | None = _UNSET,
+    training: dict[str, Any] | None = _UNSET,
+    normative: dict[str, Any] | None = _UNSET,
+    source: dict[str, Any] | None = _UNSET,
+) -> Checkpoint:
+    """Replace some of a checkpoint's description (e.g. add ``normative`` statistics), atomically in place.
+
+    Arguments left out keep their stored value; the weights are rewritten unchanged.
+    """
+    ckpt = read_checkpoint(path)
+    for name, value in (
+        ("preprocessing", preprocessing),
+        ("training", training),
+        ("normative", normative),
+        ("source", source),
+    ):
+        if value is not _UNSET:
+            setattr(ckpt, name, value)
+    from brainae import __version__
+
+    ckpt.format = FORMAT
+    ckpt.version = __version__
+    _write(Path(path), ckpt.state_dict, ckpt.metadata())
+    return ckpt

@@ -89,6 +89,7 @@ class HeaderFacts:
     zooms: tuple[float, ...]
     axcodes: tuple[str, str, str]
     dtype: str
+    ras_zooms: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 @dataclass
@@ -147,10 +148,18 @@ def read_header(path: str | os.PathLike) -> HeaderFacts:
     img, shape = _load_image(path)
     zooms = tuple(float(z) for z in img.header.get_zooms())
     codes: tuple[str, str, str] = ("?", "?", "?")
+    ras = (0.0, 0.0, 0.0)
     if len(shape) >= 3:
         codes = tuple(str(c) for c in nib.aff2axcodes(img.affine))  # type: ignore[assignment]
+        ornt = nib.orientations.io_orientation(img.affine)
+        vox = np.sqrt((np.asarray(img.affine)[:3, :3] ** 2).sum(axis=0))
+        r = [0.0, 0.0, 0.0]
+        for axis, (target, _) in enumerate(ornt):
+            r[int(target)] = float(vox[axis])
+        ras = (r[0], r[1], r[2])
     return HeaderFacts(
-        shape=tuple(int(s) for s in shape), zooms=zooms, axcodes=codes, dtype=str(img.get_data_dtype())
+        shape=tuple(int(s) for s in shape), zooms=zooms, axcodes=codes, dtype=str(img.get_data_dtype()),
+        ras_zooms=ras,
     )
 
 

@@ -1,0 +1,150 @@
+"""Figures of the data stages (inspect, slice selection, split), written as PNG. matplotlib only.
+
+- :func:`inspect_figure`: thesis Fig 5.2 (volumes per size of the slicing axis) with voxel sizes, orientations
+  and intensity ranges beside it;
+- :func:`selection_counts_figure`: the measure distributions with each method's threshold (Figs 5.3 / 5.4)
+  and the slices kept per volume by each method;
+- :func:`selection_montage_figure`: every slice of a few volumes, framed green (kept) or red (discarded),
+  one row of panels per method (Figs 5.5 / 5.7);
+- :func:`split_figure`: the distribution of each attribute per split (Fig 5.9).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    from brainae.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    _plt().close(fig)
+    return path
+
+
+def inspect_figure(table, path: Path) -> Path:
+    """Summary figure of an ``inspect`` table (rows with ``status == 'ok'``)."""
+    plt = _plt()
+    ok = table[table["status"] == "ok"]
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    panels = [
+        ("shape", "volumes per shape (voxels)"),
+        ("zooms", "volumes per voxel size (mm)"),
+        ("axcodes", "volumes per orientation"),
+    ]
+    for ax, (col, title) in zip(axes, panels):
+        counts = ok[col].astype(str).value_counts().sort_index()
+        ax.bar(range(len(counts)), counts.to_numpy(), color="#4c72b0")
+        ax.set_xticks(range(len(counts)), counts.index, rotation=30, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel("volumes")
+    ax = axes[3]
+    if len(ok):
+        ax.hist(ok["max"].astype(float), bins=min(20, max(len(ok), 2)), color="#dd8452", label="max")
+        ax.hist(ok["mean"].astype(float), bins=min(20, max(len(ok), 2)), color="#55a868", alpha=0.7, label="mean")
+        ax.legend(fontsize=8)
+    ax.set_title("intensity per volume", fontsize=10)
+    bad = len(table) - len(ok)
+    fig.suptitle(f"{len(ok)} readable volumes" + (f", {bad} with problems (see inspect.csv)" if bad else ""))
+    return _save(fig, path)
+
+
+def selection_counts_figure(selection, thresholds: dict[str, float], path: Path) -> Path:
+    """Distributions of the three measures with thresholds, and slices kept per volume per method."""
+    from brainae.select import KEEP_COLUMN, MEASURE, METHODS
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
+    for ax, method in zip(axes, METHODS):
+        values = selection[MEASURE[method]].to_numpy(dtype=float)
+        values = values[np.isfinite(values)]
+        ax.hist(values, bins=50, color="#4c72b0")
+        ax.axvline(thresholds[method], color="#c44e52", lw=2, label=f"threshold {thresholds[method]:.3g}")
+        ax.set_title(f"{method}: {MEASURE[method]}", fontsize=10)
+        ax.set_ylabel("slices")
+        ax.legend(fontsize=8)
+    ax = axes[3]
+    per_volume = selection.groupby("volume_id")[[KEEP_COLUMN[m] for m in METHODS]].sum()
+    x = np.arange(len(per_volume))
+    width = 0.27
+    for i, method in enumerate(METHODS):
+        ax.bar(x + (i - 1) * width, per_volume[KEEP_COLUMN[method]], width, label=method)
+    total = selection.groupby("volume_id").size().to_numpy()
+    ax.plot(x, total, "k_", ms=10, label="all slices")
+    ax.set_xticks(x, [v[:14] for v in per_volume.index], rotation=90, fontsize=6)
+    ax.set_ylabel("slices kept")
+    ax.set_title("slices kept per volume", fontsize=10)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def selection_montage_figure(montages: list[tuple[str, np.ndarray, object]], path: Path) -> Path:
+    """Montage of every slice of a few volumes with green (kept) / red (discarded) frames for each method.
+
+    Args:
+        montages: ``(volume_id, thumbnails (n, h, w), selection rows of that volume)`` per volume.
+    """
+    from brainae.select import KEEP_COLUMN, METHODS
+
+    plt = _plt()
+    rows = len(montages) * len(METHODS)
+    n_max = max(t.shape[0] for _, t, _ in montages)
+    cols = min(n_max, 30)
+    step = int(np.ceil(n_max / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.62, rows * 0.75), squeeze=False)
+    for v, (vid, thumbs, sel) in enumerate(montages):
+        for m, method in enumerate(METHODS):
+            r = v * len(METHODS) + m
+            keep = sel[KEEP_COLUMN[method]].to_numpy()
+            for c in range(cols):
+                ax = axes[r, c]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                k = c * step
+                if k >= thumbs.shape[0]:
+                    ax.axis("off")
+                    continue
+                ax.imshow(thumbs[k], cmap="gray", vmin=0, vmax=1)
+                color = "#2ca02c" if keep[k] else "#d62728"
+                for spine in ax.spines.values():
+                    spine.set_edgecolor(color)
+                    spine.set_linewidth(2.5)
+                if c == 0:
+                    ax.set_ylabel(f"{vid[:12]}\n{method}", fontsize=6, rotation=0, ha="right", va="center")
+    fig.suptitle("slices kept (green) and discarded (red) by each method; every %d-th slice shown" % step, fontsize=9)
+    return _save(fig, path)
+
+
+def split_figure(volumes, path: Path) -> Path:
+    """Bars of each attribute's distribution per split (fractions of the split's volumes)."""
+    plt = _plt()
+    attrs = [a for a in ("sex", "age_group", "ethnicity") if a in volumes]
+    fig, axes = plt.subplots(1, len(attrs) + 1, figsize=(4.2 * (len(attrs) + 1), 3.6), squeeze=False)
+    splits = [s for s in ("train", "val", "test") if (volumes["split"] == s).any()]
+    counts = volumes["split"].value_counts()
+    ax = axes[0, 0]
+    ax.bar(splits, [counts.get(s, 0) for s in splits], color=["#4c72b0", "#dd8452", "#55a868"][: len(splits)])
+    ax.set_title("volumes per split", fontsize=10)
+    for ax, attr in zip(axes[0, 1:], attrs):
+        values = sorted(volumes[attr].fillna("unknown").astype(str).unique())
+        width = 0.8 / max(len(splits), 1)
+        for i, s in enumerate(splits):
+            part = volumes[volumes["split"] == s][attr].fillna("unknown").astype(str)
+            frac = [float((part == val).mean()) if len(part) else 0.0 for val in values]
+            ax.bar(np.arange(len(values)) + i * width, frac, width, label=s)
+        ax.set_xticks(np.arange(len(values)) + width * (len(splits) - 1) / 2, values, fontsize=8)
+        ax.set_title(f"{attr} per split (fraction)", fontsize=10)
+        ax.legend(fontsize=7)
+    return _save(fig, path)

@@ -227,7 +227,8 @@ def save_like(path: str | os.PathLike, data_ras: np.ndarray, like: Volume, *, dt
     if tuple(data_ras.shape) != tuple(like.data.shape):
         raise BrainaeError(f"internal: result shape {data_ras.shape} differs from input {like.data.shape}")
     ornt = nib.orientations.io_orientation(img.affine)
-    back = nib.orientations.apply_orientation(data_ras, nib.orientations.ornt_inverse(ornt))
+    to_file = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt(("R", "A", "S")), ornt)
+    back = nib.orientations.apply_orientation(data_ras, to_file)
     back = back.reshape(img.shape)
     header = img.header.copy()
     if dtype == "same":

@@ -1,0 +1,397 @@
+"""Stage 10: whole-volume inference with a model's own preprocessing — reconstruct, denoise, inpaint.
+
+A volume (:class:`brainae.io.Volume`, RAS+) is cut into slices along the checkpoint's profile, resampled onto
+the model's ``size x size`` grid covering the checkpoint's field of view and scaled to [0, 1]
+(:func:`brainae.volume.volume_to_slices`), run through the model in batches under ``torch.inference_mode``,
+and stitched back onto the input's grid and intensity scale (:func:`brainae.volume.slices_to_volume`). Because
+the volume is in RAS+ order and the slices are resampled in millimetres, a scan stored in another voxel order
+or at another resolution (e.g. a 1 mm isotropic axial acquisition) is seen in the same anatomical view and at
+the same millimetres per pixel as the training data.
+
+What the model does not touch (decisions, reported in :class:`Result`):
+
+- **Slices outside the trained range.** The training set held only the slices that passed the dataset's
+  slice selection (:mod:`brainae.select`). The same rule is applied to the volume (:class:`Selection`: the
+  same measure, computed the same way, kept when strictly above the same threshold); the other slices are
+  passed through unchanged (``Result.processed`` is False for them). The default is the ``brain-mask``
+  method with the thesis's threshold (brain fraction above 3000 / 256^2);
+  :func:`brainae.anomaly.selection_from` reads the selection a checkpoint recorded. ``selection=None`` (or
+  ``0``) processes every slice and needs no brain mask.
+- **Voxels outside the field of view** (when the checkpoint's ``fov_mm`` is smaller than the slice) keep the
+  input's value (``Result.inside`` is False there).
+- **Inpainting** replaces only the masked voxels that the model covered; every other voxel is bit-identical to
+  the input (``Result.data[~mask] == volume.data[~mask]``).
+
+The input volume is never modified. ``denoise`` and ``reconstruct`` run the same computation (the models were
+trained to map corrupted slices to clean ones); the names say what the output is used for.
+
+Example:
+    >>> from brainae.io import load_volume, save_like                       # doctest: +SKIP
+    >>> from brainae.checkpoint import load_checkpoint                       # doctest: +SKIP
+    >>> model, ckpt = load_checkpoint("model.safetensors")                   # doctest: +SKIP
+    >>> vol = load_volume("IXI002-Guys-0828-T1.nii.gz")                      # doctest: +SKIP
+    >>> res = denoise(vol, model, Preprocessing.from_dict(ckpt.preprocessing))  # doctest: +SKIP
+    >>> save_like("denoised.nii.gz", res.data, vol)                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from brainae.errors import BrainaeError
+from brainae.volume import (
+    PROFILE_AXIS,
+    Preprocessing,
+    SliceStack,
+    slices_to_volume,
+    to_view,
+    volume_to_slices,
+)
+
+__all__ = [
+    "DEFAULT_MIN_BRAIN_FRAC",
+    "Result",
+    "Selection",
+    "as_selection",
+    "brain_fractions",
+    "denoise",
+    "inpaint",
+    "predict_slices",
+    "reconstruct",
+    "reconstruct_volume",
+    "resolve_device",
+    "select_slices",
+]
+
+DEFAULT_MIN_BRAIN_FRAC = 3000 / (256 * 256)
+"""The thesis's slice-selection threshold (more than 3000 brain pixels of 256 x 256, about 4.6 %)."""
+
+
+@dataclass
+class Result:
+    """The output of whole-volume inference.
+
+    Attributes:
+        data: float32 RAS+ volume on the input's grid and intensity scale (the input where not processed).
+        inside: bool RAS+ volume, True for voxels whose value came from the model.
+        processed: (n,) bool, True for the slices (along the profile axis) that went through the model.
+        measure: (n,) the selection measure of each slice (e.g. brain fraction), None without selection.
+        inputs: (n, size, size) float32 model inputs in [0, 1] (all slices, processed or not).
+        outputs: (n, size, size) float32 model outputs in [0, 1] (equal to ``inputs`` for passed slices).
+        stack: the :class:`~brainae.volume.SliceStack` (scaling ranges, view geometry).
+        prep: the preprocessing used.
+    """
+
+    data: np.ndarray
+    inside: np.ndarray
+    processed: np.ndarray
+    measure: np.ndarray | None
+    inputs: np.ndarray
+    outputs: np.ndarray
+    stack: SliceStack
+    prep: Preprocessing
+
+    @property
+    def n_processed(self) -> int:
+        """Number of slices that went through the model."""
+        return int(self.processed.sum())
+
+    @property
+    def n_passed(self) -> int:
+        """Number of slices passed through unchanged."""
+        return int((~self.processed).sum())
+
+
+def resolve_device(device: str | object = "cpu"):
+    """``"auto"`` -> CUDA if available, else CPU; other names as ``torch.device`` (clear error if absent)."""
+    import torch
+
+    if isinstance(device, torch.device):
+        return device
+    name = str(device).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise BrainaeError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BrainaeError(f"device {device!r}: CUDA is not available here; use --device cpu or auto")
+    return dev
+
+
+def predict_slices(
+    model, images: np.ndarray, *, batch_size: int = 64, device: str | object = "cpu"
+) -> np.ndarray:
+    """Run ``model`` on (n, size, size) images in [0, 1]; returns (n, size, size) float32 outputs.
+
+    Batched, under ``torch.inference_mode``, with the model in eval mode (its mode is restored afterwards).
+    The model is moved to ``device``.
+    """
+    import torch
+
+    if batch_size < 1:
+        raise BrainaeError(f"--batch-size {batch_size}: must be at least 1")
+    dev = resolve_device(device)
+    out = np.empty(images.shape, dtype=np.float32)
+    if images.shape[0] == 0:
+        return out
+    was_training = model.training
+    model.to(dev).eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, images.shape[0], batch_size):
+                chunk = np.ascontiguousarray(images[start : start + batch_size], dtype=np.float32)
+                x = torch.from_numpy(chunk)[:, None].to(dev)
+                y = model(x)
+                out[start : start + batch_size] = y[:, 0].float().cpu().numpy()
+    finally:
+        model.train(was_training)
+    return out
+
+
+def brain_fractions(mask_ras: np.ndarray, profile: str) -> np.ndarray:
+    """Fraction of each ``profile`` slice's voxels that are brain, for a RAS+ boolean mask; shape (n,).
+
+    The ``brain_frac`` measure of :func:`brainae.select.slice_measures`.
+    """
+    view = to_view(np.asarray(mask_ras, dtype=bool), profile)
+    return view.reshape(view.shape[0], -1).mean(axis=1)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which slices go through the model: those whose selection measure is strictly above ``threshold``.
+
+    Attributes:
+        method: a :mod:`brainae.select` method: ``brain-mask`` (measure ``brain_frac``), ``nonzero-count``
+            (``nonzero_frac``) or ``nonzero-mean`` (``nonzero_mean``).
+        threshold: the dataset's threshold for that method.
+        mask_method: brain-mask backend for ``brain-mask`` (:func:`brainae.brainmask.brain_mask`).
+    """
+
+    method: str = "brain-mask"
+    threshold: float = DEFAULT_MIN_BRAIN_FRAC
+    mask_method: str = "threshold"
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "threshold": float(self.threshold), "mask_method": self.mask_method}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> Selection:
+        d = d or {}
+        return cls(
+            method=str(d.get("method", "brain-mask")),
+            threshold=float(d.get("threshold", DEFAULT_MIN_BRAIN_FRAC)),
+            mask_method=str(d.get("mask_method", "threshold")),
+        )
+
+    @classmethod
+    def from_settings(cls, select: dict | None) -> Selection:
+        """The selection of a prepared dataset (its ``settings.json`` ``select`` section)."""
+        if not select:
+            return cls()
+        method = str(select.get("method", "brain-mask"))
+        thresholds = select.get("thresholds") or {}
+        default = select.get("brain_fraction", DEFAULT_MIN_BRAIN_FRAC) if method == "brain-mask" else None
+        threshold = thresholds.get(method, default)
+        if threshold is None:
+            raise BrainaeError(f"dataset settings: no threshold recorded for selection method {method!r}")
+        mask_method = str(select.get("mask_method", "threshold"))
+        return cls(method=method, threshold=float(threshold), mask_method=mask_method)
+
+
+def as_selection(selection: Selection | float | None) -> Selection | None:
+    """A :class:`Selection` from a Selection, a ``brain-mask`` threshold, or None/0 (every slice: None)."""
+    if selection is None:
+        return None
+    if isinstance(selection, Selection):
+        return selection
+    value = float(selection)
+    return Selection(threshold=value) if value > 0 else None
+
+
+def select_slices(
+    volume,
+    prep: Preprocessing,
+    selection: Selection | float | None = Selection(),  # noqa: B008 - frozen dataclass
+    *,
+    brain_mask: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Which slices to process: (keep (n,) bool, the selection measure (n,) or None without selection).
+
+    Args:
+        volume: a :class:`~brainae.io.Volume` (RAS+ ``data``, ``zooms``).
+        prep: the preprocessing (its profile decides the slicing axis).
+        selection: a :class:`Selection`; a number is a ``brain-mask`` threshold; ``None`` or ``0`` keeps
+            every slice.
+        brain_mask: a RAS+ boolean mask to use instead of computing one (``brain-mask`` method).
+    """
+    from brainae.select import MEASURE, check_method, slice_measures
+
+    sel = as_selection(selection)
+    n = volume.data.shape[PROFILE_AXIS[prep.profile]]
+    if sel is None:
+        return np.ones(n, dtype=bool), None
+    check_method(sel.method)
+    brain_view = None
+    if sel.method == "brain-mask":
+        if brain_mask is None:
+            from brainae.brainmask import brain_mask as compute_mask
+
+            brain_mask = compute_mask(volume.data, volume.zooms, method=sel.mask_method)
+        if tuple(brain_mask.shape) != tuple(volume.data.shape):
+            raise BrainaeError(
+                f"brain mask shape {brain_mask.shape} differs from the volume's {volume.data.shape}"
+            )
+        brain_view = np.asarray(to_view(np.asarray(brain_mask, dtype=bool), prep.profile))
+    measures = slice_measures(np.asarray(to_view(volume.data, prep.profile)), brain_view)
+    measure = np.asarray(measures[MEASURE[sel.method]], dtype=np.float64)
+    return np.nan_to_num(measure, nan=-np.inf) > sel.threshold, measure
+
+
+def reconstruct_volume(
+    volume,
+    model,
+    prep: Preprocessing,
+    *,
+    batch_size: int = 64,
+    device: str | object = "cpu",
+    slices: np.ndarray | None = None,
+    measure: np.ndarray | None = None,
+    stack: SliceStack | None = None,
+) -> Result:
+    """Slice-wise model output for a whole volume, back on the input's grid (the core of this module).
+
+    Args:
+        volume: a :class:`~brainae.io.Volume` (RAS+ ``data``, ``zooms``); not modified.
+        model: an autoencoder taking N x 1 x size x size images in [0, 1].
+        prep: the model's preprocessing (from its checkpoint).
+        batch_size: slices per forward pass.
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+        slices: (n,) bool, the slices to run through the model (None: all); the others keep the input.
+        measure: (n,) selection measure to report in the result (optional).
+        stack: precomputed model inputs (e.g. with blanked pixels, see :func:`inpaint`).
+
+    Returns:
+        :class:`Result`.
+    """
+    data = volume.data
+    if data.ndim != 3:
+        raise BrainaeError(
+            f"{getattr(volume, 'path', 'volume')}: expected a 3-D volume, got shape {data.shape}"
+        )
+    if stack is None:
+        stack = volume_to_slices(data, volume.zooms, prep)
+    n = stack.images.shape[0]
+    processed = np.ones(n, dtype=bool) if slices is None else np.asarray(slices, dtype=bool)
+    if processed.shape != (n,):
+        raise BrainaeError(f"internal: slice selection of shape {processed.shape}, expected ({n},)")
+    outputs = stack.images.copy()
+    idx = np.flatnonzero(processed)
+    outputs[idx] = predict_slices(model, stack.images[idx], batch_size=batch_size, device=device)
+    back, fov = slices_to_volume(outputs, stack, prep, data.shape)
+    shape = [1, 1, 1]
+    shape[PROFILE_AXIS[prep.profile]] = n
+    inside = fov & processed.reshape(shape)
+    result = np.where(inside, back, data).astype(np.float32)
+    return Result(result, inside, processed, measure, stack.images, outputs, stack, prep)
+
+
+def reconstruct(
+    volume,
+    model,
+    prep: Preprocessing,
+    *,
+    batch_size: int = 64,
+    device: str | object = "cpu",
+    selection: Selection | float | None = Selection(),  # noqa: B008 - frozen dataclass
+    brain_mask: np.ndarray | None = None,
+) -> Result:
+    """The model's reconstruction of the slices that pass ``selection`` (the others pass through unchanged).
+
+    See :func:`select_slices` for the selection and :func:`reconstruct_volume` for the rest.
+
+    Example:
+        >>> import torch
+        >>> from brainae.io import Volume
+        >>> vol = Volume(path="x.nii", data=np.random.rand(8, 16, 16).astype(np.float32),
+        ...              zooms=(2.0, 2.0, 2.0), header=None, affine=np.eye(4))
+        >>> res = reconstruct(vol, torch.nn.Identity(), Preprocessing(size=16), selection=None)
+        >>> res.data.shape, res.n_processed
+        ((8, 16, 16), 8)
+    """
+    keep, measure = select_slices(volume, prep, selection, brain_mask=brain_mask)
+    return reconstruct_volume(
+        volume, model, prep, batch_size=batch_size, device=device, slices=keep, measure=measure
+    )
+
+
+def denoise(
+    volume,
+    model,
+    prep: Preprocessing,
+    *,
+    batch_size: int = 64,
+    device: str | object = "cpu",
+    selection: Selection | float | None = Selection(),  # noqa: B008 - frozen dataclass
+    brain_mask: np.ndarray | None = None,
+) -> Result:
+    """Denoise a volume: the model's output for the selected slices (same computation as
+    :func:`reconstruct`; the autoencoders were trained to map noisy slices to clean ones)."""
+    return reconstruct(
+        volume, model, prep, batch_size=batch_size, device=device, selection=selection, brain_mask=brain_mask
+    )
+
+
+def inpaint(
+    volume,
+    mask_ras: np.ndarray,
+    model,
+    prep: Preprocessing,
+    *,
+    batch_size: int = 64,
+    device: str | object = "cpu",
+) -> Result:
+    """Fill the masked voxels with the model's reconstruction; every other voxel keeps the input exactly.
+
+    The masked region is blanked as in the training augmentation: masked voxels are set to the volume's
+    minimum before scaling (so they do not set a slice's range) and every model pixel that overlaps the mask
+    is set to 0. Only slices that hold masked voxels are run through the model. Masked voxels outside the
+    field of view keep the input (``Result.inside`` is False there).
+
+    Args:
+        volume: a :class:`~brainae.io.Volume`; not modified.
+        mask_ras: RAS+ mask of the volume's shape (non-zero = fill).
+        model: the autoencoder; prep: its preprocessing.
+        batch_size: slices per forward pass; device: see :func:`resolve_device`.
+
+    Returns:
+        :class:`Result` whose ``data`` differs from the input only where ``mask & inside``.
+    """
+    from brainae.volume import resample_slices
+
+    data = volume.data
+    mask = np.asarray(mask_ras) != 0
+    if mask.shape != data.shape:
+        raise BrainaeError(
+            f"mask shape {mask.shape} differs from the volume's {data.shape} (both in RAS+ order); "
+            "give a mask on the same grid as the volume"
+        )
+    blanked = np.where(mask, data.min(), data).astype(np.float32)
+    stack = volume_to_slices(blanked, volume.zooms, prep)
+    mask_view = to_view(mask, prep.profile).astype(np.float32)
+    mask_img = resample_slices(mask_view, stack.spacing, prep.size, prep.fov_mm) > 1e-6
+    stack.images[mask_img] = 0.0
+    has_mask = mask_view.reshape(mask_view.shape[0], -1).any(axis=1)
+    res = reconstruct_volume(
+        volume, model, prep, batch_size=batch_size, device=device, slices=has_mask, stack=stack
+    )
+    fill = mask & res.inside
+    out = data.copy()
+    out[fill] = res.data[fill]
+    res.data = out
+    res.inside = fill
+    return res

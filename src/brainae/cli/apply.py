@@ -1,0 +1,316 @@
+"""Commands of stage 10: ``denoise``, ``inpaint``, ``reconstruct``, ``anomaly`` (and later ``demo``).
+
+Each takes a NIfTI file or a folder of them, a checkpoint (``--model``; a thesis Keras ``.h5`` file also
+works, with the thesis's preprocessing and no normative statistics), and writes results on the input's grid
+with its affine and header. Outputs are never overwritten without ``--force`` and inputs are never written.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from brainae.cli._app import command, console, track
+
+ModelOpt = Annotated[
+    Path, typer.Option("--model", "-m", help="Checkpoint (.safetensors from brainae train / import-keras).")
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto (CUDA when available).")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Slices per forward pass.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
+FracOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--min-brain-frac",
+        help="Process only slices whose brain fraction is above this (default: the slice selection the "
+        "checkpoint's dataset used; 0 processes every slice).",
+    ),
+]
+MaskMethodOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--mask-method",
+        help="Brain mask for slice selection: threshold, deepbet or auto (default: as the dataset).",
+    ),
+]
+
+
+def _load_model(path: Path, device: str):
+    """(model, Preprocessing, normative or None) from a checkpoint or a thesis Keras file."""
+    import warnings
+
+    from brainae.apply import resolve_device
+    from brainae.errors import BrainaeError, BrainaeWarning
+    from brainae.volume import Preprocessing
+
+    dev = resolve_device(device)
+    if not path.exists():
+        raise BrainaeError(
+            f"{path}: no such checkpoint; give a file written by `brainae train` or `import-keras`"
+        )
+    if path.is_dir():
+        raise BrainaeError(f"{path}: is a folder; give the checkpoint file (.safetensors)")
+    if path.suffix.lower() in (".h5", ".hdf5", ".keras"):
+        from brainae.models.keras_import import import_keras
+
+        model, _ = import_keras(path)
+        return model.to(dev).eval(), Preprocessing(), None
+    from brainae.checkpoint import load_checkpoint
+
+    model, ckpt = load_checkpoint(path, dev)
+    if ckpt.preprocessing is None:
+        warnings.warn(
+            f"{path.name}: the checkpoint records no preprocessing; using the thesis's (sagittal, 128 x 128, "
+            "slice min-max)",
+            BrainaeWarning,
+            stacklevel=2,
+        )
+        prep = Preprocessing()
+    else:
+        prep = Preprocessing.from_dict(ckpt.preprocessing)
+    return model, prep, ckpt.normative
+
+
+def _check_output(out: Path, inputs: list[Path], force: bool) -> None:
+    from brainae.errors import BrainaeError
+    from brainae.io import is_nifti
+
+    if not is_nifti(out):
+        raise BrainaeError(f"{out}: outputs are NIfTI files; end the name with .nii.gz or .nii")
+    for src in inputs:
+        if src.exists() and out.exists() and out.resolve() == src.resolve():
+            raise BrainaeError(
+                f"{out}: is an input file; inputs are never overwritten, choose another output"
+            )
+    if out.exists() and not force:
+        raise BrainaeError(f"{out}: already exists; add --force to overwrite it or choose another output")
+
+
+def _pairs(inp: Path, out: Path, force: bool) -> list[tuple[Path, Path]]:
+    """(input, output) files for a file or a folder of files; every output checked before any work."""
+    from brainae.errors import BrainaeError
+    from brainae.io import list_niftis
+
+    if inp.is_dir():
+        if out.exists() and not out.is_dir():
+            raise BrainaeError(f"{out}: is a file; with a folder of inputs, OUT must be a folder")
+        files = list_niftis(inp)
+        pairs = [(f, out / f.name) for f in files]
+    else:
+        if not inp.exists():
+            raise BrainaeError(f"{inp}: no such file or folder; check the path")
+        target = out / inp.name if out.is_dir() else out
+        pairs = [(inp, target)]
+    for src, dst in pairs:
+        _check_output(dst, [src], force)
+    return pairs
+
+
+def _iterate(pairs: list, what: str):
+    return track(pairs, description=what) if len(pairs) > 1 else iter(pairs)
+
+
+def _selection(min_brain_frac: float | None, mask_method: str | None, normative: dict | None):
+    """The checkpoint's slice selection, with the command-line overrides."""
+    import dataclasses
+    import warnings
+
+    from brainae.anomaly import selection_from
+    from brainae.apply import Selection
+    from brainae.brainmask import deepbet_available
+    from brainae.errors import BrainaeWarning
+
+    sel = selection_from(normative)
+    if min_brain_frac is not None:
+        if min_brain_frac <= 0:
+            return None
+        sel = Selection("brain-mask", float(min_brain_frac), sel.mask_method if sel else "threshold")
+    if sel is None:
+        return None
+    if mask_method is not None:
+        sel = dataclasses.replace(sel, mask_method=mask_method)
+    elif sel.mask_method == "deepbet" and not deepbet_available():
+        warnings.warn(
+            "the training data's brain masks came from deepbet, which is not installed here: selecting "
+            "slices with the threshold mask (pip install 'brainae[brainmask]' to match)",
+            BrainaeWarning,
+            stacklevel=2,
+        )
+        sel = dataclasses.replace(sel, mask_method="threshold")
+    return sel
+
+
+def _describe(sel) -> str:
+    return "every slice" if sel is None else f"{sel.method} measure above {sel.threshold:.3g}"
+
+
+def _run_simple(
+    kind: str, inp, out, model_path, device, batch_size, force, min_brain_frac, mask_method
+) -> None:
+    from brainae.apply import denoise, reconstruct
+    from brainae.io import load_volume, save_like
+
+    pairs = _pairs(inp, out, force)
+    model, prep, normative = _load_model(model_path, device)
+    sel = _selection(min_brain_frac, mask_method, normative)
+    func = denoise if kind == "denoise" else reconstruct
+    for src, dst in _iterate(pairs, kind):
+        vol = load_volume(src)
+        res = func(vol, model, prep, batch_size=batch_size, device=device, selection=sel)
+        save_like(dst, res.data, vol)
+        console.print(
+            f"{dst}: {res.n_processed} slices through the model, {res.n_passed} passed through unchanged "
+            f"(selection: {_describe(sel)})"
+        )
+
+
+@command("denoise")
+def denoise_cmd(
+    inp: Annotated[Path, typer.Argument(metavar="IN", help="NIfTI file or folder of NIfTI files.")],
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="Output NIfTI file (a folder for a folder IN).")],
+    model: ModelOpt,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 64,
+    force: ForceOpt = False,
+    min_brain_frac: FracOpt = None,
+    mask_method: MaskMethodOpt = None,
+) -> None:
+    """Denoise a T1 volume with the autoencoder (written on the input's grid, affine and header)."""
+    _run_simple("denoise", inp, out, model, device, batch_size, force, min_brain_frac, mask_method)
+
+
+@command("reconstruct")
+def reconstruct_cmd(
+    inp: Annotated[Path, typer.Argument(metavar="IN", help="NIfTI file or folder of NIfTI files.")],
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="Output NIfTI file (a folder for a folder IN).")],
+    model: ModelOpt,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 64,
+    force: ForceOpt = False,
+    min_brain_frac: FracOpt = None,
+    mask_method: MaskMethodOpt = None,
+) -> None:
+    """Write the autoencoder's reconstruction of a T1 volume (slices with little brain pass through)."""
+    _run_simple("reconstruct", inp, out, model, device, batch_size, force, min_brain_frac, mask_method)
+
+
+def _load_mask(mask_path: Path, vol):
+    import numpy as np
+
+    from brainae.errors import BrainaeError
+    from brainae.io import load_volume
+
+    mask = load_volume(mask_path)
+    if mask.data.shape != vol.data.shape or not np.allclose(mask.affine, vol.affine, atol=1e-3):
+        raise BrainaeError(
+            f"{mask_path}: mask grid {mask.header.shape} does not match the volume {vol.path.name} "
+            f"{vol.header.shape} (shape and affine must agree); resample the mask onto the volume's grid"
+        )
+    return mask.data != 0
+
+
+@command("inpaint")
+def inpaint_cmd(
+    inp: Annotated[Path, typer.Argument(metavar="IN", help="NIfTI file or folder of NIfTI files.")],
+    mask: Annotated[
+        Path,
+        typer.Argument(
+            metavar="MASK",
+            help="Mask NIfTI (non-zero = fill) on IN's grid; for a folder IN, one "
+            "mask for all or a folder of masks with the same file names.",
+        ),
+    ],
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="Output NIfTI file (a folder for a folder IN).")],
+    model: ModelOpt,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 64,
+    force: ForceOpt = False,
+) -> None:
+    """Fill the masked voxels with the autoencoder's reconstruction; other voxels stay exactly as input."""
+    from brainae.apply import inpaint
+    from brainae.errors import BrainaeError
+    from brainae.io import load_volume, save_like
+
+    pairs = _pairs(inp, out, force)
+    masks = {}
+    for src, _ in pairs:
+        m = mask / src.name if mask.is_dir() else mask
+        if not m.exists():
+            raise BrainaeError(f"{m}: no such mask file; give a mask NIfTI on the volume's grid")
+        masks[src] = m
+    model_, prep, _ = _load_model(model, device)
+    for src, dst in _iterate(pairs, "inpaint"):
+        vol = load_volume(src)
+        m = _load_mask(masks[src], vol)
+        res = inpaint(vol, m, model_, prep, batch_size=batch_size, device=device)
+        save_like(dst, res.data, vol)
+        left = int(m.sum() - res.inside.sum())
+        note = f", {left} outside the field of view kept" if left else ""
+        console.print(f"{dst}: {int(res.inside.sum())} voxels filled{note}")
+
+
+@command("anomaly")
+def anomaly_cmd(
+    inp: Annotated[Path, typer.Argument(metavar="IN", help="NIfTI file or folder of NIfTI files.")],
+    model: ModelOpt,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Residual map NIfTI (a folder for a folder IN); optional."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the scores as JSON only.")] = False,
+    signed: Annotated[bool, typer.Option("--signed", help="Map x - recon instead of |x - recon|.")] = False,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 64,
+    force: ForceOpt = False,
+    min_brain_frac: FracOpt = None,
+    mask_method: MaskMethodOpt = None,
+) -> None:
+    """Residual map |x - recon| and a volume anomaly score with its z-score against healthy volumes."""
+    import warnings
+
+    from brainae.anomaly import anomaly
+    from brainae.errors import BrainaeError, BrainaeWarning
+    from brainae.io import list_niftis, load_volume, save_like
+
+    if out is not None:
+        pairs = _pairs(inp, out, force)
+    elif inp.is_dir():
+        pairs = [(f, None) for f in list_niftis(inp)]
+    elif inp.exists():
+        pairs = [(inp, None)]
+    else:
+        raise BrainaeError(f"{inp}: no such file or folder; check the path")
+    model_, prep, normative = _load_model(model, device)
+    if not normative or normative.get("std") is None:
+        warnings.warn(
+            f"{model.name}: no normative statistics in the checkpoint; z-scores are not available",
+            BrainaeWarning,
+            stacklevel=2,
+        )
+    sel = _selection(min_brain_frac, mask_method, normative)
+    rows = []
+    for src, dst in _iterate(pairs, "anomaly"):
+        vol = load_volume(src)
+        res = anomaly(
+            vol,
+            model_,
+            prep,
+            normative=normative,
+            batch_size=batch_size,
+            device=device,
+            selection=sel,
+            signed=signed,
+        )
+        if dst is not None:
+            save_like(dst, res.map, vol)
+        row = {"score": res.score, "z": res.z, "slices": res.n_slices}
+        rows.append({"file": str(src), **row} if inp.is_dir() else row)
+        if not as_json:
+            z = "n/a" if res.z is None else f"{res.z:+.2f}"
+            where = f" -> {dst}" if dst is not None else ""
+            console.print(f"{src.name}: score {res.score:.4f}, z {z} ({res.n_slices} slices){where}")
+    if as_json:
+        typer.echo(json.dumps(rows if inp.is_dir() else rows[0]))

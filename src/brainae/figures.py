@@ -93,37 +93,42 @@ def selection_counts_figure(selection, thresholds: dict[str, float], path: Path)
 def selection_montage_figure(montages: list[tuple[str, np.ndarray, object]], path: Path) -> Path:
     """Montage of every slice of a few volumes with green (kept) / red (discarded) frames for each method.
 
+    Drawn as one RGB image (one row of thumbnails per volume and method), so it stays fast for any cohort.
+
     Args:
-        montages: ``(volume_id, thumbnails (n, h, w), selection rows of that volume)`` per volume.
+        montages: ``(volume_id, thumbnails (n, h, w) in [0, 1], selection rows of that volume)`` per volume.
     """
     from brainae.select import KEEP_COLUMN, METHODS
 
     plt = _plt()
-    rows = len(montages) * len(METHODS)
     n_max = max(t.shape[0] for _, t, _ in montages)
     cols = min(n_max, 30)
     step = int(np.ceil(n_max / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.62, rows * 0.75), squeeze=False)
+    h, w = montages[0][1].shape[1:]
+    pad = max(2, h // 16)
+    cell_h, cell_w = h + 2 * pad, w + 2 * pad
+    rows = len(montages) * len(METHODS)
+    canvas = np.ones((rows * cell_h, cols * cell_w, 3), np.float32)
+    labels = []
+    green, red = np.array([0.17, 0.63, 0.17]), np.array([0.84, 0.15, 0.16])
     for v, (vid, thumbs, sel) in enumerate(montages):
         for m, method in enumerate(METHODS):
             r = v * len(METHODS) + m
+            labels.append(f"{vid[:14]} {method}")
             keep = sel[KEEP_COLUMN[method]].to_numpy()
             for c in range(cols):
-                ax = axes[r, c]
-                ax.set_xticks([])
-                ax.set_yticks([])
                 k = c * step
                 if k >= thumbs.shape[0]:
-                    ax.axis("off")
                     continue
-                ax.imshow(thumbs[k], cmap="gray", vmin=0, vmax=1)
-                color = "#2ca02c" if keep[k] else "#d62728"
-                for spine in ax.spines.values():
-                    spine.set_edgecolor(color)
-                    spine.set_linewidth(2.5)
-                if c == 0:
-                    ax.set_ylabel(f"{vid[:12]}\n{method}", fontsize=6, rotation=0, ha="right", va="center")
-    fig.suptitle("slices kept (green) and discarded (red) by each method; every %d-th slice shown" % step, fontsize=9)
+                y, x = r * cell_h, c * cell_w
+                canvas[y : y + cell_h, x : x + cell_w] = green if keep[k] else red
+                canvas[y + pad : y + pad + h, x + pad : x + pad + w] = np.clip(thumbs[k], 0, 1)[..., None]
+    fig, ax = plt.subplots(figsize=(min(cols * 0.55, 18), rows * 0.6 + 0.6))
+    ax.imshow(canvas, interpolation="nearest")
+    ax.set_yticks([(i + 0.5) * cell_h for i in range(rows)], labels, fontsize=7)
+    ax.set_xticks([(c + 0.5) * cell_w for c in range(cols)], [str(c * step) for c in range(cols)], fontsize=6)
+    ax.set_xlabel("slice index")
+    ax.set_title("slices kept (green) and discarded (red) by each method", fontsize=9)
     return _save(fig, path)
 
 

@@ -26,6 +26,13 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
+
+
+@app.callback()
+def _root() -> None:
+    """Normative convolutional autoencoders for T1-weighted brain MRI: prepare, train, evaluate, apply."""
+
+
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 console = Console(highlight=False)
 

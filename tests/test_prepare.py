@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import hashlib
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import synthetic_head, write_volume
+from typer.testing import CliRunner
+
+from brainae.cli import app
+from brainae.dataset import open_dataset
+from brainae.errors import BrainaeError
+from brainae.prepare import PrepareConfig, inspect_folder, prepare
+
+runner = CliRunner()
+CFG = dict(size=32, mask_method="threshold")
+
+
+def _digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_prepare_writes_a_complete_dataset(cohort, tmp_path):
+    before = _digest(cohort)
+    out = tmp_path / "ds"
+    res = prepare(cohort, out, PrepareConfig(demographics=str(tmp_path / "participants.csv"), **CFG))
+    assert _digest(cohort) == before  # inputs never written
+    ds = open_dataset(out)
+    assert ds.slices.shape == (res.n_slices, 32, 32) and ds.slices.dtype == np.float32
+    assert 0 <= float(ds.slices.min()) and float(ds.slices.max()) <= 1
+    assert len(ds.index) == res.n_slices == int(ds.volumes["n_kept"].sum())
+    # no volume in two splits, every split present, demographics carried
+    assert (ds.index.groupby("volume_id")["split"].nunique() == 1).all()
+    assert set(ds.volumes["split"]) == {"train", "val", "test"}
+    assert ds.volumes["sex"].notna().all()
+    # the empty sagittal slices (5 at each end) are never kept
+    assert ds.index["slice"].between(5, 24).all()
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["preprocessing"]["profile"] == "sagittal" and settings["preprocessing"]["size"] == 32
+    assert settings["version"] and settings["select"]["method"] == "brain-mask"
+    sel = pd.read_csv(out / "selection.csv")
+    assert len(sel) == 8 * 30 and {"keep_brain_mask", "keep_nonzero_count", "keep_nonzero_mean"} <= set(sel)
+    for fig in ("selection_counts.png", "selection_montage.png", "split.png"):
+        assert (out / "figures" / fig).stat().st_size > 1000
+
+
+def test_rerun_is_a_no_op_and_other_settings_need_force(cohort, tmp_path):
+    out = tmp_path / "ds"
+    prepare(cohort, out, PrepareConfig(**CFG))
+    stamp = (out / "slices.npy").stat().st_mtime_ns
+    assert prepare(cohort, out, PrepareConfig(**CFG)).reused
+    assert (out / "slices.npy").stat().st_mtime_ns == stamp
+    with pytest.raises(BrainaeError, match="--force"):
+        prepare(cohort, out, PrepareConfig(select="nonzero-mean", **CFG))
+    res = prepare(cohort, out, PrepareConfig(select="nonzero-mean", **CFG), force=True)
+    assert not res.reused and json.loads((out / "settings.json").read_text())["select"]["method"] == "nonzero-mean"
+
+
+@pytest.mark.parametrize("method", ["brain-mask", "nonzero-count", "nonzero-mean"])
+def test_each_selection_method(cohort, tmp_path, method):
+    res = prepare(cohort, tmp_path / method, PrepareConfig(select=method, **CFG))
+    idx = open_dataset(tmp_path / method).index
+    assert res.n_slices > 0 and idx["slice"].between(5, 24).all()
+
+
+def test_broken_inputs_are_skipped_with_warnings(cohort, tmp_path):
+    (cohort / "IXI900-HH-9000-T1.nii.gz").write_bytes(b"\x1f\x8b garbage")
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 2), np.float32), np.eye(4)), str(cohort / "IXI901-HH-9001-T1.nii"))
+    bad = synthetic_head().astype(np.float32)
+    bad[0, 0, 0] = np.nan
+    write_volume(cohort / "IXI902-HH-9002-T1.nii.gz", bad)
+    write_volume(cohort / "IXI100-HH-1000-T1-repeat.nii.gz", synthetic_head())  # duplicated subject
+    with pytest.warns(Warning) as record:
+        res = prepare(cohort, tmp_path / "ds", PrepareConfig(**CFG))
+    text = " ".join(str(w.message) for w in record)
+    for name in ("IXI900", "IXI901", "IXI902", "IXI100-HH-1000-T1-repeat"):
+        assert name in text
+    assert res.n_volumes == 8 and len(res.skipped) == 4
+    table = inspect_folder(cohort)
+    status = dict(zip(table["file"], table["status"]))
+    assert status["IXI900-HH-9000-T1.nii.gz"] == "unreadable"
+    assert status["IXI901-HH-9001-T1.nii"] == "not-3d"
+    assert status["IXI902-HH-9002-T1.nii.gz"] == "nan"
+    pair = {status["IXI100-HH-1000-T1-repeat.nii.gz"], status["IXI100-HH-1000-T1.nii.gz"]}
+    assert pair == {"ok", "duplicate"}
+
+
+def _cli(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_cli_bad_inputs_one_line_no_traceback(cohort, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [
+        (["prepare", empty, "--out", tmp_path / "o1"], "no .nii or .nii.gz files"),
+        (["prepare", cohort, "--out", tmp_path / "o2", "--select", "otsu"], "unknown selection method"),
+        (["prepare", cohort, "--out", tmp_path / "o3", "--demographics", tmp_path / "none.csv"], "no such demographics"),
+        (["inspect", tmp_path / "missing", "--out", tmp_path / "o4"], "no such folder"),
+    ]
+    weird = tmp_path / "weird.csv"
+    weird.write_text("participant_id,age,sex\nsub-1,30,M\n")
+    cases.append((["prepare", cohort, "--out", tmp_path / "o5", "--demographics", weird, "--size", 32,
+                   "--mask-method", "threshold"], "none of its IDs matches"))
+    only_4d = tmp_path / "only4d"
+    only_4d.mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 2), np.float32), np.eye(4)), str(only_4d / "x.nii.gz"))
+    cases.append((["prepare", only_4d, "--out", tmp_path / "o6"], "no usable 3-D volume"))
+    for args, message in cases:
+        r = _cli(*args)
+        assert r.exit_code == 1, (args, r.output)
+        assert message in r.output and "Traceback" not in r.output, r.output
+        assert r.output.count("error:") == 1
+    for i in range(1, 7):
+        assert not (tmp_path / f"o{i}").exists()  # nothing half-written
+
+
+def test_cli_inspect_and_prepare(cohort, tmp_path):
+    r = _cli("inspect", cohort, "--out", tmp_path / "insp")
+    assert r.exit_code == 0, r.output
+    table = pd.read_csv(tmp_path / "insp" / "inspect.csv")
+    assert len(table) == 8 and (table["axcodes"] == "PSR").all() and (table["shape"] == "40x40x30").all()
+    r = _cli("prepare", cohort, "--out", tmp_path / "ds", "--size", 32, "--mask-method", "threshold")
+    assert r.exit_code == 0, r.output
+    assert "prepared 8 volumes" in r.output
+    r = _cli("prepare", cohort, "--out", tmp_path / "ds", "--size", 32, "--mask-method", "threshold")
+    assert "nothing to do" in r.output

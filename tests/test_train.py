@@ -1,0 +1,303 @@
+"""Training (stage 8): on-device batches, the thesis schedule, checkpoints, resume, grid, CLI, errors.
+
+Tiny synthetic prepared datasets (32 x 32 slices, a few volumes) and a few short epochs on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from brainae.errors import BrainaeError
+from brainae.train import (
+    CSV_COLUMNS,
+    AutoencoderModule,
+    TrainConfig,
+    fit,
+    grid,
+    grid_configs,
+    is_finished,
+    read_metrics,
+    run_name,
+    shard_batches,
+)
+
+SIZE = 32
+
+
+def _phantom(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A smooth blob image in [0, 1] (an ellipse with a darker inner ellipse)."""
+    yy, xx = np.mgrid[0:size, 0:size] / (size - 1) - 0.5
+    a, b = rng.uniform(0.25, 0.4, 2)
+    cx, cy = rng.uniform(-0.05, 0.05, 2)
+    outer = ((xx - cx) / a) ** 2 + ((yy - cy) / b) ** 2 < 1
+    inner = ((xx - cx) / (0.5 * a)) ** 2 + ((yy - cy) / (0.5 * b)) ** 2 < 1
+    img = 0.8 * outer - 0.4 * inner + 0.05 * rng.random((size, size))
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+def make_dataset(
+    root: Path, *, n_train: int = 48, n_val: int = 16, per_volume: int = 8, size: int = SIZE
+) -> Path:
+    """Write a prepared dataset folder (docs/dataset-format.md) with synthetic slices."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    n = n_train + n_val
+    slices = np.stack([_phantom(rng, size) for _ in range(n)]) if n else np.zeros((0, size, size), np.float32)
+    np.save(root / "slices.npy", slices)
+    splits = ["train"] * n_train + ["val"] * n_val
+    vol = [f"{s}{i // per_volume}" for i, s in enumerate(splits)]
+    pd.DataFrame(
+        {
+            "volume_id": vol,
+            "slice": np.arange(n) % per_volume,
+            "split": splits,
+            "brain_frac": 0.5,
+            "nonzero_frac": 0.6,
+            "nonzero_mean": 0.4,
+            "scale_lo": 0.0,
+            "scale_hi": 1.0,
+        }
+    ).to_csv(root / "index.csv", index=False)
+    vols = sorted(set(vol), key=vol.index)
+    pd.DataFrame({"volume_id": vols, "split": [v.rstrip("0123456789") for v in vols]}).to_csv(
+        root / "volumes.csv", index=False
+    )
+    settings = {
+        "version": "test",
+        "preprocessing": {
+            "profile": "sagittal",
+            "size": size,
+            "fov_mm": None,
+            "scaling": "slice-minmax",
+            "percentiles": [0.5, 99.5],
+        },
+        "select": {"method": "brain-mask", "min_brain_frac": 0.045},
+    }
+    (root / "settings.json").write_text(json.dumps(settings))
+    return root
+
+
+def tiny(**kw) -> TrainConfig:
+    base = dict(
+        arch="skip-cae",
+        loss="mse",
+        augment=True,
+        epochs=2,
+        batch_size=8,
+        latent_channels=8,
+        max_steps_per_epoch=3,
+        accelerator="cpu",
+        seed=0,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data") / "prepared")
+
+
+# ----------------------------------------------------------------------------------------------- batches
+
+
+def test_batches_cover_every_index_once_per_epoch_and_differ_between_epochs():
+    e0 = shard_batches(50, 8, seed=3, epoch=0)
+    e1 = shard_batches(50, 8, seed=3, epoch=1)
+    assert [len(b) for b in e0] == [8] * 6 + [2]
+    assert torch.equal(torch.cat(e0).sort().values, torch.arange(50))
+    assert torch.equal(torch.cat(e1).sort().values, torch.arange(50))
+    assert not torch.equal(torch.cat(e0), torch.cat(e1))
+    assert torch.equal(torch.cat(e0), torch.cat(shard_batches(50, 8, seed=3, epoch=0)))  # seeded
+
+
+def test_ddp_shards_are_disjoint_and_equal():
+    shards = [torch.cat(shard_batches(50, 4, seed=0, epoch=2, rank=r, world=3)) for r in range(3)]
+    assert [len(s) for s in shards] == [16, 16, 16]
+    assert len(set(torch.cat(shards).tolist())) == 48
+
+
+def test_module_draws_on_the_device_in_index_batches():
+    module = AutoencoderModule(tiny(max_steps_per_epoch=None), np.random.rand(20, SIZE, SIZE), None)
+    batches = module.epoch_batches(0)
+    assert module.num_steps("train") == len(batches) == 3
+    assert all(b.device == module.device and b.dtype == torch.int64 for b in batches)
+    assert sorted(torch.cat(batches).tolist()) == list(range(20))
+
+
+def test_l2_adds_the_kernel_penalty():
+    from brainae.models import kernel_parameters
+
+    images = np.random.default_rng(1).random((8, SIZE, SIZE)).astype(np.float32)
+    plain = AutoencoderModule(tiny(l2=0.0), images, None)
+    reg = AutoencoderModule(tiny(l2=1e-2), images, None)
+    reg.model.load_state_dict(plain.model.state_dict())
+    x = torch.from_numpy(images)[:, None]
+    expected = 1e-2 * sum(float((w.detach() ** 2).sum()) for w in kernel_parameters(reg.model))
+    assert expected > 0
+    diff = float(reg.training_loss(x, x)) - float(plain.training_loss(x, x))
+    assert diff == pytest.approx(expected, rel=1e-4)
+
+
+def test_keras_optimizer_and_plateau_settings():
+    module = AutoencoderModule(tiny(), np.random.rand(8, SIZE, SIZE), None)
+    opt = module.configure_optimizers()
+    assert opt.defaults["alpha"] == 0.9 and opt.defaults["eps"] == 1e-7 and opt.defaults["lr"] == 1e-3
+    plateau = module._plateau
+    assert plateau.patience == 3 and plateau.factor == 0.2 and plateau.threshold == 2e-7
+    # Keras semantics: the lr drops after 4 epochs without improvement
+    for _ in range(4):
+        plateau.step(1.0)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3)  # epoch 1 sets best, then 3 bad epochs
+    plateau.step(1.0)
+    assert opt.param_groups[0]["lr"] == pytest.approx(2e-4)
+    assert tiny(loss="dssim").resolved_min_delta == 5e-5
+    assert tiny(loss="mse+dssim").resolved_min_delta == 5e-5
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def test_training_lowers_val_loss_and_checkpoints_describe_themselves(dataset, tmp_path):
+    from brainae.checkpoint import load_checkpoint, load_model
+
+    out = tmp_path / "run"
+    best = fit(dataset, out, tiny(epochs=4, augment=False, max_steps_per_epoch=None), progress=False)
+    rows = read_metrics(out)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert list(pd.read_csv(out / "metrics.csv").columns) == list(CSV_COLUMNS)
+    assert min(r["val_loss"] for r in rows[1:]) < rows[0]["val_loss"]
+    assert best == out / "best.safetensors" and is_finished(out)
+    for name in ("last.safetensors", "last.ckpt", "config.json", "curves.png", "done"):
+        assert (out / name).is_file(), name
+    model, ckpt = load_checkpoint(best)
+    assert ckpt.arch == "skip-cae" and ckpt.arch_kwargs["latent_channels"] == 8
+    assert ckpt.preprocessing["size"] == SIZE
+    assert (
+        ckpt.training["loss"] == "mse"
+        and ckpt.training["best_epoch"] == min(rows, key=lambda r: r["val_loss"])["epoch"]
+    )
+    assert ckpt.training["best_val_loss"] == pytest.approx(min(r["val_loss"] for r in rows))
+    assert ckpt.training["dataset"] == str(dataset.resolve()) and ckpt.training["version"]
+    assert ckpt.normative is not None and ckpt.normative["n"] == 2
+    x = torch.from_numpy(np.load(dataset / "slices.npy")[-4:])[:, None]
+    with torch.no_grad():
+        assert load_model(best)(x).shape == x.shape
+    # a finished run is not overwritten by accident
+    with pytest.raises(BrainaeError, match="finished run.*--resume.*--force"):
+        fit(dataset, out, tiny(), progress=False)
+
+
+def test_resume_continues_at_the_next_epoch_with_the_same_state(dataset, tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    fit(dataset, straight, tiny(epochs=4), progress=False)
+    fit(dataset, split, tiny(epochs=2), progress=False)
+    saved = torch.load(split / "last.ckpt", map_location="cpu", weights_only=False)
+    sq_saved = [s["square_avg"].clone() for s in saved["optimizer_states"][0]["state"].values()]
+
+    seen = {}
+
+    class Spy(AutoencoderModule):
+        def on_train_epoch_start(self):
+            if "epoch" not in seen:
+                opt = self.trainer.optimizers[0]
+                seen["epoch"] = self.current_epoch
+                seen["square_avg"] = [opt.state[p]["square_avg"].clone() for p in self.model.parameters()]
+                seen["plateau"] = self._plateau.state_dict()
+            super().on_train_epoch_start()
+
+    import brainae.train as train_mod
+
+    original = train_mod.AutoencoderModule
+    train_mod.AutoencoderModule = Spy
+    try:
+        fit(dataset, split, tiny(epochs=4), progress=False, resume=True)
+    finally:
+        train_mod.AutoencoderModule = original
+    assert seen["epoch"] == 2  # 0-based: the third epoch
+    assert len(seen["square_avg"]) == len(sq_saved)
+    assert all(torch.equal(a, b) for a, b in zip(seen["square_avg"], sq_saved, strict=True))
+    assert seen["plateau"]["best"] == saved["brainae_plateau"]["best"]
+    rows_split, rows_straight = read_metrics(split), read_metrics(straight)
+    assert [r["epoch"] for r in rows_split] == [1, 2, 3, 4]
+    # derived randomness: the resumed run is the uninterrupted run
+    for a, b in zip(rows_split, rows_straight, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+
+
+def test_errors(dataset, tmp_path):
+    with pytest.raises(BrainaeError, match="unknown architecture 'unet'.*res-unet"):
+        fit(dataset, tmp_path / "a", tiny(arch="unet"), progress=False)
+    with pytest.raises(BrainaeError, match="unknown loss 'l1'.*mse"):
+        fit(dataset, tmp_path / "b", tiny(loss="l1"), progress=False)
+    with pytest.raises(BrainaeError, match="nothing to resume"):
+        fit(dataset, tmp_path / "c", tiny(), progress=False, resume=True)
+    no_val = make_dataset(tmp_path / "noval", n_train=16, n_val=0)
+    with pytest.raises(BrainaeError, match="'val' split has no slices.*prepare"):
+        fit(no_val, tmp_path / "d", tiny(), progress=False)
+
+
+# -------------------------------------------------------------------------------------------- grid + CLI
+
+
+def test_grid_names_and_skips_finished_runs(dataset, tmp_path):
+    configs = grid_configs(
+        archs=["skip-cae"],
+        losses=["mse"],
+        l2=[True, False],
+        augment=[False],
+        base=tiny(epochs=1, max_steps_per_epoch=1),
+    )
+    assert [name for name, _ in configs] == ["skip-cae_mse_l2_noaug", "skip-cae_mse_nol2_noaug"]
+    assert configs[0][1].l2 == 1e-5 and configs[1][1].l2 == 0
+    assert len(grid_configs()) == 40 and run_name("res-unet", "mse", True, True) == "res-unet_mse_l2_aug"
+    first = grid(dataset, tmp_path / "grid", configs, progress=False)
+    assert [r.status for r in first] == ["trained", "trained"]
+    again = grid(dataset, tmp_path / "grid", configs, progress=False)
+    assert [r.status for r in again] == ["skipped", "skipped"]
+    assert len(pd.read_csv(tmp_path / "grid" / "summary.csv")) == 2
+
+
+def test_cli_train_and_errors(dataset, tmp_path):
+    from typer.testing import CliRunner
+
+    from brainae.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "cli-run"
+    args = [
+        "train",
+        str(dataset),
+        "--arch",
+        "skip-cae",
+        "--loss",
+        "mse",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--latent-channels",
+        "8",
+        "--max-steps-per-epoch",
+        "2",
+        "--accelerator",
+        "cpu",
+        "--no-augment",
+        "--out",
+        str(out),
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert is_finished(out) and "best" in result.output
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "--force" in result.output
+    result = runner.invoke(app, [*args[:2], "--arch", "nope", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "unknown architecture 'nope'" in result.output
+    assert "Traceback" not in result.output

@@ -1,0 +1,805 @@
+"""Stage 9a: checkpoints + a prepared dataset -> per-slice, per-volume and summary metric tables.
+
+Every model (and every baseline) is scored on the **same** slices of one split under the **same** corrupted
+inputs: MSE, DSSIM and PSNR (peak 1) from :mod:`brainae.metrics` (the implementation the losses use), each
+corrupted input scored against the CLEAN target.
+
+Output folder (``brainae evaluate ... --out EVAL``), written atomically:
+
+- ``slices.csv``: ``model, condition, volume_id, slice, row, mse, dssim, psnr`` (``row``: row of the
+  dataset's ``slices.npy`` / ``index.csv``);
+- ``volumes.csv``: the slice metrics averaged within each volume (``n_slices`` per volume);
+- ``summary.csv``: per model and condition, mean and sample standard deviation (ddof 1) over slices, ``n``
+  (slices) and ``n_volumes``; ``kind`` says ``model`` or ``baseline``;
+- ``provenance.json``: each checkpoint's path, sha256, architecture, source, training and preprocessing; the
+  dataset's path and settings; split, seed, conditions, baselines and their parameters, versions;
+- ``examples.npz``: a few fixed slices for qualitative grids: ``rows``, ``volume_id``, ``slice``,
+  ``conditions`` (C), ``models`` (M), ``target`` (K x S x S), ``inputs`` (C x K x S x S), ``outputs``
+  (M x C x K x S x S, NaN where a baseline does not apply). Besides the evaluated conditions it holds one
+  combined corruption (default ``blur+noise-0.04+dropout-0.05+blank-40``, in the order of
+  :func:`brainae.corrupt.augment`; the thesis's "fully augmented" image of
+  Figs 5.22/5.23), shown in the report only.
+
+**PSNR of identical images** (e.g. the ``identity`` baseline on ``clean``: MSE 0) is capped at
+:data:`brainae.metrics.PSNR_CAP_DB` (100 dB) in every table, so that means, volume averages and paired tests
+stay finite; ``mse`` keeps the exact 0.
+
+**Conditions**: ``clean`` or a corruption name of :data:`brainae.corrupt.CONDITIONS` (``noise-0.04``,
+``blank-40``, ...), a custom level read by :func:`brainae.corrupt.parse_condition` (``noise-0.03``), or
+several joined with ``+`` (applied left to right with one generator; masks are combined).
+
+**Seeding (how to recompute one row)**: the corrupted input of dataset row ``r`` under condition ``c`` depends
+only on ``(seed, c, r)`` -- not on the batch size, the device, the split or the other models::
+
+    import torch
+    from brainae.dataset import open_dataset
+    from brainae.checkpoint import load_checkpoint
+    from brainae.evaluate import corrupt_rows
+    from brainae.metrics import per_image
+    ds = open_dataset("DATASET")
+    clean = torch.from_numpy(ds.slices[[r]].astype("float32"))[:, None]      # 1 x 1 x S x S
+    noisy, mask = corrupt_rows(c, clean, [r], seed=0)                          # equivalently, by hand:
+    # g = torch.Generator().manual_seed(row_seed(0, c, r)); noisy, mask = CONDITIONS[c](clean, g)
+    model, _ = load_checkpoint("CKPT")
+    with torch.no_grad():
+        print(per_image(model(noisy), clean))        # = the row of slices.csv (psnr capped at 100 dB)
+
+where ``row_seed(seed, c, r)`` is the first 8 bytes (big-endian, top bit cleared) of
+``sha256(f"{seed}:{c}:{r}")``. Corruptions run on the CPU (one generator per slice), so the numbers do not
+depend on the accelerator's random number generator; models run on ``device``.
+
+**Baselines** (extra "models" on the same slices and inputs):
+
+- ``identity``: the corrupted input itself ("do nothing"); every condition.
+- ``nlm``: non-local means, ``skimage.restoration.denoise_nl_means(x, patch_size=5, patch_distance=6,
+  h=0.6 * sigma, sigma=sigma, fast_mode=True)`` (scikit-image's recommended ``h`` when ``sigma`` is given
+  in fast mode), output clipped to [0, 1]; ``sigma`` per slice from :func:`estimate_noise_sigma` (Donoho's
+  median absolute deviation of the finest diagonal Haar wavelet coefficients / 0.6745 -- the idea of
+  ``skimage.restoration.estimate_sigma``, which needs the optional PyWavelets) unless given. Run only on the
+  noise conditions (``noise-*``, ``rician-*``): it is a denoiser, and at about 40 ms per 128 x 128 slice on
+  one CPU core it would dominate the run time on conditions it is not meant for.
+- ``biharmonic``: ``skimage.restoration.inpaint_biharmonic(x, mask)`` given the blank-out mask, output clipped
+  to [0, 1]; only on the ``blank-*`` conditions (the only ones whose mask marks a region to fill).
+
+Example:
+    >>> evaluate(["runs/res-unet/best.safetensors"], "prepared", "eval",
+    ...          conditions=["clean", "noise-0.04"])   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import platform
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brainae.errors import BrainaeError, BrainaeWarning
+
+__all__ = [
+    "BASELINES",
+    "DEFAULT_EXAMPLE_CONDITION",
+    "METRIC_NAMES",
+    "NLM_PARAMETERS",
+    "ModelSpec",
+    "baseline_applies",
+    "check_preprocessing",
+    "corrupt_rows",
+    "estimate_noise_sigma",
+    "evaluate",
+    "model_names",
+    "nlm_denoise",
+    "biharmonic_inpaint",
+    "resolve_checkpoint",
+    "resolve_conditions",
+    "row_seed",
+    "sha256_file",
+]
+
+METRIC_NAMES = ("mse", "dssim", "psnr")
+BASELINES = ("identity", "nlm", "biharmonic")
+DEFAULT_EXAMPLE_CONDITION = "blur+noise-0.04+dropout-0.05+blank-40"
+NLM_PARAMETERS: dict[str, Any] = {
+    "patch_size": 5,
+    "patch_distance": 6,
+    "h_over_sigma": 0.6,
+    "fast_mode": True,
+    "sigma": "estimated per slice (Haar-MAD, estimate_noise_sigma)",
+}
+"""Parameters of the ``nlm`` baseline (recorded in ``provenance.json``)."""
+
+PREPROCESSING_KEYS = ("size", "profile", "scaling", "fov_mm")
+NOISE_FAMILIES = ("noise", "rician")
+BLANK_FAMILIES = ("blank",)
+
+
+# ------------------------------------------------------------------------------------------- conditions
+
+
+def row_seed(seed: int, condition: str, row: int) -> int:
+    """The generator seed of dataset row ``row`` under ``condition``: a hash of ``(seed, condition, row)``.
+
+    Example:
+        >>> row_seed(0, "noise-0.04", 7) == row_seed(0, "noise-0.04", 7)
+        True
+    """
+    digest = hashlib.sha256(f"{int(seed)}:{condition}:{int(row)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
+
+
+def _family(part: str) -> str:
+    return part.split("-", 1)[0]
+
+
+def _condition_parts(name: str) -> list[Callable]:
+    """The corruption functions of a (possibly ``+``-joined) condition name; ``clean`` has none."""
+    from brainae import corrupt
+
+    fns = []
+    for part in name.split("+"):
+        part = part.strip()
+        if part == "clean":
+            continue
+        fn = corrupt.CONDITIONS.get(part)
+        if fn is None:
+            try:
+                fn = corrupt.parse_condition(part)
+            except BrainaeError:
+                fn = None
+            except (ValueError, KeyError, TypeError):
+                fn = None
+        if fn is None:
+            valid = ", ".join(["clean", *corrupt.CONDITIONS])
+            raise BrainaeError(
+                f"unknown condition {part!r}; valid: {valid}, a custom level such as 'noise-0.03', "
+                "or several joined with '+'"
+            )
+        fns.append(fn)
+    return fns
+
+
+def resolve_conditions(spec: str | Sequence[str]) -> list[str]:
+    """Condition names from ``"clean,noise-0.04"``, ``"all"`` or a list; checked, duplicates dropped.
+
+    ``all`` means ``clean`` and every name of :data:`brainae.corrupt.CONDITIONS`.
+
+    Raises:
+        BrainaeError: an unknown condition (the message lists the valid ones) or an empty list.
+    """
+    from brainae import corrupt
+
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    names: list[str] = []
+    for item in (str(i).strip() for i in items):
+        if not item:
+            continue
+        item = item.lower()
+        expanded = ["clean", *corrupt.CONDITIONS] if item == "all" else [item]
+        for name in expanded:
+            _condition_parts(name)
+            if name not in names:
+                names.append(name)
+    if not names:
+        raise BrainaeError("no condition given; e.g. --conditions clean,noise-0.04 or --conditions all")
+    return names
+
+
+def _as_mask(mask: Any, shape: tuple[int, ...]) -> np.ndarray | None:
+    if mask is None:
+        return None
+    import torch
+
+    m = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    m = m.astype(bool) if m.dtype == bool else m > 0.5
+    return m.reshape(shape)
+
+
+def corrupt_rows(
+    condition: str, clean: Any, rows: Sequence[int], *, seed: int = 0
+) -> tuple[Any, np.ndarray | None]:
+    """Corrupt a batch of dataset rows, each with its own generator seeded by :func:`row_seed`.
+
+    Args:
+        condition: condition name (see :func:`resolve_conditions`).
+        clean: clean images, Tensor N x 1 x S x S (CPU), row ``i`` being dataset row ``rows[i]``.
+        rows: the dataset rows of the batch.
+        seed: the evaluation seed.
+
+    Returns:
+        ``(corrupted, mask)``: Tensor N x 1 x S x S on the CPU, and a boolean array N x 1 x S x S marking the
+        pixels a corruption removed (blank-out, dropout), or ``None`` when no corruption gave a mask.
+    """
+    import torch
+
+    fns = _condition_parts(condition)
+    if not fns or len(rows) == 0:
+        return clean.clone(), None
+    outs, masks, any_mask = [], [], False
+    for i, row in enumerate(rows):
+        gen = torch.Generator().manual_seed(row_seed(seed, condition, int(row)))
+        x = clean[i : i + 1]
+        m_total = np.zeros(x.shape, dtype=bool)
+        for fn in fns:
+            x, m = fn(x, gen)
+            m = _as_mask(m, tuple(x.shape))
+            if m is not None:
+                any_mask = True
+                m_total |= m
+        outs.append(x.detach().to("cpu", torch.float32))
+        masks.append(m_total)
+    return torch.cat(outs), (np.concatenate(masks) if any_mask else None)
+
+
+def baseline_applies(baseline: str, condition: str) -> bool:
+    """Whether a baseline is run on a condition (see the module notes)."""
+    parts = [p.strip() for p in condition.split("+")]
+    if baseline == "identity":
+        return True
+    if baseline == "nlm":
+        return len(parts) == 1 and _family(parts[0]) in NOISE_FAMILIES
+    if baseline == "biharmonic":
+        return len(parts) == 1 and _family(parts[0]) in BLANK_FAMILIES
+    raise BrainaeError(f"unknown baseline {baseline!r}; valid: {', '.join(BASELINES)}")
+
+
+# --------------------------------------------------------------------------------------------- baselines
+
+
+def estimate_noise_sigma(image: np.ndarray) -> float:
+    """Gaussian noise standard deviation of one 2-D image: median(|HH|) / 0.6745 (Donoho's estimator).
+
+    ``HH`` are the finest diagonal Haar wavelet coefficients, ``(a - b - c + d) / 2`` on 2 x 2 blocks.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> round(estimate_noise_sigma(0.5 + rng.normal(0, 0.04, (128, 128))), 2)
+        0.04
+    """
+    x = np.asarray(image, dtype=np.float64)
+    h, w = (x.shape[0] // 2) * 2, (x.shape[1] // 2) * 2
+    x = x[:h, :w]
+    hh = (x[0::2, 0::2] - x[0::2, 1::2] - x[1::2, 0::2] + x[1::2, 1::2]) / 2.0
+    return float(np.median(np.abs(hh)) / 0.6745)
+
+
+def nlm_denoise(image: np.ndarray, *, sigma: float | None = None) -> np.ndarray:
+    """The ``nlm`` baseline on one 2-D image in [0, 1] (parameters: :data:`NLM_PARAMETERS`)."""
+    from skimage.restoration import denoise_nl_means
+
+    x = np.asarray(image, dtype=np.float64)
+    s = estimate_noise_sigma(x) if sigma is None else float(sigma)
+    if not s > 1e-6:
+        return x.copy()
+    out = denoise_nl_means(
+        x,
+        patch_size=NLM_PARAMETERS["patch_size"],
+        patch_distance=NLM_PARAMETERS["patch_distance"],
+        h=NLM_PARAMETERS["h_over_sigma"] * s,
+        sigma=s,
+        fast_mode=NLM_PARAMETERS["fast_mode"],
+    )
+    return np.clip(out, 0.0, 1.0)
+
+
+def biharmonic_inpaint(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The ``biharmonic`` baseline: fill ``mask`` (True = missing) of one 2-D image in [0, 1]."""
+    from skimage.restoration import inpaint_biharmonic
+
+    x = np.asarray(image, dtype=np.float64)
+    m = np.asarray(mask, dtype=bool)
+    if not m.any():
+        return x.copy()
+    if m.all():
+        return np.zeros_like(x)
+    return np.clip(inpaint_biharmonic(x, m), 0.0, 1.0)
+
+
+def _run_baseline(
+    name: str, corrupted: np.ndarray, mask: np.ndarray | None, sigma: float | None
+) -> np.ndarray:
+    """Baseline output for a batch N x 1 x S x S (numpy float32)."""
+    if name == "identity":
+        return corrupted.copy()
+    out = np.empty_like(corrupted)
+    for i in range(corrupted.shape[0]):
+        if name == "nlm":
+            out[i, 0] = nlm_denoise(corrupted[i, 0], sigma=sigma)
+        else:
+            m = mask[i, 0] if mask is not None else np.zeros(corrupted.shape[2:], bool)
+            out[i, 0] = biharmonic_inpaint(corrupted[i, 0], m)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- models
+
+
+@dataclass
+class ModelSpec:
+    """A loaded checkpoint to evaluate."""
+
+    name: str
+    path: Path
+    model: Any = field(repr=False)
+    checkpoint: Any = field(repr=False)
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or a run folder's ``best.safetensors`` (else ``last.safetensors``)."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("best.safetensors", "last.safetensors"):
+            if (p / name).is_file():
+                return p / name
+        raise BrainaeError(
+            f"{p}: a folder without best.safetensors or last.safetensors; give a checkpoint file"
+        )
+    if not p.is_file():
+        raise BrainaeError(f"{p}: no such checkpoint; give a .safetensors file or a training run folder")
+    return p
+
+
+def model_names(paths: Sequence[str | os.PathLike], reserved: Iterable[str] = BASELINES) -> list[str]:
+    """Unique table names: the file stem, or the run folder's name for ``best``/``last`` files.
+
+    ``runs/a/best.safetensors`` -> ``a``; ``runs/a/last.safetensors`` -> ``a-last``; ``m/unet.safetensors`` ->
+    ``unet``. Clashes (with each other or with a baseline name) get the parent folder prefixed, then ``-2``,
+    ``-3``...
+
+    Example:
+        >>> model_names(["r1/best.safetensors", "r2/best.safetensors", "x/r1.safetensors"])
+        ['r1', 'r2', 'x-r1']
+    """
+    taken = set(reserved)
+    names: list[str] = []
+    for raw in paths:
+        p = Path(raw)
+        stem = p.name.split(".")[0]
+        if stem == "best":
+            base = p.parent.name or stem
+        elif stem == "last":
+            base = f"{p.parent.name}-last" if p.parent.name else stem
+        else:
+            base = stem
+        name = base
+        if name in taken and p.parent.name and not base.startswith(p.parent.name):
+            name = f"{p.parent.name}-{base}"
+        k = 2
+        candidate = name
+        while candidate in taken:
+            candidate = f"{name}-{k}"
+            k += 1
+        taken.add(candidate)
+        names.append(candidate)
+    return names
+
+
+def _prep_dict(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if hasattr(value, "to_dict"):
+        value = value.to_dict()
+    value = dict(value)
+    if "preprocessing" in value and isinstance(value["preprocessing"], dict):
+        value = dict(value["preprocessing"])
+    return value
+
+
+def check_preprocessing(ckpt_prep: Any, dataset_prep: Any, *, where: str, size: int) -> None:
+    """Refuse a checkpoint trained on differently prepared slices (size, profile, scaling, field of view).
+
+    Args:
+        ckpt_prep: the checkpoint's ``preprocessing`` (dict, or ``None`` when it records none).
+        dataset_prep: the dataset's preprocessing (dict or :class:`brainae.volume.Preprocessing`).
+        where: the checkpoint's name for messages.
+        size: the dataset's slice size in pixels.
+
+    Raises:
+        BrainaeError: one line naming the first differing setting and both values.
+    """
+    cp, dp = _prep_dict(ckpt_prep), _prep_dict(dataset_prep) or {}
+    if cp is None:
+        warnings.warn(
+            f"{where}: the checkpoint records no preprocessing; only the image size is checked",
+            BrainaeWarning,
+            stacklevel=2,
+        )
+        return
+    for key in PREPROCESSING_KEYS:
+        if key not in cp or key not in dp:
+            continue
+        a, b = cp[key], dp[key]
+        same = a == b
+        if isinstance(a, int | float) and isinstance(b, int | float) and a is not None and b is not None:
+            same = math.isclose(float(a), float(b), rel_tol=1e-6)
+        if not same:
+            raise BrainaeError(
+                f"{where}: trained on slices with {key}={a!r} but the dataset has {key}={b!r}; "
+                f"prepare the data with the checkpoint's settings (--{key.replace('_', '-')} {a})"
+            )
+    if "size" in cp and int(cp["size"]) != int(size):
+        raise BrainaeError(
+            f"{where}: trained on {cp['size']} x {cp['size']} slices but the dataset has {size} x {size}; "
+            f"prepare the data with --size {cp['size']}"
+        )
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _pick_device(device: str) -> str:
+    import torch
+
+    if device != "auto":
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise BrainaeError(f"--device {device}: CUDA is not available here; use --device cpu or auto")
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _load_models(paths: Sequence[str | os.PathLike], ds: Any, device: str) -> list[ModelSpec]:
+    from brainae.checkpoint import load_checkpoint
+
+    files = [resolve_checkpoint(p) for p in paths]
+    names = model_names(files)
+    size = int(ds.slices.shape[1])
+    specs = []
+    for name, path in zip(names, files, strict=True):
+        model, ckpt = load_checkpoint(path, device)
+        check_preprocessing(ckpt.preprocessing, ds.settings.get("preprocessing"), where=path.name, size=size)
+        in_ch = (ckpt.arch_kwargs or {}).get("in_channels", 1)
+        if int(in_ch) != 1:
+            raise BrainaeError(f"{path.name}: a model with {in_ch} input channels; evaluation needs 1")
+        specs.append(ModelSpec(name=name, path=path, model=model, checkpoint=ckpt))
+    return specs
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+
+
+def _example_positions(n: int, k: int) -> np.ndarray:
+    """``k`` positions spread evenly over a split of ``n`` slices (fixed, so every run shows the same)."""
+    if n == 0 or k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.unique(np.linspace(0, n - 1, num=min(k, n) + 2)[1:-1].round().astype(np.int64))
+
+
+def _provenance(
+    specs: Sequence[ModelSpec],
+    ds: Any,
+    *,
+    split: str,
+    seed: int,
+    conditions: list[str],
+    baselines: list[str],
+    nlm_sigma: float | None,
+    batch_size: int,
+    device: str,
+    example_condition: str | None,
+    n_slices: int,
+) -> dict[str, Any]:
+    import skimage
+    import torch
+
+    from brainae import __version__
+    from brainae.metrics import PSNR_CAP_DB
+
+    return {
+        "brainae_version": __version__,
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "scikit-image": skimage.__version__,
+        },
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "dataset": {
+            "path": str(Path(ds.path).resolve()),
+            "settings": ds.settings,
+            "n_slices_total": int(ds.slices.shape[0]),
+            "slice_size": int(ds.slices.shape[1]),
+        },
+        "split": split,
+        "n_slices": n_slices,
+        "n_volumes": int(ds.index.iloc[ds.split_rows(split)]["volume_id"].nunique()),
+        "seed": seed,
+        "seeding": "corruption of dataset row r under condition c: torch.Generator().manual_seed("
+        "row_seed(seed, c, r)), row_seed = first 8 bytes of sha256(f'{seed}:{c}:{r}') & (2**63-1); CPU",
+        "conditions": conditions,
+        "example_condition": example_condition,
+        "metrics": list(METRIC_NAMES),
+        "psnr_peak": 1.0,
+        "psnr_cap_db": PSNR_CAP_DB,
+        "std_ddof": 1,
+        "batch_size": batch_size,
+        "device": device,
+        "baselines": {
+            name: {
+                "identity": {"what": "the corrupted input itself", "conditions": "all"},
+                "nlm": {
+                    "what": "skimage.restoration.denoise_nl_means",
+                    **NLM_PARAMETERS,
+                    **({"sigma": nlm_sigma} if nlm_sigma is not None else {}),
+                    "conditions": "noise-*, rician-*",
+                },
+                "biharmonic": {
+                    "what": "skimage.restoration.inpaint_biharmonic with the blank-out mask",
+                    "conditions": "blank-*",
+                },
+            }[name]
+            for name in baselines
+        },
+        "models": [
+            {
+                "name": s.name,
+                "kind": "model",
+                "path": str(s.path.resolve()),
+                "sha256": sha256_file(s.path),
+                "arch": s.checkpoint.arch,
+                "arch_kwargs": s.checkpoint.arch_kwargs,
+                "source": s.checkpoint.source,
+                "training": s.checkpoint.training,
+                "preprocessing": s.checkpoint.preprocessing,
+                "checkpoint_version": getattr(s.checkpoint, "version", None),
+            }
+            for s in specs
+        ],
+    }
+
+
+def _batches(rows: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    for start in range(0, len(rows), batch_size):
+        yield rows[start : start + batch_size]
+
+
+def _run_model(model: Any, x: Any, device: str) -> Any:
+    import torch
+
+    with torch.inference_mode():
+        y = model(x.to(device))
+    if tuple(y.shape) != tuple(x.shape):
+        raise BrainaeError(f"a model returned shape {tuple(y.shape)} for input {tuple(x.shape)}")
+    return y.float()
+
+
+def _scores(output: Any, target: Any) -> dict[str, np.ndarray]:
+    from brainae.metrics import PSNR_CAP_DB, per_image
+
+    values = per_image(output, target, METRIC_NAMES)
+    values["psnr"] = np.minimum(values["psnr"], PSNR_CAP_DB)
+    return values
+
+
+def evaluate(
+    checkpoints: Sequence[str | os.PathLike],
+    dataset: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    split: str = "test",
+    conditions: str | Sequence[str] = ("clean",),
+    seed: int = 0,
+    batch_size: int = 64,
+    device: str = "auto",
+    baselines: Sequence[str] = BASELINES,
+    nlm_sigma: float | None = None,
+    n_examples: int = 4,
+    example_condition: str | None = DEFAULT_EXAMPLE_CONDITION,
+    force: bool = False,
+    progress: Callable[[Iterable, int], Iterable] | None = None,
+) -> Path:
+    """Evaluate checkpoints (and baselines) on one split under several conditions; write the tables.
+
+    Streams: slices are read, corrupted, run through every model and scored one batch at a time; rows go to
+    ``slices.csv`` as they are computed and only the few example slices are kept in memory.
+
+    Args:
+        checkpoints: checkpoint files or run folders (their ``best.safetensors``); may be empty.
+        dataset: prepared dataset folder.
+        out: output folder (refused if it exists, unless ``force``).
+        split: ``train``, ``val`` or ``test``.
+        conditions: condition names or one comma-separated string (``"all"`` for every condition).
+        seed: evaluation seed (see the module notes).
+        batch_size: slices per batch.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps``.
+        baselines: which of :data:`BASELINES` to add.
+        nlm_sigma: noise sd for the ``nlm`` baseline; ``None`` estimates it per slice.
+        n_examples: how many fixed slices to keep in ``examples.npz``.
+        example_condition: an extra (combined) corruption for the qualitative grids only; ``None`` for none.
+        force: replace an existing ``out``.
+        progress: wraps the batch iterator (``progress(iterable, total)``), e.g. a progress bar.
+
+    Returns:
+        The output folder.
+
+    Raises:
+        BrainaeError: unknown condition or baseline, empty split, checkpoint/dataset mismatch,
+            existing output.
+    """
+    import torch
+
+    from brainae.dataset import open_dataset
+    from brainae.io import atomic_dir
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise BrainaeError(f"{out}: already exists; choose another --out or pass --force to replace it")
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise BrainaeError(f"unknown baseline {unknown[0]!r}; valid: {', '.join(BASELINES)}")
+    baselines = [b for b in BASELINES if b in baselines]
+    if batch_size < 1:
+        raise BrainaeError(f"--batch-size {batch_size}: must be at least 1")
+    conds = resolve_conditions(conditions)
+    if example_condition:
+        _condition_parts(example_condition)
+    ds = open_dataset(dataset)
+    rows = ds.split_rows(split)
+    if len(rows) == 0:
+        counts = ds.index["split"].value_counts().to_dict()
+        raise BrainaeError(
+            f"{ds.path}: the {split!r} split is empty (split sizes: {counts}); choose another --split "
+            "or re-prepare the dataset"
+        )
+    dev = _pick_device(device)
+    specs = _load_models(checkpoints, ds, dev)
+    if not specs and not baselines:
+        raise BrainaeError("nothing to evaluate: give at least one checkpoint or keep a baseline")
+    names = [s.name for s in specs] + list(baselines)
+    vol_ids = ds.index["volume_id"].astype(str).to_numpy()
+    slice_ids = ds.index["slice"].to_numpy()
+
+    with atomic_dir(out) as tmp:
+        with open(tmp / "slices.csv", "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["model", "condition", "volume_id", "slice", "row", *METRIC_NAMES])
+            batches: Iterable[np.ndarray] = _batches(rows, batch_size)
+            if progress is not None:
+                batches = progress(batches, math.ceil(len(rows) / batch_size))
+            for batch_rows in batches:
+                clean = torch.from_numpy(np.asarray(ds.slices[batch_rows], dtype=np.float32)).unsqueeze(1)
+                target = clean.to(dev)
+                for cond in conds:
+                    corrupted, mask = corrupt_rows(cond, clean, batch_rows, seed=seed)
+                    for spec in specs:
+                        _write_rows(
+                            writer,
+                            spec.name,
+                            cond,
+                            batch_rows,
+                            vol_ids,
+                            slice_ids,
+                            _scores(_run_model(spec.model, corrupted, dev), target),
+                        )
+                    for b in baselines:
+                        if not baseline_applies(b, cond):
+                            continue
+                        res = torch.from_numpy(_run_baseline(b, corrupted.numpy(), mask, nlm_sigma))
+                        _write_rows(writer, b, cond, batch_rows, vol_ids, slice_ids, _scores(res, clean))
+        _tables(tmp, names, conds)
+        _examples(tmp, ds, rows, specs, baselines, conds, example_condition, seed, dev, nlm_sigma, n_examples)
+        prov = _provenance(
+            specs,
+            ds,
+            split=split,
+            seed=seed,
+            conditions=conds,
+            baselines=list(baselines),
+            nlm_sigma=nlm_sigma,
+            batch_size=batch_size,
+            device=dev,
+            example_condition=example_condition,
+            n_slices=int(len(rows)),
+        )
+        prov["baseline_names"] = list(baselines)
+        (tmp / "provenance.json").write_text(json.dumps(prov, indent=2, default=str, allow_nan=True))
+    return out
+
+
+def _write_rows(
+    writer: Any,
+    model: str,
+    cond: str,
+    rows: np.ndarray,
+    vol_ids: np.ndarray,
+    slice_ids: np.ndarray,
+    values: dict[str, np.ndarray],
+) -> None:
+    cols = [values[m] for m in METRIC_NAMES]
+    for i, r in enumerate(rows):
+        writer.writerow(
+            [model, cond, vol_ids[r], int(slice_ids[r]), int(r), *(repr(float(c[i])) for c in cols)]
+        )
+
+
+def _tables(folder: Path, names: list[str], conds: list[str]) -> None:
+    """Sort ``slices.csv`` (model, condition, row) and derive ``volumes.csv`` and ``summary.csv``."""
+    import pandas as pd
+
+    df = pd.read_csv(folder / "slices.csv", dtype={"volume_id": str})
+    df["model"] = pd.Categorical(df["model"], categories=names, ordered=True)
+    df["condition"] = pd.Categorical(df["condition"], categories=conds, ordered=True)
+    df = df.sort_values(["model", "condition", "row"], kind="stable")
+    df.to_csv(folder / "slices.csv", index=False)
+    metrics = list(METRIC_NAMES)
+    vol = df.groupby(["model", "condition", "volume_id"], observed=True, sort=True)
+    volumes = vol[metrics].mean()
+    volumes.insert(0, "n_slices", vol.size())
+    volumes.reset_index().to_csv(folder / "volumes.csv", index=False)
+    g = df.groupby(["model", "condition"], observed=True, sort=True)
+    summary = pd.DataFrame({"n": g.size(), "n_volumes": g["volume_id"].nunique()})
+    for m in metrics:
+        summary[f"{m}_mean"] = g[m].mean()
+        summary[f"{m}_std"] = g[m].std(ddof=1)
+    summary = summary.reset_index()
+    summary.insert(1, "kind", ["baseline" if str(m) in BASELINES else "model" for m in summary["model"]])
+    summary.to_csv(folder / "summary.csv", index=False)
+
+
+def _examples(
+    folder: Path,
+    ds: Any,
+    rows: np.ndarray,
+    specs: list[ModelSpec],
+    baselines: list[str],
+    conds: list[str],
+    example_condition: str | None,
+    seed: int,
+    dev: str,
+    nlm_sigma: float | None,
+    n_examples: int,
+) -> None:
+    """``examples.npz``: inputs, every model's outputs and targets for a few fixed slices."""
+    import torch
+
+    ex_rows = rows[_example_positions(len(rows), n_examples)]
+    all_conds = list(conds) + (
+        [example_condition] if example_condition and example_condition not in conds else []
+    )
+    names = [s.name for s in specs] + list(baselines)
+    s = int(ds.slices.shape[1])
+    k = len(ex_rows)
+    clean = torch.from_numpy(np.asarray(ds.slices[ex_rows], dtype=np.float32)).unsqueeze(1)
+    inputs = np.zeros((len(all_conds), k, s, s), np.float32)
+    outputs = np.full((len(names), len(all_conds), k, s, s), np.nan, np.float32)
+    masks = np.zeros((len(all_conds), k, s, s), bool)
+    for ci, cond in enumerate(all_conds):
+        corrupted, mask = corrupt_rows(cond, clean, ex_rows, seed=seed)
+        inputs[ci] = corrupted[:, 0].numpy()
+        if mask is not None:
+            masks[ci] = mask[:, 0]
+        for mi, spec in enumerate(specs):
+            outputs[mi, ci] = _run_model(spec.model, corrupted, dev)[:, 0].cpu().numpy()
+        for bi, b in enumerate(baselines):
+            if baseline_applies(b, cond):
+                outputs[len(specs) + bi, ci] = _run_baseline(b, corrupted.numpy(), mask, nlm_sigma)[:, 0]
+    np.savez_compressed(
+        folder / "examples.npz",
+        rows=ex_rows.astype(np.int64),
+        volume_id=np.array([str(v) for v in ds.index["volume_id"].to_numpy()[ex_rows]], dtype=str),
+        slice=ds.index["slice"].to_numpy()[ex_rows].astype(np.int64),
+        conditions=np.array(all_conds),
+        evaluated=np.array([c in conds for c in all_conds]),
+        models=np.array(names),
+        target=clean[:, 0].numpy(),
+        inputs=inputs,
+        masks=masks,
+        outputs=outputs,
+    )

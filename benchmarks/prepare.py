@@ -1,0 +1,85 @@
+"""Seconds per volume of `brainae prepare`, with and without brain extraction, 2 mm and native IXI geometry.
+
+Prints one JSON object. The native-geometry cohort (256 x 256 x 150, 0.9375 x 0.9375 x 1.2 mm, int16, P,S,R) is
+made by resampling the 2 mm volumes, since native IXI files are not shipped.
+
+    python benchmarks/prepare.py [--n 30] [--deepbet-n 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from brainae.brainmask import deepbet_available
+from brainae.prepare import PrepareConfig, prepare
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ixi-t1-2mm"
+
+
+def make_native(files: list[Path], folder: Path) -> None:
+    for f in files:
+        img = nib.load(str(f))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        native = ndimage.zoom(data, np.array([256, 256, 150]) / np.array(data.shape), order=1)
+        aff = img.affine.copy()
+        aff[:3, :3] = aff[:3, :3] @ np.diag([0.9375 / 2, 0.9375 / 2, 1.2 / 2])
+        out = nib.Nifti1Image(np.clip(native, -32768, 32767).astype(np.int16), aff)
+        nib.save(out, str(folder / f.name))
+
+
+def timed(folder: Path, out: Path, mask_method: str) -> float:
+    n = len(list(folder.glob("*.nii.gz")))
+    t = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepare(folder, out, PrepareConfig(mask_method=mask_method), force=True)
+    return (time.perf_counter() - t) / n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--n", type=int, default=30, help="volumes of the 2 mm sample to use")
+    ap.add_argument("--native-n", type=int, default=6, help="volumes resampled to native IXI geometry")
+    ap.add_argument("--deepbet-n", type=int, default=4, help="volumes for the deepbet timings (slow)")
+    args = ap.parse_args()
+    files = sorted(SHARED.glob("*.nii.gz"))[: args.n]
+    results: dict = {"cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+                     "deepbet_installed": deepbet_available()}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        two, nat, small = tmp / "2mm", tmp / "native", tmp / "2mm-small"
+        for d in (two, nat, small):
+            d.mkdir()
+        for f in files:
+            os.symlink(f, two / f.name)
+        for f in files[: args.deepbet_n]:
+            os.symlink(f, small / f.name)
+        make_native(files[: args.native_n], nat)
+        results["2mm_threshold_s_per_volume"] = timed(two, tmp / "o1", "threshold")
+        results["2mm_volumes"] = len(files)
+        results["native_threshold_s_per_volume"] = timed(nat, tmp / "o2", "threshold")
+        results["native_volumes"] = args.native_n
+        if deepbet_available() and args.deepbet_n:
+            results["2mm_deepbet_s_per_volume"] = timed(small, tmp / "o3", "deepbet")
+            native_small = tmp / "native-small"
+            native_small.mkdir()
+            for f in sorted(nat.glob("*.nii.gz"))[: args.deepbet_n]:
+                os.symlink(f, native_small / f.name)
+            results["native_deepbet_s_per_volume"] = timed(native_small, tmp / "o4", "deepbet")
+            results["deepbet_volumes"] = args.deepbet_n
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

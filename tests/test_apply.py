@@ -280,3 +280,16 @@ def test_cli_folder_in_folder_out(tmp_path: Path, ckpt: Path) -> None:
     r = run("reconstruct", folder, tmp_path / "out", "--model", ckpt)
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["s0.nii.gz", "s1.nii.gz"]
+
+
+def test_calibration_recovers_the_input_scale() -> None:
+    from brainae.apply import calibrate_outputs
+
+    rng = np.random.default_rng(0)
+    clean = rng.random((3, 16, 16)).astype(np.float32)
+    noisy = (0.8 * clean + 0.1 + rng.normal(0, 0.05, clean.shape)).astype(np.float32)
+    out = calibrate_outputs(clean, noisy)
+    assert np.abs(out - (0.8 * clean + 0.1)).max() < 0.03
+    assert np.allclose(calibrate_outputs(clean, clean), clean, atol=1e-6)  # identity for a perfect model
+    flat = np.full((1, 4, 4), 0.5, np.float32)
+    assert np.array_equal(calibrate_outputs(flat, rng.random((1, 4, 4)).astype(np.float32)), flat)

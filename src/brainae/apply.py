@@ -19,6 +19,10 @@ What the model does not touch (decisions, reported in :class:`Result`):
   ``0``) processes every slice and needs no brain mask.
 - **Voxels outside the field of view** (when the checkpoint's ``fov_mm`` is smaller than the slice) keep the
   input's value (``Result.inside`` is False there).
+- **Intensity calibration.** Before an output slice is put back on the input's intensity scale, its
+  intensities are fitted to the input slice by least squares (:func:`calibrate_outputs`): with per-slice
+  min-max scaling, noise widens a slice's range, and the model answers on the clean scale. ``Result.outputs``
+  holds the raw model outputs (used for anomaly residuals), ``Result.data`` the calibrated volume.
 - **Inpainting** replaces only the masked voxels that the model covered; every other voxel is bit-identical to
   the input (``Result.data[~mask] == volume.data[~mask]``).
 
@@ -56,6 +60,7 @@ __all__ = [
     "Selection",
     "as_selection",
     "brain_fractions",
+    "calibrate_outputs",
     "denoise",
     "inpaint",
     "predict_slices",
@@ -262,6 +267,8 @@ def reconstruct_volume(
     slices: np.ndarray | None = None,
     measure: np.ndarray | None = None,
     stack: SliceStack | None = None,
+    calibrate: bool = True,
+    fit_pixels: np.ndarray | None = None,
 ) -> Result:
     """Slice-wise model output for a whole volume, back on the input's grid (the core of this module).
 
@@ -274,6 +281,9 @@ def reconstruct_volume(
         slices: (n,) bool, the slices to run through the model (None: all); the others keep the input.
         measure: (n,) selection measure to report in the result (optional).
         stack: precomputed model inputs (e.g. with blanked pixels, see :func:`inpaint`).
+        calibrate: fit each output slice's intensity to its input (see :func:`calibrate_outputs`) before
+            putting it back on the input's scale.
+        fit_pixels: (n, size, size) bool, the pixels that calibration may use (default: all).
 
     Returns:
         :class:`Result`.
@@ -292,12 +302,51 @@ def reconstruct_volume(
     outputs = stack.images.copy()
     idx = np.flatnonzero(processed)
     outputs[idx] = predict_slices(model, stack.images[idx], batch_size=batch_size, device=device)
-    back, fov = slices_to_volume(outputs, stack, prep, data.shape)
+    stitched = outputs
+    if calibrate and len(idx):
+        stitched = outputs.copy()
+        fit = None if fit_pixels is None else fit_pixels[idx]
+        stitched[idx] = calibrate_outputs(outputs[idx], stack.images[idx], fit)
+    back, fov = slices_to_volume(stitched, stack, prep, data.shape)
     shape = [1, 1, 1]
     shape[PROFILE_AXIS[prep.profile]] = n
     inside = fov & processed.reshape(shape)
     result = np.where(inside, back, data).astype(np.float32)
     return Result(result, inside, processed, measure, stack.images, outputs, stack, prep)
+
+
+def calibrate_outputs(
+    outputs: np.ndarray, inputs: np.ndarray, fit_pixels: np.ndarray | None = None
+) -> np.ndarray:
+    """Per slice, the affine intensity map ``a * y + b`` of the outputs ``y`` that best fits the inputs.
+
+    Why: a slice is scaled to [0, 1] with its own min/max (``slice-minmax``, the thesis's scaling), so noise
+    widens the range of a noisy input, while the model answers on the clean [0, 1] scale it was trained to
+    produce. Putting that answer back with the noisy slice's range would shift and shrink its intensities.
+    Least squares of the input on the output (``a = cov(y, x) / var(y)``, ``b = mean(x) - a mean(y)``)
+    recovers the input's scale because zero-mean noise averages out; for a clean input and a good model it
+    is close to the identity. Slices with a constant output are left as they are.
+
+    Args:
+        outputs: (n, size, size) model outputs; inputs: the model inputs of the same shape.
+        fit_pixels: optional (n, size, size) bool, pixels to fit on (e.g. not the blanked ones).
+
+    Returns:
+        (n, size, size) float32 calibrated outputs.
+    """
+    n = outputs.shape[0]
+    y = outputs.reshape(n, -1).astype(np.float64)
+    x = inputs.reshape(n, -1).astype(np.float64)
+    w = np.ones_like(y) if fit_pixels is None else fit_pixels.reshape(n, -1).astype(np.float64)
+    count = np.maximum(w.sum(axis=1, keepdims=True), 1.0)
+    my = (w * y).sum(axis=1, keepdims=True) / count
+    mx = (w * x).sum(axis=1, keepdims=True) / count
+    var = (w * (y - my) ** 2).sum(axis=1, keepdims=True) / count
+    cov = (w * (y - my) * (x - mx)).sum(axis=1, keepdims=True) / count
+    ok = var > 1e-12
+    a = np.where(ok, cov / np.where(ok, var, 1.0), 1.0)
+    b = np.where(ok, mx - a * my, 0.0)
+    return (a * y + b).reshape(outputs.shape).astype(np.float32)
 
 
 def reconstruct(
@@ -387,7 +436,14 @@ def inpaint(
     stack.images[mask_img] = 0.0
     has_mask = mask_view.reshape(mask_view.shape[0], -1).any(axis=1)
     res = reconstruct_volume(
-        volume, model, prep, batch_size=batch_size, device=device, slices=has_mask, stack=stack
+        volume,
+        model,
+        prep,
+        batch_size=batch_size,
+        device=device,
+        slices=has_mask,
+        stack=stack,
+        fit_pixels=~mask_img,
     )
     fill = mask & res.inside
     out = data.copy()

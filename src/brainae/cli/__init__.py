@@ -3,7 +3,8 @@
 - :mod:`brainae.cli.data`: ``inspect``, ``prepare``
 - :mod:`brainae.cli.models`: ``train``, ``grid``, ``import-keras``
 - :mod:`brainae.cli.evaluation`: ``evaluate``, ``stats``, ``report``
-- :mod:`brainae.cli.apply`: ``denoise``, ``inpaint``, ``reconstruct``, ``anomaly``, ``demo``
+- :mod:`brainae.cli.apply`: ``denoise``, ``inpaint``, ``reconstruct``, ``anomaly``
+- :mod:`brainae.cli.demo`: ``demo``
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import importlib
 
 from brainae.cli._app import app, main
 
-for _name in ("data", "models", "evaluation", "apply"):
+for _name in ("data", "models", "evaluation", "apply", "demo"):
     try:
         importlib.import_module(f"brainae.cli.{_name}")
     except ModuleNotFoundError as _exc:  # a stage not written yet

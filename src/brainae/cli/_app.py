@@ -63,6 +63,8 @@ def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
             warnings.showwarning = _show_warning
             try:
                 with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    warnings.simplefilter("ignore", FutureWarning)
                     warnings.simplefilter("always", BrainaeWarning)
                     warnings.showwarning = _show_warning
                     return func(*a, **kw)

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+from typer.testing import CliRunner
+
+from brainae.cli import app
+
+
+def test_demo_runs_end_to_end_in_quick_mode(tmp_path):
+    out = tmp_path / "demo"
+    r = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert "Report:" in r.output and "denoised" in r.output
+    html = (out / "report.html").read_text()
+    assert "<section" in html and 'src="http' not in html
+    for part in ("dataset/slices.npy", "run/best.safetensors", "eval/summary.csv", "stats/stats.csv"):
+        assert (out / part).is_file(), part
+    noisy, den = nib.load(str(out / "denoise/noisy.nii.gz")), nib.load(str(out / "denoise/denoised.nii.gz"))
+    assert noisy.shape == den.shape == (120, 120, 90) and np.allclose(noisy.affine, den.affine)
+    facts = json.loads((out / "demo.json").read_text())
+    assert facts["quick"] and facts["denoise"]["slices_processed"] > 0
+    # a second run into the same demo folder replaces it; a foreign folder is refused
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "keep.txt").write_text("x")
+    r = CliRunner().invoke(app, ["demo", "--quick", "--out", str(other)])
+    assert r.exit_code == 1 and "not a brainae demo folder" in r.output
+    assert (other / "keep.txt").read_text() == "x"

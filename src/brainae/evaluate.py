@@ -780,7 +780,7 @@ def _examples(
     inputs = np.zeros((len(all_conds), k, s, s), np.float32)
     outputs = np.full((len(names), len(all_conds), k, s, s), np.nan, np.float32)
     masks = np.zeros((len(all_conds), k, s, s), bool)
-    for ci, cond in enumerate(all_conds):
+    for ci, cond in enumerate(all_conds if k else []):
         corrupted, mask = corrupt_rows(cond, clean, ex_rows, seed=seed)
         inputs[ci] = corrupted[:, 0].numpy()
         if mask is not None:

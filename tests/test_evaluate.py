@@ -391,3 +391,11 @@ def test_imported_thesis_model_evaluates(tmp_path: Path) -> None:
     assert prov["models"][0]["source"]["type"] == "keras-h5" and prov["models"][0]["arch"] == "res-unet"
     # the thesis model reconstructs clean input far better than a random network
     assert summ.psnr_mean[0] > summ.psnr_mean[1] + 5
+
+
+def test_baseline_workers_give_identical_rows(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "data", volumes={"test": 1})
+    kw = {"conditions": "noise-0.04,blank-20", "baselines": ["nlm", "biharmonic"], "n_examples": 0}
+    one = evaluate([], data, tmp_path / "e1", **kw)
+    two = evaluate([], data, tmp_path / "e2", workers=2, **kw)
+    pd.testing.assert_frame_equal(pd.read_csv(one / "slices.csv"), pd.read_csv(two / "slices.csv"))

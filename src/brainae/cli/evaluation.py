@@ -14,12 +14,12 @@ DEFAULT_CONDITIONS = "clean,noise-0.04,dropout-0.05,blank-20,blank-40,blur"
 
 @command("evaluate")
 def evaluate_command(
+    data: Annotated[Path, typer.Option("--data", help="Prepared dataset folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for the tables.")],
     checkpoints: Annotated[
         list[Path] | None,
         typer.Argument(help="Checkpoint files (.safetensors) or run folders (their best.safetensors)."),
     ] = None,
-    data: Annotated[Path, typer.Option("--data", help="Prepared dataset folder.")] = Path("."),
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder for the tables.")] = None,
     split: Annotated[str, typer.Option(help="Which split to score: train, val or test.")] = "test",
     conditions: Annotated[
         str,
@@ -38,16 +38,14 @@ def evaluate_command(
         float | None, typer.Option("--nlm-sigma", help="Noise sd for NLM (default: estimated per slice).")
     ] = None,
     examples: Annotated[int, typer.Option(help="Fixed slices kept in examples.npz for the report.")] = 4,
+    workers: Annotated[int, typer.Option(help="Processes for the NLM/biharmonic baselines (CPU-bound).")] = 1,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output folder.")] = False,
 ) -> None:
     """Score checkpoints and baselines on every slice of a split, clean and corrupted (MSE, DSSIM, PSNR)."""
     import pandas as pd
 
-    from brainae.errors import BrainaeError
     from brainae.evaluate import evaluate
 
-    if out is None:
-        raise BrainaeError("say where to write the tables: --out EVAL")
     chosen = [] if baselines.strip().lower() in ("", "none") else [b.strip() for b in baselines.split(",")]
     out_dir = evaluate(
         list(checkpoints or []),
@@ -62,6 +60,7 @@ def evaluate_command(
         nlm_sigma=nlm_sigma,
         n_examples=examples,
         force=force,
+        workers=workers,
         progress=lambda it, total: track(it, "evaluating", total=total),
     )
     summary = pd.read_csv(out_dir / "summary.csv")

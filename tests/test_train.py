@@ -235,8 +235,8 @@ def test_resume_continues_at_the_next_epoch_with_the_same_state(dataset, tmp_pat
 def test_errors(dataset, tmp_path):
     with pytest.raises(BrainaeError, match="unknown architecture 'unet'.*res-unet"):
         fit(dataset, tmp_path / "a", tiny(arch="unet"), progress=False)
-    with pytest.raises(BrainaeError, match="unknown loss 'l1'.*mse"):
-        fit(dataset, tmp_path / "b", tiny(loss="l1"), progress=False)
+    with pytest.raises(BrainaeError, match="unknown loss 'huber'.*mse"):
+        fit(dataset, tmp_path / "b", tiny(loss="huber"), progress=False)
     with pytest.raises(BrainaeError, match="nothing to resume"):
         fit(dataset, tmp_path / "c", tiny(), progress=False, resume=True)
     no_val = make_dataset(tmp_path / "noval", n_train=16, n_val=0)

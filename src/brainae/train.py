@@ -911,7 +911,7 @@ def fit(
         raise BrainaeError(f"{out}: no epoch was trained; raise --epochs above the epochs already run")
     from brainae.checkpoint import load_model, update_checkpoint
 
-    device = module.device
+    device = trainer.strategy.root_device  # the module itself is back on the CPU after fit
     normative = _normative(load_model(best, device), ds, device)
     training = writer.training_dict(module)
     training["stopped_early"] = bool(

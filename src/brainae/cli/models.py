@@ -12,7 +12,7 @@ from brainae.cli._app import command, console
 THESIS_PREPROCESSING = {
     "profile": "sagittal",
     "size": 128,
-    "fov_mm": None,
+    "fov_mm": 240.0,  # IXI: 256 x 0.9375 mm in-plane, the whole slice (thesis); fixes mm per pixel for other scans
     "scaling": "slice-minmax",
     "percentiles": [0.5, 99.5],
 }

@@ -3,7 +3,8 @@
 Steps (all outputs under ``out``):
 
 1. ``dataset/``: :func:`brainae.prepare.prepare` on the 8 embedded IXI volumes (``brainae/sample``) with their
-   ages and sexes, brain-mask selection with the threshold brain mask (fast, no optional package), 128 x 128;
+   ages and sexes, brain-mask selection with the threshold brain mask (fast, no optional package), 128 x 128,
+   split 5 / 2 / 1 volumes (train / val / test) so that the normative statistics have two validation volumes;
 2. ``run/``: :func:`brainae.train.fit` of a Residual U-Net with the thesis's settings (MSE, augmentation) for a
    few epochs on the CPU — a short training, to show the machinery, not a converged model;
 3. ``eval/``: :func:`brainae.evaluate.evaluate` of that model and of the thesis's own trained Residual U-Net
@@ -101,7 +102,8 @@ def run_demo(
             warnings.simplefilter("ignore", BrainaeWarning)
             prep = prepare(
                 source, out / "dataset",
-                PrepareConfig(size=size, mask_method="threshold", demographics=str(PARTICIPANTS), seed=0),
+                PrepareConfig(size=size, mask_method="threshold", demographics=str(PARTICIPANTS), seed=0,
+                          val=0.25, test=0.15),
                 force=True,
             )
     facts["slices"] = prep.n_slices

@@ -54,10 +54,10 @@ def _load_model(path: Path, device: str):
     if path.is_dir():
         raise BrainaeError(f"{path}: is a folder; give the checkpoint file (.safetensors)")
     if path.suffix.lower() in (".h5", ".hdf5", ".keras"):
-        from brainae.models.keras_import import import_keras
+        from brainae.models.keras_import import THESIS_PREPROCESSING, import_keras
 
         model, _ = import_keras(path)
-        return model.to(dev).eval(), Preprocessing(), None
+        return model.to(dev).eval(), Preprocessing.from_dict(THESIS_PREPROCESSING), None
     from brainae.checkpoint import load_checkpoint
 
     model, ckpt = load_checkpoint(path, dev)
@@ -68,7 +68,9 @@ def _load_model(path: Path, device: str):
             BrainaeWarning,
             stacklevel=2,
         )
-        prep = Preprocessing()
+        from brainae.models.keras_import import THESIS_PREPROCESSING
+
+        prep = Preprocessing.from_dict(THESIS_PREPROCESSING)
     else:
         prep = Preprocessing.from_dict(ckpt.preprocessing)
     return model, prep, ckpt.normative

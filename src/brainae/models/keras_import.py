@@ -32,6 +32,15 @@ from brainae.models.registry import architecture_names, build_model, count_param
 
 WEIGHTED_CLASSES = ("Conv2D", "Conv2DTranspose", "BatchNormalization")
 
+THESIS_PREPROCESSING = {
+    "profile": "sagittal",
+    "size": 128,
+    "fov_mm": 240.0,  # IXI: 256 x 0.9375 mm in-plane, the whole slice; fixes the mm per pixel for other scans
+    "scaling": "slice-minmax",
+    "percentiles": [0.5, 99.5],
+}
+"""The preprocessing the thesis's models were trained with (recorded in imported checkpoints)."""
+
 
 @dataclass
 class KerasLayer:

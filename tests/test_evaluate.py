@@ -380,10 +380,12 @@ def test_cli_evaluate_and_stats(tmp_path: Path) -> None:
 
 def test_imported_thesis_model_evaluates(tmp_path: Path) -> None:
     """The shipped Keras import (res-unet, 128 x 128) goes through the same command and tables."""
+    from brainae.checkpoint import read_checkpoint
     from brainae.pretrained import THESIS_RES_UNET
 
-    data = make_dataset(tmp_path / "data", volumes={"test": 1}, size=128)
-    ours = make_checkpoint(tmp_path / "ours.safetensors", prep={**PREP, "size": 128})
+    prep = read_checkpoint(THESIS_RES_UNET).preprocessing
+    data = make_dataset(tmp_path / "data", volumes={"test": 1}, size=128, prep=prep)
+    ours = make_checkpoint(tmp_path / "ours.safetensors", prep=prep)
     out = evaluate([THESIS_RES_UNET, ours], data, tmp_path / "e", baselines=["identity"], n_examples=1)
     summ = pd.read_csv(out / "summary.csv")
     assert list(summ.model) == ["thesis-res-unet-mse", "ours", "identity"]

@@ -431,7 +431,7 @@ def check_preprocessing(ckpt_prep: Any, dataset_prep: Any, *, where: str, size: 
         if not same:
             raise BrainaeError(
                 f"{where}: trained on slices with {key}={a!r} but the dataset has {key}={b!r}; "
-                f"prepare the data with the checkpoint's settings (--{key.replace('_', '-')} {a})"
+                f"prepare the data with the checkpoint's preprocessing ({key} {a})"
             )
     if "size" in cp and int(cp["size"]) != int(size):
         raise BrainaeError(

@@ -54,8 +54,11 @@ def main() -> None:
     ap.add_argument("--deepbet-n", type=int, default=4, help="volumes for the deepbet timings (slow)")
     args = ap.parse_args()
     files = sorted(SHARED.glob("*.nii.gz"))[: args.n]
-    results: dict = {"cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
-                     "deepbet_installed": deepbet_available()}
+    results: dict = {
+        "cpu_count": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "deepbet_installed": deepbet_available(),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         two, nat, small = tmp / "2mm", tmp / "native", tmp / "2mm-small"

@@ -13,6 +13,7 @@ SHARED = REPO.parent / "shared"
 IXI_2MM = SHARED / "data" / "ixi-t1-2mm"
 SEED_WEIGHTS = SHARED / "data" / "seed-weights"
 
+
 # Native IXI stores voxel axes as P, S, R: axis 0 runs to posterior, 1 to superior, 2 to the right.
 def psr_affine(zooms=(2.0, 2.0, 2.5)) -> np.ndarray:
     zp, zs, zr = zooms

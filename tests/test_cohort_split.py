@@ -5,11 +5,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import IXI_2MM
 
 from brainae.cohort import age_group, match_demographics, read_demographics
 from brainae.errors import BrainaeError
 from brainae.split import stratified_split
+from conftest import IXI_2MM
 
 
 def test_read_real_ixi_xls():
@@ -48,12 +48,16 @@ def test_age_groups():
 
 def _table(n=200, seed=0):
     rng = np.random.default_rng(seed)
-    t = pd.DataFrame({
-        "subject_id": [f"s{i // 2 if i < 20 else i}" for i in range(n)],  # first 10 subjects have 2 volumes
-        "sex": rng.choice(["M", "F"], n),
-        "age_group": rng.choice(["young", "adult", "elderly"], n, p=[0.1, 0.7, 0.2]),
-        "ethnicity": rng.choice(["white", "other"], n, p=[0.8, 0.2]),
-    })
+    t = pd.DataFrame(
+        {
+            "subject_id": [
+                f"s{i // 2 if i < 20 else i}" for i in range(n)
+            ],  # first 10 subjects have 2 volumes
+            "sex": rng.choice(["M", "F"], n),
+            "age_group": rng.choice(["young", "adult", "elderly"], n, p=[0.1, 0.7, 0.2]),
+            "ethnicity": rng.choice(["white", "other"], n, p=[0.8, 0.2]),
+        }
+    )
     t.loc[190:, ["sex", "age_group", "ethnicity"]] = None  # no metadata
     return t
 
@@ -76,6 +80,12 @@ def test_split_by_subject_stratified_and_seeded():
 
 
 def test_small_cohorts_get_every_split():
-    t = pd.DataFrame({"subject_id": list("abcde"), "sex": list("MFMFM"), "age_group": ["adult"] * 5,
-                      "ethnicity": [None] * 5})
+    t = pd.DataFrame(
+        {
+            "subject_id": list("abcde"),
+            "sex": list("MFMFM"),
+            "age_group": ["adult"] * 5,
+            "ethnicity": [None] * 5,
+        }
+    )
     assert set(stratified_split(t, seed=0)) == {"train", "val", "test"}

@@ -5,10 +5,10 @@ import gzip
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import psr_affine, synthetic_head, write_volume
 
 from brainae.errors import BrainaeError
 from brainae.io import atomic_dir, list_niftis, load_volume, save_like, subject_id, volume_id
+from conftest import psr_affine, synthetic_head, write_volume
 
 
 def test_load_reorients_psr_to_ras(tmp_path):
@@ -42,7 +42,10 @@ def test_save_like_round_trip_keeps_grid(tmp_path):
     [
         (lambda p: nib.save(nib.Nifti1Image(np.zeros((4, 4, 4, 3), np.float32), np.eye(4)), str(p)), "4-D"),
         (lambda p: nib.save(nib.Nifti1Image(np.zeros((4, 4), np.float32), np.eye(4)), str(p)), "2-D"),
-        (lambda p: nib.save(nib.Nifti1Image(np.full((4, 4, 4), np.nan, np.float32), np.eye(4)), str(p)), "NaN"),
+        (
+            lambda p: nib.save(nib.Nifti1Image(np.full((4, 4, 4), np.nan, np.float32), np.eye(4)), str(p)),
+            "NaN",
+        ),
         (lambda p: p.write_bytes(b"not a nifti at all"), "cannot be read"),
     ],
 )

@@ -7,13 +7,13 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import synthetic_head, write_volume
 from typer.testing import CliRunner
 
 from brainae.cli import app
 from brainae.dataset import open_dataset
 from brainae.errors import BrainaeError
 from brainae.prepare import PrepareConfig, inspect_folder, prepare
+from conftest import synthetic_head, write_volume
 
 runner = CliRunner()
 CFG = dict(size=32, mask_method="threshold")
@@ -56,7 +56,10 @@ def test_rerun_is_a_no_op_and_other_settings_need_force(cohort, tmp_path):
     with pytest.raises(BrainaeError, match="--force"):
         prepare(cohort, out, PrepareConfig(select="nonzero-mean", **CFG))
     res = prepare(cohort, out, PrepareConfig(select="nonzero-mean", **CFG), force=True)
-    assert not res.reused and json.loads((out / "settings.json").read_text())["select"]["method"] == "nonzero-mean"
+    assert (
+        not res.reused
+        and json.loads((out / "settings.json").read_text())["select"]["method"] == "nonzero-mean"
+    )
 
 
 @pytest.mark.parametrize("method", ["brain-mask", "nonzero-count", "nonzero-mean"])
@@ -68,7 +71,9 @@ def test_each_selection_method(cohort, tmp_path, method):
 
 def test_broken_inputs_are_skipped_with_warnings(cohort, tmp_path):
     (cohort / "IXI900-HH-9000-T1.nii.gz").write_bytes(b"\x1f\x8b garbage")
-    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 2), np.float32), np.eye(4)), str(cohort / "IXI901-HH-9001-T1.nii"))
+    nib.save(
+        nib.Nifti1Image(np.zeros((8, 8, 8, 2), np.float32), np.eye(4)), str(cohort / "IXI901-HH-9001-T1.nii")
+    )
     bad = synthetic_head().astype(np.float32)
     bad[0, 0, 0] = np.nan
     write_volume(cohort / "IXI902-HH-9002-T1.nii.gz", bad)
@@ -98,13 +103,31 @@ def test_cli_bad_inputs_one_line_no_traceback(cohort, tmp_path):
     cases = [
         (["prepare", empty, "--out", tmp_path / "o1"], "no .nii or .nii.gz files"),
         (["prepare", cohort, "--out", tmp_path / "o2", "--select", "otsu"], "unknown selection method"),
-        (["prepare", cohort, "--out", tmp_path / "o3", "--demographics", tmp_path / "none.csv"], "no such demographics"),
+        (
+            ["prepare", cohort, "--out", tmp_path / "o3", "--demographics", tmp_path / "none.csv"],
+            "no such demographics",
+        ),
         (["inspect", tmp_path / "missing", "--out", tmp_path / "o4"], "no such folder"),
     ]
     weird = tmp_path / "weird.csv"
     weird.write_text("participant_id,age,sex\nsub-1,30,M\n")
-    cases.append((["prepare", cohort, "--out", tmp_path / "o5", "--demographics", weird, "--size", 32,
-                   "--mask-method", "threshold"], "none of its IDs matches"))
+    cases.append(
+        (
+            [
+                "prepare",
+                cohort,
+                "--out",
+                tmp_path / "o5",
+                "--demographics",
+                weird,
+                "--size",
+                32,
+                "--mask-method",
+                "threshold",
+            ],
+            "none of its IDs matches",
+        )
+    )
     only_4d = tmp_path / "only4d"
     only_4d.mkdir()
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 2), np.float32), np.eye(4)), str(only_4d / "x.nii.gz"))

@@ -3,12 +3,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import synthetic_head
 
 from brainae.brainmask import brain_mask
 from brainae.errors import BrainaeError
 from brainae.select import KEEP_COLUMN, check_method, cohort_thresholds, keep_flags, slice_measures
 from brainae.volume import to_view
+from conftest import synthetic_head
 
 
 def _measures(empty=5):
@@ -36,8 +36,13 @@ def test_brain_mask_threshold_is_a_fraction():
 
 
 def test_nonzero_quartile_thresholds():
-    table = pd.DataFrame({"nonzero_frac": np.linspace(0, 1, 101), "nonzero_mean": np.linspace(0, 2, 101),
-                          "brain_frac": np.zeros(101)})
+    table = pd.DataFrame(
+        {
+            "nonzero_frac": np.linspace(0, 1, 101),
+            "nonzero_mean": np.linspace(0, 2, 101),
+            "brain_frac": np.zeros(101),
+        }
+    )
     th = cohort_thresholds(table)
     assert th["nonzero-count"] == pytest.approx(0.25) and th["nonzero-mean"] == pytest.approx(0.5)
     flags = keep_flags(table, th)

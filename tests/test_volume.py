@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import IXI_2MM
 
 from brainae.errors import BrainaeError
 from brainae.volume import (
@@ -17,6 +16,7 @@ from brainae.volume import (
     to_view,
     volume_to_slices,
 )
+from conftest import IXI_2MM
 
 
 @pytest.mark.parametrize(

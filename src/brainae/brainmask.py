@@ -105,7 +105,9 @@ def threshold_mask(
 
     zooms_a = np.asarray(zooms, dtype=float)
     factor = np.maximum(zooms_a / work_mm, 1e-3)
-    small = ndimage.zoom(data.astype(np.float32), factor, order=1) if np.any(np.abs(factor - 1) > 1e-3) else data
+    small = (
+        ndimage.zoom(data.astype(np.float32), factor, order=1) if np.any(np.abs(factor - 1) > 1e-3) else data
+    )
     step = zooms_a / factor
     small = ndimage.gaussian_filter(small.astype(np.float32), sigma=1.0 / step)
     if float(small.max()) <= float(small.min()):
@@ -123,7 +125,11 @@ def threshold_mask(
     mask = ndimage.binary_fill_holes(grown & head)
     if mask.shape != data.shape:
         idx = [
-            np.clip(np.floor((np.arange(n_full) + 0.5) * (mask.shape[a] / n_full)).astype(int), 0, mask.shape[a] - 1)
+            np.clip(
+                np.floor((np.arange(n_full) + 0.5) * (mask.shape[a] / n_full)).astype(int),
+                0,
+                mask.shape[a] - 1,
+            )
             for a, n_full in enumerate(data.shape)
         ]
         mask = mask[np.ix_(*idx)]

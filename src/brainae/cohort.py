@@ -88,7 +88,9 @@ def read_ixi_xls(path: str | os.PathLike):
         raise BrainaeError(f"{path}: no IXI_ID column; this does not look like IXI.xls")
     out = pd.DataFrame(
         {
-            "key": [str(int(float(v))) if str(v).strip() not in ("", "nan") else None for v in raw[cols["IXI_ID"]]],
+            "key": [
+                str(int(float(v))) if str(v).strip() not in ("", "nan") else None for v in raw[cols["IXI_ID"]]
+            ],
             "age": [_age(v) for v in raw[cols["AGE"]]] if "AGE" in cols else None,
             "sex": [_sex(v) for v in raw[cols["SEX_ID"]]] if "SEX_ID" in cols else None,
             "ethnicity": [_ethnicity(v) for v in raw[cols["ETHNIC_ID"]]] if "ETHNIC_ID" in cols else None,

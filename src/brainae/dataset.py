@@ -58,7 +58,9 @@ def open_dataset(path: str | Path) -> PreparedDataset:
 
     path = Path(path)
     if not path.is_dir():
-        raise BrainaeError(f"{path}: no such dataset folder; make one with `brainae prepare DIR --out {path}`")
+        raise BrainaeError(
+            f"{path}: no such dataset folder; make one with `brainae prepare DIR --out {path}`"
+        )
     missing = [f for f in REQUIRED if not (path / f).is_file()]
     if missing:
         raise BrainaeError(

@@ -81,7 +81,9 @@ def run_demo(
     out = Path(out)
     marker = out / "demo.json"
     if out.exists() and any(out.iterdir()) and not marker.exists() and not force:
-        raise BrainaeError(f"{out}: exists and is not a brainae demo folder; choose another --out or add --force")
+        raise BrainaeError(
+            f"{out}: exists and is not a brainae demo folder; choose another --out or add --force"
+        )
     if out.exists() and (force or marker.exists()):
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -97,13 +99,22 @@ def run_demo(
             for f in files[:5]:
                 shutil.copy(f, source / f.name)
         size = 32 if quick else 128
-        log(f"1/5 prepare: {len(list(source.glob('*.nii.gz')))} IXI volumes from {SAMPLE_DIR} -> {out / 'dataset'}")
+        log(
+            f"1/5 prepare: {len(list(source.glob('*.nii.gz')))} IXI volumes from {SAMPLE_DIR} -> {out / 'dataset'}"
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", BrainaeWarning)
             prep = prepare(
-                source, out / "dataset",
-                PrepareConfig(size=size, mask_method="threshold", demographics=str(PARTICIPANTS), seed=0,
-                          val=0.25, test=0.15),
+                source,
+                out / "dataset",
+                PrepareConfig(
+                    size=size,
+                    mask_method="threshold",
+                    demographics=str(PARTICIPANTS),
+                    seed=0,
+                    val=0.25,
+                    test=0.15,
+                ),
                 force=True,
             )
     facts["slices"] = prep.n_slices
@@ -112,25 +123,46 @@ def run_demo(
     # 2. train
     arch = "skip-cae" if quick else "res-unet"
     config = TrainConfig(
-        arch=arch, loss="mse", augment=True, epochs=1 if quick else epochs, batch_size=32, seed=0,
-        accelerator="cpu" if device == "cpu" else "auto", max_steps_per_epoch=2 if quick else None,
+        arch=arch,
+        loss="mse",
+        augment=True,
+        epochs=1 if quick else epochs,
+        batch_size=32,
+        seed=0,
+        accelerator="cpu" if device == "cpu" else "auto",
+        max_steps_per_epoch=2 if quick else None,
     )
     log(f"2/5 train: {arch}, MSE, augmentation, {config.epochs} epoch(s) -> {out / 'run'}")
     best = fit(out / "dataset", out / "run", config, progress=progress, force=True)
 
     # 3. evaluate + stats
     checkpoints = [best] if quick else [best, THESIS_RES_UNET]
-    conditions = ["clean", "noise-0.04", "blank-20"] if quick else ["clean", "noise-0.02", "noise-0.04", "blank-20", "rician-0.04"]
-    log(f"3/5 evaluate: {len(checkpoints)} model(s) + baselines, conditions {', '.join(conditions)} -> {out / 'eval'}")
-    evaluate(checkpoints, out / "dataset", out / "eval", split="test", conditions=conditions, seed=0,
-             device=device, force=True)
+    conditions = (
+        ["clean", "noise-0.04", "blank-20"]
+        if quick
+        else ["clean", "noise-0.02", "noise-0.04", "blank-20", "rician-0.04"]
+    )
+    log(
+        f"3/5 evaluate: {len(checkpoints)} model(s) + baselines, conditions {', '.join(conditions)} -> {out / 'eval'}"
+    )
+    evaluate(
+        checkpoints,
+        out / "dataset",
+        out / "eval",
+        split="test",
+        conditions=conditions,
+        seed=0,
+        device=device,
+        force=True,
+    )
     run_stats(out / "eval", metrics=("mse", "psnr"), out=out / "stats")
 
     # 4. report
     report = out / "report.html"
     log(f"4/5 report -> {report}")
-    build_report([out / "dataset", out / "run", out / "eval", out / "stats"], report,
-                 title="brainae demo: IXI sample")
+    build_report(
+        [out / "dataset", out / "run", out / "eval", out / "stats"], report, title="brainae demo: IXI sample"
+    )
 
     # 5. denoise a held-out volume
     import pandas as pd
@@ -151,7 +183,9 @@ def run_demo(
     model_path = best if quick else THESIS_RES_UNET
     model, ckpt = load_checkpoint(model_path)
     noisy = load_volume(noisy_path)
-    log(f"5/5 denoise: {held_out['file']} + Gaussian noise (sd 4 % of the 99.5th percentile) with {model_path.name}")
+    log(
+        f"5/5 denoise: {held_out['file']} + Gaussian noise (sd 4 % of the 99.5th percentile) with {model_path.name}"
+    )
     result = denoise(noisy, model, Preprocessing.from_dict(ckpt.preprocessing), device=device)
     denoised_path = save_like(den_dir / "denoised.nii.gz", result.data, noisy)
     brain = fg

@@ -425,13 +425,23 @@ def check_preprocessing(ckpt_prep: Any, dataset_prep: Any, *, where: str, size: 
         if key not in cp or key not in dp:
             continue
         a, b = cp[key], dp[key]
+        if key == "fov_mm" and (a is None) != (b is None):
+            # One side squeezed each slice's own extent (the thesis), the other a fixed field of view: equal
+            # for cohorts such as IXI whose slices all span the same millimetres, so warn, don't refuse.
+            warnings.warn(
+                f"{where}: trained with fov_mm={a!r}, the dataset has fov_mm={b!r}; equivalent only if every "
+                "slice spans that field of view (IXI: 240 mm)",
+                BrainaeWarning,
+                stacklevel=2,
+            )
+            continue
         same = a == b
         if isinstance(a, int | float) and isinstance(b, int | float) and a is not None and b is not None:
             same = math.isclose(float(a), float(b), rel_tol=1e-6)
         if not same:
             raise BrainaeError(
                 f"{where}: trained on slices with {key}={a!r} but the dataset has {key}={b!r}; "
-                f"prepare the data with the checkpoint's preprocessing ({key} {a})"
+                f"prepare the data with the checkpoint's preprocessing (--{key.replace('_', '-')} {a})"
             )
     if "size" in cp and int(cp["size"]) != int(size):
         raise BrainaeError(

@@ -53,7 +53,9 @@ def inspect_figure(table, path: Path) -> Path:
     ax = axes[3]
     if len(ok):
         ax.hist(ok["max"].astype(float), bins=min(20, max(len(ok), 2)), color="#dd8452", label="max")
-        ax.hist(ok["mean"].astype(float), bins=min(20, max(len(ok), 2)), color="#55a868", alpha=0.7, label="mean")
+        ax.hist(
+            ok["mean"].astype(float), bins=min(20, max(len(ok), 2)), color="#55a868", alpha=0.7, label="mean"
+        )
         ax.legend(fontsize=8)
     ax.set_title("intensity per volume", fontsize=10)
     bad = len(table) - len(ok)

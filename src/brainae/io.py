@@ -122,7 +122,9 @@ def _check_readable(path: Path) -> None:
     if path.is_dir():
         raise BrainaeError(f"{path}: is a folder, not a NIfTI file")
     if not is_nifti(path):
-        raise BrainaeError(f"{path}: not a NIfTI file (.nii or .nii.gz expected); convert it first (e.g. dcm2niix)")
+        raise BrainaeError(
+            f"{path}: not a NIfTI file (.nii or .nii.gz expected); convert it first (e.g. dcm2niix)"
+        )
 
 
 def _load_image(path: Path):
@@ -158,7 +160,10 @@ def read_header(path: str | os.PathLike) -> HeaderFacts:
             r[int(target)] = float(vox[axis])
         ras = (r[0], r[1], r[2])
     return HeaderFacts(
-        shape=tuple(int(s) for s in shape), zooms=zooms, axcodes=codes, dtype=str(img.get_data_dtype()),
+        shape=tuple(int(s) for s in shape),
+        zooms=zooms,
+        axcodes=codes,
+        dtype=str(img.get_data_dtype()),
         ras_zooms=ras,
     )
 
@@ -212,7 +217,9 @@ def load_volume(path: str | os.PathLike) -> Volume:
     )
 
 
-def save_like(path: str | os.PathLike, data_ras: np.ndarray, like: Volume, *, dtype: str | None = None) -> Path:
+def save_like(
+    path: str | os.PathLike, data_ras: np.ndarray, like: Volume, *, dtype: str | None = None
+) -> Path:
     """Write ``data_ras`` (RAS+ order, ``like.data.shape``) on the grid of ``like``: same shape, affine, header.
 
     The data are put back into the input file's voxel order. ``dtype`` defaults to float32 (results are

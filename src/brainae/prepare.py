@@ -97,8 +97,21 @@ def inspect_folder(folder: str | os.PathLike, *, track: Track = _no_track):
         else:
             seen[sid] = f.name
         rows.append(row)
-    cols = ["file", "volume_id", "subject_id", "status", "reason", "shape", "zooms", "axcodes", "dtype",
-            "min", "max", "mean", "profile"]
+    cols = [
+        "file",
+        "volume_id",
+        "subject_id",
+        "status",
+        "reason",
+        "shape",
+        "zooms",
+        "axcodes",
+        "dtype",
+        "min",
+        "max",
+        "mean",
+        "profile",
+    ]
     return pd.DataFrame(rows).reindex(columns=cols)
 
 
@@ -139,7 +152,9 @@ class PrepareConfig:
         if self.scaling not in SCALINGS:
             raise BrainaeError(f"unknown scaling {self.scaling!r}; choose one of {', '.join(SCALINGS)}")
         if self.profile != "auto" and self.profile not in PROFILES:
-            raise BrainaeError(f"unknown profile {self.profile!r}; choose auto or one of {', '.join(PROFILES)}")
+            raise BrainaeError(
+                f"unknown profile {self.profile!r}; choose auto or one of {', '.join(PROFILES)}"
+            )
         if self.fov not in ("cohort", "slice"):
             raise BrainaeError(f"unknown fov mode {self.fov!r}; choose cohort or slice")
         if not 0 <= self.brain_fraction < 1:
@@ -205,8 +220,12 @@ def prepare(
             if _settings_key(previous) == _settings_key(settings_probe) and not force:
                 idx = pd.read_csv(out / "index.csv")
                 return PrepareResult(
-                    out, int(previous.get("n_volumes", 0)), len(idx),
-                    idx["split"].value_counts().to_dict(), [], reused=True,
+                    out,
+                    int(previous.get("n_volumes", 0)),
+                    len(idx),
+                    idx["split"].value_counts().to_dict(),
+                    [],
+                    reused=True,
                 )
         if not force:
             raise BrainaeError(
@@ -231,14 +250,17 @@ def prepare(
         if sid in seen:
             warnings.warn(
                 f"skipped {f.name}: same subject {sid} as {seen[sid].name} (one volume per subject)",
-                BrainaeWarning, stacklevel=2,
+                BrainaeWarning,
+                stacklevel=2,
             )
             skipped.append(f.name)
             del headers[f]
         else:
             seen[sid] = f
     if not headers:
-        raise BrainaeError(f"{folder}: no usable 3-D volume among {len(files)} NIfTI files (see warnings above)")
+        raise BrainaeError(
+            f"{folder}: no usable 3-D volume among {len(files)} NIfTI files (see warnings above)"
+        )
 
     mask_method = resolve_method(config.mask_method)
     if config.profile != "auto":
@@ -250,7 +272,9 @@ def prepare(
         if odd:
             warnings.warn(
                 f"{odd} volume(s) would prefer another profile than the cohort's {profile}; all are sliced "
-                f"{profile} after reorientation to RAS+", BrainaeWarning, stacklevel=2,
+                f"{profile} after reorientation to RAS+",
+                BrainaeWarning,
+                stacklevel=2,
             )
 
     # 2-3. Pass 1: load, measure every slice.
@@ -295,8 +319,13 @@ def prepare(
         fov_mm = float(round(np.median([facts[f]["extent"] for f in facts]), 2))
     else:
         fov_mm = None
-    prep = Preprocessing(profile=profile, size=config.size, fov_mm=fov_mm, scaling=config.scaling,
-                         percentiles=tuple(config.percentiles))
+    prep = Preprocessing(
+        profile=profile,
+        size=config.size,
+        fov_mm=fov_mm,
+        scaling=config.scaling,
+        percentiles=tuple(config.percentiles),
+    )
 
     # 4. Volumes table, demographics, split.
     used = [f for f in headers if f in facts]
@@ -306,7 +335,8 @@ def prepare(
         warnings.warn(
             f"skipped {f.name}: no slice passes the {config.select} selection (threshold "
             f"{thresholds[config.select]:.3g}); check the image or use another --select",
-            BrainaeWarning, stacklevel=2,
+            BrainaeWarning,
+            stacklevel=2,
         )
         skipped.append(f.name)
     used = [f for f in used if f not in empty]
@@ -325,7 +355,9 @@ def prepare(
     else:
         for col in ("age", "sex", "ethnicity", "age_group"):
             volumes[col] = None
-    volumes["split"] = stratified_split(volumes, val=config.val, test=config.test, seed=config.seed).to_numpy()
+    volumes["split"] = stratified_split(
+        volumes, val=config.val, test=config.test, seed=config.seed
+    ).to_numpy()
     volumes["n_slices"] = [facts[f]["n_slices"] for f in used]
     volumes["n_kept"] = [int(kept_per_volume.get(str(f), 0)) for f in used]
     for col in ("shape", "zooms", "axcodes", "dtype", "intensity_min", "intensity_max"):
@@ -377,9 +409,13 @@ def prepare(
                 "kept_by_method": {m: int(selection[KEEP_COLUMN[m]].sum()) for m in METHODS},
                 "slices_total": len(selection),
             },
-            "split": {"val": config.val, "test": config.test, "seed": config.seed,
-                      "volumes": volumes["split"].value_counts().to_dict(),
-                      "slices": index["split"].value_counts().to_dict()},
+            "split": {
+                "val": config.val,
+                "test": config.test,
+                "seed": config.seed,
+                "volumes": volumes["split"].value_counts().to_dict(),
+                "slices": index["split"].value_counts().to_dict(),
+            },
             "seed": config.seed,
             "source": str(folder.resolve()),
             "demographics": str(Path(config.demographics).resolve()) if config.demographics else None,

@@ -65,7 +65,9 @@ def stratified_split(table, *, val: float = 0.14, test: float = 0.08, seed: int 
         n_val = max(n_val, 1 if val > 0 else 0)
     n_test = min(n_test, n)
     n_val = min(n_val, n - n_test)
-    groups = {g: list(rng.permutation(sorted(pool[strat[pool].to_numpy() == g]))) for g in sorted(set(strat[pool]))}
+    groups = {
+        g: list(rng.permutation(sorted(pool[strat[pool].to_numpy() == g]))) for g in sorted(set(strat[pool]))
+    }
     names = list(groups)
     sizes = np.array([len(groups[g]) for g in names])
     t_counts = _apportion(sizes, n_test / n if n else 0.0, n_test)
@@ -87,17 +89,31 @@ def split_table(volumes):
     rows = []
     for split in ("train", "val", "test", "all"):
         part = volumes if split == "all" else volumes[volumes["split"] == split]
-        rows.append({"split": split, "attribute": "volumes", "value": "all", "count": len(part), "fraction": 1.0})
+        rows.append(
+            {"split": split, "attribute": "volumes", "value": "all", "count": len(part), "fraction": 1.0}
+        )
         if "n_kept" in part:
             rows.append(
-                {"split": split, "attribute": "slices", "value": "all", "count": int(part["n_kept"].sum()),
-                 "fraction": 1.0}
+                {
+                    "split": split,
+                    "attribute": "slices",
+                    "value": "all",
+                    "count": int(part["n_kept"].sum()),
+                    "fraction": 1.0,
+                }
             )
         for col in STRATA:
             if col not in part:
                 continue
             counts = part[col].fillna("unknown").value_counts()
             for value, c in counts.items():
-                rows.append({"split": split, "attribute": col, "value": value, "count": int(c),
-                             "fraction": c / max(len(part), 1)})
+                rows.append(
+                    {
+                        "split": split,
+                        "attribute": col,
+                        "value": value,
+                        "count": int(c),
+                        "fraction": c / max(len(part), 1),
+                    }
+                )
     return pd.DataFrame(rows)

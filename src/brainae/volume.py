@@ -167,7 +167,9 @@ def resample_slices(
     grid = _grid((size, size), (pix / (h * spacing[0]), pix / (w * spacing[1])))
     x = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
     # 'border' clamps at the edges like a plain resize; beyond the slice's extent the value is 0.
-    out = F.grid_sample(x, grid.expand(n, -1, -1, -1), mode="bilinear", padding_mode="border", align_corners=False)
+    out = F.grid_sample(
+        x, grid.expand(n, -1, -1, -1), mode="bilinear", padding_mode="border", align_corners=False
+    )
     g = grid[0]
     outside = (g[..., 0].abs() > 1.0 + 1e-6) | (g[..., 1].abs() > 1.0 + 1e-6)
     out[:, 0, outside] = 0.0
@@ -191,7 +193,9 @@ def unresample_slices(
     fov = _fov((h, w), spacing, fov_mm)
     grid = _grid((h, w), (spacing[0] / fov, spacing[1] / fov))
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
-    out = F.grid_sample(x, grid.expand(n, -1, -1, -1), mode="bilinear", padding_mode="border", align_corners=False)
+    out = F.grid_sample(
+        x, grid.expand(n, -1, -1, -1), mode="bilinear", padding_mode="border", align_corners=False
+    )
     g = grid[0].numpy()
     half = 1.0 + 1e-6
     inside = (np.abs(g[..., 0]) <= half) & (np.abs(g[..., 1]) <= half)

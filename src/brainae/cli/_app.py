@@ -27,7 +27,6 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def _root() -> None:
     """Normative convolutional autoencoders for T1-weighted brain MRI: prepare, train, evaluate, apply."""
@@ -85,9 +84,7 @@ def track(iterable: Iterable[T], description: str = "working", total: int | None
     """A rich progress bar over ``iterable`` on stderr (hidden when stderr is not a terminal)."""
     from rich.progress import track as rich_track
 
-    yield from rich_track(
-        iterable, description=description, total=total, console=err_console, transient=True
-    )
+    yield from rich_track(iterable, description=description, total=total, console=err_console, transient=True)
 
 
 def main() -> None:

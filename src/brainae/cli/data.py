@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -45,30 +45,52 @@ def prepare_cmd(
     folder: Annotated[Path, typer.Argument(help="Folder of T1 NIfTI volumes (IXI names or any *.nii[.gz]).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to create.")],
     demographics: Annotated[
-        Optional[Path],
-        typer.Option(help="IXI.xls, or a participants CSV/TSV (ID, age, sex[, ethnicity]) for the stratified split."),
+        Path | None,
+        typer.Option(
+            help="IXI.xls, or a participants CSV/TSV (ID, age, sex[, ethnicity]) for the stratified split."
+        ),
     ] = None,
     select: Annotated[
         str, typer.Option(help="Relevant-slice method: brain-mask, nonzero-count or nonzero-mean.")
     ] = "brain-mask",
-    size: Annotated[int, typer.Option(help="Slice size in pixels after bilinear resampling (multiple of 8).")] = 128,
+    size: Annotated[
+        int, typer.Option(help="Slice size in pixels after bilinear resampling (multiple of 8).")
+    ] = 128,
     seed: Annotated[int, typer.Option(help="Seed of the split.")] = 0,
     val: Annotated[float, typer.Option(help="Fraction of subjects with metadata for validation.")] = 0.14,
     test: Annotated[float, typer.Option(help="Fraction of subjects with metadata for test.")] = 0.08,
     scaling: Annotated[
-        str, typer.Option(help="Intensity scaling to [0, 1]: slice-minmax (thesis), volume-minmax, volume-percentile.")
+        str,
+        typer.Option(
+            help="Intensity scaling to [0, 1]: slice-minmax (thesis), volume-minmax, volume-percentile."
+        ),
     ] = "slice-minmax",
-    profile: Annotated[str, typer.Option(help="Slicing profile: auto (from voxel sizes), sagittal, coronal, axial.")] = "auto",
+    profile: Annotated[
+        str, typer.Option(help="Slicing profile: auto (from voxel sizes), sagittal, coronal, axial.")
+    ] = "auto",
     fov: Annotated[
-        str, typer.Option(help="Field of view: cohort (the cohort's median extent, mm per pixel fixed) or slice (thesis).")
+        str,
+        typer.Option(
+            help="Field of view: cohort (the cohort's median extent, mm per pixel fixed) or slice (thesis)."
+        ),
     ] = "cohort",
+    fov_mm: Annotated[
+        float | None,
+        typer.Option(help="Fixed field of view in mm (overrides --fov; the thesis models: 240)."),
+    ] = None,
     brain_fraction: Annotated[
-        float, typer.Option(help="brain-mask method: keep slices with more than this fraction of brain pixels.")
+        float,
+        typer.Option(help="brain-mask method: keep slices with more than this fraction of brain pixels."),
     ] = 3000 / 65536,
     mask_method: Annotated[
-        str, typer.Option(help="Brain extraction: auto (deepbet if installed, else threshold), deepbet, threshold.")
+        str,
+        typer.Option(
+            help="Brain extraction: auto (deepbet if installed, else threshold), deepbet, threshold."
+        ),
     ] = "auto",
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing dataset made with other settings.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing dataset made with other settings.")
+    ] = False,
 ) -> None:
     """Select relevant slices, split by subject, resample and scale: write one prepared dataset folder.
 
@@ -78,13 +100,24 @@ def prepare_cmd(
     from brainae.prepare import PrepareConfig, prepare
 
     config = PrepareConfig(
-        select=select, size=size, seed=seed, val=val, test=test, scaling=scaling, profile=profile, fov=fov,
-        brain_fraction=brain_fraction, mask_method=mask_method,
+        select=select,
+        size=size,
+        seed=seed,
+        val=val,
+        test=test,
+        scaling=scaling,
+        profile=profile,
+        fov=fov,
+        fov_mm=fov_mm,
+        brain_fraction=brain_fraction,
+        mask_method=mask_method,
         demographics=str(demographics) if demographics else None,
     )
     result = prepare(folder, out, config, force=force, track=track)
     if result.reused:
-        console.print(f"{out}: already prepared with these settings and inputs; nothing to do (use --force to redo)")
+        console.print(
+            f"{out}: already prepared with these settings and inputs; nothing to do (use --force to redo)"
+        )
         return
     splits = ", ".join(f"{k} {result.splits.get(k, 0)}" for k in ("train", "val", "test"))
     console.print(

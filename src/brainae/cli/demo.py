@@ -15,9 +15,13 @@ def demo_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for everything the demo makes.")] = Path(
         "brainae-demo"
     ),
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs (a short run: the point is the pipeline).")] = 4,
+    epochs: Annotated[
+        int, typer.Option(min=1, help="Training epochs (a short run: the point is the pipeline).")
+    ] = 4,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
-    quick: Annotated[bool, typer.Option("--quick", help="A tiny run (4 volumes, 32 x 32) to check the install.")] = False,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="A tiny run (4 volumes, 32 x 32) to check the install.")
+    ] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace a non-demo folder at --out.")] = False,
 ) -> None:
     """Prepare the embedded IXI sample, train briefly, evaluate, report, and denoise a held-out volume.
@@ -28,15 +32,26 @@ def demo_cmd(
 
     from brainae.demo import run_demo
 
-    res = run_demo(out, epochs=epochs, quick=quick, force=force, device=device,
-                   log=lambda msg: console.print(f"[bold]{msg}[/bold]"))
+    res = run_demo(
+        out,
+        epochs=epochs,
+        quick=quick,
+        force=force,
+        device=device,
+        log=lambda msg: console.print(f"[bold]{msg}[/bold]"),
+    )
     console.print()
     table = Table(title="test split: mean per model and condition (vs the clean target)")
     for col in ("model", "condition", "MSE", "DSSIM", "PSNR dB"):
         table.add_column(col)
     for row in res.facts.get("evaluation", []):
-        table.add_row(str(row.get("model")), str(row.get("condition")), f"{row.get('mse_mean', float('nan')):.2e}",
-                      f"{row.get('dssim_mean', float('nan')):.2e}", f"{row.get('psnr_mean', float('nan')):.2f}")
+        table.add_row(
+            str(row.get("model")),
+            str(row.get("condition")),
+            f"{row.get('mse_mean', float('nan')):.2e}",
+            f"{row.get('dssim_mean', float('nan')):.2e}",
+            f"{row.get('psnr_mean', float('nan')):.2f}",
+        )
     console.print(table)
     d = res.facts["denoise"]
     console.print(

@@ -9,15 +9,6 @@ import typer
 
 from brainae.cli._app import command, console
 
-THESIS_PREPROCESSING = {
-    "profile": "sagittal",
-    "size": 128,
-    "fov_mm": 240.0,  # IXI: 256 x 0.9375 mm in-plane, the whole slice (thesis); fixes mm per pixel for other scans
-    "scaling": "slice-minmax",
-    "percentiles": [0.5, 99.5],
-}
-"""The thesis's preprocessing, recorded in checkpoints imported from its Keras models."""
-
 THESIS_LICENSE = "MIT"
 THESIS_CREDIT = "Adrián Arnaiz-Rodríguez, 2020"
 
@@ -41,7 +32,7 @@ def import_keras_command(
         raise BrainaeError(f"{out}: the output would replace the input; choose another --out")
 
     from brainae.checkpoint import save_checkpoint
-    from brainae.models.keras_import import import_keras
+    from brainae.models.keras_import import THESIS_PREPROCESSING, import_keras
 
     model, info = import_keras(file, arch=arch)
     source = {

@@ -142,7 +142,6 @@ def _invoke(args: list[str]):  # noqa: ANN202 - typer's vendored click Result
     return CliRunner().invoke(app, args)
 
 
-@pytest.mark.skipif(not SKIP_H5.is_file(), reason="shared/data/seed-weights not available")
 def test_cli_import_keras(tmp_path: Path) -> None:
     out = tmp_path / "skip.safetensors"
     result = _invoke(["import-keras", str(SKIP_H5), "--out", str(out)])
@@ -155,7 +154,7 @@ def test_cli_import_keras(tmp_path: Path) -> None:
     assert ckpt.preprocessing == {
         "profile": "sagittal",
         "size": 128,
-        "fov_mm": None,
+        "fov_mm": 240.0,
         "scaling": "slice-minmax",
         "percentiles": [0.5, 99.5],
     }

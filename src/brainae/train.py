@@ -148,6 +148,9 @@ class TrainConfig:
         max_steps_per_epoch: cap on the steps of an epoch (None: the whole train split each epoch).
         channels_last: channels-last memory format (faster with mixed precision on GPUs).
         compile: run the model through ``torch.compile``.
+        bn_momentum: torch batch-norm momentum while training; None keeps the thesis's Keras value (0.99 in
+            Keras terms, torch 0.01), whose running statistics need a few hundred steps to settle. Short runs
+            (the demo, quick experiments) should use torch's 0.1, or the model is poor in eval mode.
         augment_options: fields of :class:`brainae.corrupt.AugmentConfig` that differ from its defaults.
     """
 
@@ -176,6 +179,7 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
     channels_last: bool = False
     compile: bool = False
+    bn_momentum: float | None = None
     augment_options: dict[str, Any] | None = field(default=None)
 
     def validate(self) -> TrainConfig:
@@ -201,6 +205,8 @@ class TrainConfig:
                 raise BrainaeError(f"{name} must be a positive integer, got {value!r}")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             raise BrainaeError(f"max_steps_per_epoch must be positive, got {self.max_steps_per_epoch}")
+        if self.bn_momentum is not None and not 0 < self.bn_momentum <= 1:
+            raise BrainaeError(f"bn_momentum must be in (0, 1], got {self.bn_momentum}")
         if self.latent_channels is not None and self.latent_channels < 1:
             raise BrainaeError(f"latent_channels must be positive, got {self.latent_channels}")
         if not (self.l2 >= 0 and math.isfinite(self.l2)):
@@ -347,6 +353,10 @@ class AutoencoderModule(pl.LightningModule):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derived_seed(config.seed, -1, 0))
             self.model = build_model(config.arch, **config.arch_kwargs())
+        if config.bn_momentum is not None:
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.momentum = float(config.bn_momentum)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss_fn = make_loss(config.loss)

@@ -114,6 +114,12 @@ def train_command(
     compile_model: Annotated[
         bool, typer.Option("--compile", help="Run the model through torch.compile.")
     ] = False,
+    bn_momentum: Annotated[
+        float | None,
+        typer.Option(
+            help="Batch-norm momentum (torch terms) [default: the thesis's 0.01]; 0.1 for short runs."
+        ),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Run folder [default: runs/ARCH_LOSS_L2_AUG].")
     ] = None,
@@ -165,6 +171,7 @@ def train_command(
             max_steps_per_epoch=max_steps_per_epoch,
             channels_last=channels_last,
             compile=compile_model,
+            bn_momentum=bn_momentum,
             **overrides,
         )
     config.validate()

@@ -24,7 +24,6 @@ EXPECTED_ARCH = {
 }
 
 
-
 def test_all_seed_files_are_known() -> None:
     assert {f.name for f in H5_FILES} == set(EXPECTED_ARCH)
 

@@ -151,3 +151,11 @@ def test_cli_inspect_and_prepare(cohort, tmp_path):
     assert "prepared 8 volumes" in r.output
     r = _cli("prepare", cohort, "--out", tmp_path / "ds", "--size", 32, "--mask-method", "threshold")
     assert "nothing to do" in r.output
+
+
+def test_no_brain_extraction_for_the_nonzero_methods(cohort, tmp_path):
+    res = prepare(cohort, tmp_path / "nz", PrepareConfig(select="nonzero-count", size=32, mask_method="none"))
+    sel = pd.read_csv(tmp_path / "nz" / "selection.csv")
+    assert res.n_slices > 0 and sel["brain_frac"].isna().all() and not sel["keep_brain_mask"].any()
+    with pytest.raises(BrainaeError, match="needs brain masks"):
+        prepare(cohort, tmp_path / "bm", PrepareConfig(select="brain-mask", size=32, mask_method="none"))

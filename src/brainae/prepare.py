@@ -161,7 +161,13 @@ class PrepareConfig:
             raise BrainaeError(f"brain fraction {self.brain_fraction}: must be in [0, 1)")
         from brainae.brainmask import resolve_method
 
-        if self.mask_method not in ("auto", "deepbet", "threshold"):
+        if self.mask_method == "none":
+            if self.select == "brain-mask":
+                raise BrainaeError(
+                    "--select brain-mask needs brain masks; use --mask-method auto, deepbet or threshold "
+                    "(none is for the nonzero-* methods)"
+                )
+        elif self.mask_method not in ("auto", "deepbet", "threshold"):
             resolve_method(self.mask_method)
 
 
@@ -262,7 +268,7 @@ def prepare(
             f"{folder}: no usable 3-D volume among {len(files)} NIfTI files (see warnings above)"
         )
 
-    mask_method = resolve_method(config.mask_method)
+    mask_method = "none" if config.mask_method == "none" else resolve_method(config.mask_method)
     if config.profile != "auto":
         profile = config.profile
     else:
@@ -287,9 +293,9 @@ def prepare(
             skipped.append(f.name)
             warnings.warn(f"skipped {exc}", BrainaeWarning, stacklevel=2)
             continue
-        mask = brain_mask(vol.data, vol.zooms, mask_method)
+        mask = None if mask_method == "none" else brain_mask(vol.data, vol.zooms, mask_method)
         view = to_view(vol.data, profile)
-        m = slice_measures(np.asarray(view), np.asarray(to_view(mask, profile)))
+        m = slice_measures(np.asarray(view), None if mask is None else np.asarray(to_view(mask, profile)))
         h = headers[f]
         spacing = in_plane_zooms(vol.zooms, profile)
         facts[f] = dict(

@@ -85,7 +85,7 @@ def prepare_cmd(
     mask_method: Annotated[
         str,
         typer.Option(
-            help="Brain extraction: auto (deepbet if installed, else threshold), deepbet, threshold."
+            help="Brain extraction: auto (deepbet if installed, else threshold), deepbet, threshold, none (nonzero-* only)."
         ),
     ] = "auto",
     force: Annotated[

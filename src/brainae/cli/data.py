@@ -119,6 +119,17 @@ def prepare_cmd(
             f"{out}: already prepared with these settings and inputs; nothing to do (use --force to redo)"
         )
         return
+    import json
+
+    settings = json.loads((out / "settings.json").read_text())
+    kept = settings["select"]["kept_by_method"]
+    total = settings["select"]["slices_total"]
+    console.print(
+        f"slices kept of {total}: "
+        + ", ".join(f"{m} {n}" + (" (used)" if m == select else "") for m, n in kept.items())
+        + f"; per volume in {out / 'selection.csv'} and {out / 'figures'}",
+        markup=False,
+    )
     splits = ", ".join(f"{k} {result.splits.get(k, 0)}" for k in ("train", "val", "test"))
     console.print(
         f"prepared {result.n_volumes} volumes -> {result.n_slices} slices ({splits}) in {out}"

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # One-shot GPU check of training (run from the repository root on a lent H100/H200; under 5 minutes).
 #
+# Status: not yet run to completion. One attempt on an H200 (2026-11-26, wrapped with the demo, `python` being
+# /opt/torch/.venv/bin/python3 and nibabel carried as a wheel) ran past its 520 s limit and returned no output,
+# so which step was slow is unknown: run the steps one by one, each with its own limit, next time.
+#
 # Expects an environment where `python` has torch (CUDA) plus brainae's dependencies (lightning,
 # torchmetrics, safetensors, ...); brainae itself is taken from ./src. Writes everything to $OUT:
 #   env.txt                      nvidia-smi + versions

@@ -11,8 +11,10 @@ Steps (all outputs under ``out``):
    (shipped in ``brainae/pretrained``) on the test volume, clean and corrupted inputs, with the identity,
    non-local-means and biharmonic baselines; ``stats/`` the paired tests;
 4. ``report.html``: one self-contained report of all of the above;
-5. ``denoise/``: a held-out (test) volume with Gaussian noise added (``noisy.nii.gz``) and the thesis model's
-   denoised volume (``denoised.nii.gz``), on the input's grid; PSNR against the clean volume in the summary.
+5. ``denoise/``: a held-out (test) volume with Gaussian noise of sd 4 % of its maximum added (``noisy.nii.gz``)
+   and the thesis model's denoised volume (``denoised.nii.gz``), on the input's grid; PSNR against the clean
+   volume (peak: its maximum; over the voxels the model processed) in the summary. Non-local means does better
+   on this data (see the evaluation table): the demo reports, it does not advertise.
 
 ``quick=True`` (used by the tests) shrinks everything: 4 volumes, 32 x 32 slices, one short epoch of the
 skip-connection CAE, no shipped model (it expects 128 x 128).
@@ -46,8 +48,8 @@ class DemoResult:
 
 
 def _psnr_volume(clean: np.ndarray, other: np.ndarray, mask: np.ndarray) -> float:
-    """PSNR (dB) inside ``mask`` with the clean volume's 99.5th percentile as peak."""
-    peak = float(np.percentile(clean[mask], 99.5))
+    """PSNR (dB) inside ``mask`` with the clean volume's maximum as peak."""
+    peak = float(clean.max())
     mse = float(np.mean((clean[mask] - other[mask]) ** 2))
     return 10 * np.log10(peak**2 / mse) if mse > 0 else float("inf")
 
@@ -176,20 +178,19 @@ def run_demo(
     source_file = SAMPLE_DIR / held_out["file"]
     clean = load_volume(source_file)
     rng = np.random.default_rng(0)
-    fg = clean.data > np.percentile(clean.data, 60)
-    sd = 0.04 * float(np.percentile(clean.data[fg], 99.5))
-    noisy_data = np.clip(clean.data + rng.normal(0.0, sd, clean.data.shape).astype(np.float32), 0, None)
+    sd = 0.04 * float(clean.data.max())  # as the evaluation's noise-0.04 and benchmarks/apply.py
+    noisy_data = clean.data + rng.normal(0.0, sd, clean.data.shape).astype(np.float32)
     den_dir = out / "denoise"
     noisy_path = save_like(den_dir / "noisy.nii.gz", noisy_data, clean)
     model_path = best if quick else THESIS_RES_UNET
     model, ckpt = load_checkpoint(model_path)
     noisy = load_volume(noisy_path)
     log(
-        f"5/5 denoise: {held_out['file']} + Gaussian noise (sd 4 % of the 99.5th percentile) with {model_path.name}"
+        f"5/5 denoise: {held_out['file']} + Gaussian noise (sd 4 % of the volume maximum) with {model_path.name}"
     )
     result = denoise(noisy, model, Preprocessing.from_dict(ckpt.preprocessing), device=device)
     denoised_path = save_like(den_dir / "denoised.nii.gz", result.data, noisy)
-    brain = fg
+    brain = result.inside  # the voxels the model processed
     facts["denoise"] = {
         "volume": held_out["file"],
         "model": model_path.name,

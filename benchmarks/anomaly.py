@@ -33,22 +33,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 IXI_2MM = DATA / "ixi-t1-2mm"
-KERAS = DATA / "seed-weights" / "res_skip_cae_MSE_AUG_NoKReg_LRPlat.h5"
 
 
 def load_model(path: str | None):
-    """(model, Preprocessing, normative or None, name)."""
-    from brainae.volume import Preprocessing
+    """(model, Preprocessing, normative or None, name): a checkpoint, or the shipped thesis Residual U-Net."""
+    from brainae.apply import load_applicable
+    from brainae.pretrained import THESIS_RES_UNET
 
-    if path and not path.endswith(".h5"):
-        from brainae.checkpoint import load_checkpoint
-
-        model, ckpt = load_checkpoint(path)
-        return model, Preprocessing.from_dict(ckpt.preprocessing or {}), ckpt.normative, Path(path).name
-    from brainae.models.keras_import import import_keras
-
-    model, _ = import_keras(path or KERAS)
-    return model, Preprocessing(), None, Path(path or KERAS).name
+    model, prep, normative = load_applicable(path or THESIS_RES_UNET)
+    return model, prep, normative, Path(path or THESIS_RES_UNET).name
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -40,7 +40,9 @@ Example:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -55,6 +57,7 @@ from brainae.volume import (
 )
 
 __all__ = [
+    "load_applicable",
     "DEFAULT_MIN_BRAIN_FRAC",
     "Result",
     "Selection",
@@ -125,6 +128,47 @@ def resolve_device(device: str | object = "cpu"):
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise BrainaeError(f"device {device!r}: CUDA is not available here; use --device cpu or auto")
     return dev
+
+
+def load_applicable(path: str | os.PathLike, device: str | object = "cpu"):
+    """(model in eval mode, :class:`Preprocessing`, normative statistics or None) from a checkpoint file.
+
+    A thesis Keras ``.h5`` file also works (imported on the fly, with the thesis's preprocessing and no
+    normative statistics); a checkpoint without preprocessing gets the thesis's, with a warning.
+
+    Raises:
+        BrainaeError: missing path, a folder, or a file that is not a model.
+    """
+    import warnings
+
+    from brainae.errors import BrainaeWarning
+    from brainae.models.keras_import import THESIS_PREPROCESSING
+
+    path = Path(path)
+    dev = resolve_device(device)
+    if not path.exists():
+        raise BrainaeError(
+            f"{path}: no such checkpoint; give a file written by `brainae train` or `import-keras`"
+        )
+    if path.is_dir():
+        raise BrainaeError(f"{path}: is a folder; give the checkpoint file (.safetensors)")
+    if path.suffix.lower() in (".h5", ".hdf5", ".keras"):
+        from brainae.models.keras_import import import_keras
+
+        model, _ = import_keras(path)
+        return model.to(dev).eval(), Preprocessing.from_dict(THESIS_PREPROCESSING), None
+    from brainae.checkpoint import load_checkpoint
+
+    model, ckpt = load_checkpoint(path, dev)
+    if ckpt.preprocessing is None:
+        warnings.warn(
+            f"{path.name}: the checkpoint records no preprocessing; using the thesis's (sagittal, 128 x 128, "
+            "240 mm, slice min-max)",
+            BrainaeWarning,
+            stacklevel=2,
+        )
+        return model, Preprocessing.from_dict(THESIS_PREPROCESSING), ckpt.normative
+    return model, Preprocessing.from_dict(ckpt.preprocessing), ckpt.normative
 
 
 def predict_slices(

@@ -39,41 +39,9 @@ MaskMethodOpt = Annotated[
 
 
 def _load_model(path: Path, device: str):
-    """(model, Preprocessing, normative or None) from a checkpoint or a thesis Keras file."""
-    import warnings
+    from brainae.apply import load_applicable
 
-    from brainae.apply import resolve_device
-    from brainae.errors import BrainaeError, BrainaeWarning
-    from brainae.volume import Preprocessing
-
-    dev = resolve_device(device)
-    if not path.exists():
-        raise BrainaeError(
-            f"{path}: no such checkpoint; give a file written by `brainae train` or `import-keras`"
-        )
-    if path.is_dir():
-        raise BrainaeError(f"{path}: is a folder; give the checkpoint file (.safetensors)")
-    if path.suffix.lower() in (".h5", ".hdf5", ".keras"):
-        from brainae.models.keras_import import THESIS_PREPROCESSING, import_keras
-
-        model, _ = import_keras(path)
-        return model.to(dev).eval(), Preprocessing.from_dict(THESIS_PREPROCESSING), None
-    from brainae.checkpoint import load_checkpoint
-
-    model, ckpt = load_checkpoint(path, dev)
-    if ckpt.preprocessing is None:
-        warnings.warn(
-            f"{path.name}: the checkpoint records no preprocessing; using the thesis's (sagittal, 128 x 128, "
-            "slice min-max)",
-            BrainaeWarning,
-            stacklevel=2,
-        )
-        from brainae.models.keras_import import THESIS_PREPROCESSING
-
-        prep = Preprocessing.from_dict(THESIS_PREPROCESSING)
-    else:
-        prep = Preprocessing.from_dict(ckpt.preprocessing)
-    return model, prep, ckpt.normative
+    return load_applicable(path, device)
 
 
 def _check_output(out: Path, inputs: list[Path], force: bool) -> None:

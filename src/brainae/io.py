@@ -144,10 +144,15 @@ def _load_image(path: Path):
 
 def read_header(path: str | os.PathLike) -> HeaderFacts:
     """Header facts without reading the voxels (fast)."""
-    import nibabel as nib
 
     path = Path(path)
     img, shape = _load_image(path)
+    return _header_facts(img, shape)
+
+
+def _header_facts(img, shape: tuple[int, ...]) -> HeaderFacts:
+    import nibabel as nib
+
     zooms = tuple(float(z) for z in img.header.get_zooms())
     codes: tuple[str, str, str] = ("?", "?", "?")
     ras = (0.0, 0.0, 0.0)
@@ -190,7 +195,7 @@ def load_volume(path: str | os.PathLike) -> Volume:
     path = Path(path)
     img, shape = _load_image(path)
     _squeeze_3d(shape, path)
-    facts = read_header(path)
+    facts = _header_facts(img, shape)
     try:
         data = np.asarray(img.dataobj, dtype=np.float32)
     except Exception as exc:  # EOFError, zlib.error, OSError, ValueError... for truncated files

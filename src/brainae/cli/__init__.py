@@ -13,11 +13,7 @@ import importlib
 
 from brainae.cli._app import app, main
 
-for _name in ("data", "models", "evaluation", "apply", "demo"):
-    try:
-        importlib.import_module(f"brainae.cli.{_name}")
-    except ModuleNotFoundError as _exc:  # a stage not written yet
-        if _exc.name != f"brainae.cli.{_name}":
-            raise
+for _stage in ("data", "models", "evaluation", "apply", "demo"):  # pipeline order is --help's order
+    importlib.import_module(f"brainae.cli.{_stage}")
 
 __all__ = ["app", "main"]

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "build_model", "load_model"]
+__all__ = ["__version__", "anomaly", "build_model", "denoise", "inpaint", "load_model"]
 
 
 def __getattr__(name: str):  # lazy: importing brainae must not import torch
+    if name in ("denoise", "inpaint", "anomaly"):
+        from brainae import api
+
+        return getattr(api, name)
     if name == "build_model":
         from brainae.models import build_model
 

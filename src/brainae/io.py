@@ -190,10 +190,21 @@ def load_volume(path: str | os.PathLike) -> Volume:
     Raises:
         BrainaeError: missing, unreadable or truncated file; not 3-D; NaN/Inf voxels.
     """
+    path = Path(path)
+    img, _ = _load_image(path)
+    return volume_from_image(img, path)
+
+
+def volume_from_image(img, path: str | os.PathLike) -> Volume:
+    """A :class:`Volume` from a loaded nibabel image (``path`` names it in messages).
+
+    Raises:
+        BrainaeError: not 3-D, truncated voxel data, NaN/Inf voxels.
+    """
     import nibabel as nib
 
     path = Path(path)
-    img, shape = _load_image(path)
+    shape = tuple(img.shape)
     _squeeze_3d(shape, path)
     facts = _header_facts(img, shape)
     try:
@@ -233,6 +244,17 @@ def save_like(
     """
     import nibabel as nib
 
+    out = image_like(data_ras, like, dtype=dtype)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        nib.save(out, str(tmp))
+    return path
+
+
+def image_like(data_ras: np.ndarray, like: Volume, *, dtype: str | None = None):
+    """A nibabel image of ``data_ras`` (RAS+ order) on the grid of ``like`` (see :func:`save_like`)."""
+    import nibabel as nib
+
     img = like._image
     if img is None:
         raise BrainaeError(f"{like.path}: the reference volume has no header loaded")
@@ -258,10 +280,7 @@ def save_like(
     out = klass(arr, img.affine, header)
     if dtype != "same":
         out.header.set_slope_inter(1.0, 0.0)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        nib.save(out, str(tmp))
-    return path
+    return out
 
 
 def save_nifti(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray) -> Path:

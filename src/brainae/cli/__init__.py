@@ -2,6 +2,7 @@
 
 - :mod:`brainae.cli.data`: ``inspect``, ``prepare``
 - :mod:`brainae.cli.models`: ``train``, ``grid``, ``import-keras``
+- :mod:`brainae.cli.volumetric`: ``fit``, ``info``
 - :mod:`brainae.cli.evaluation`: ``evaluate``, ``stats``, ``report``
 - :mod:`brainae.cli.apply`: ``denoise``, ``inpaint``, ``reconstruct``, ``anomaly``
 - :mod:`brainae.cli.demo`: ``demo``
@@ -13,7 +14,7 @@ import importlib
 
 from brainae.cli._app import app, main
 
-for _stage in ("data", "models", "evaluation", "apply", "demo"):  # pipeline order is --help's order
+for _stage in ("data", "models", "volumetric", "evaluation", "apply", "demo"):  # pipeline order is --help's order
     importlib.import_module(f"brainae.cli.{_stage}")
 
 __all__ = ["app", "main"]

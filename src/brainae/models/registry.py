@@ -13,6 +13,7 @@ from brainae.models.myronenko import MyronenkoAE
 from brainae.models.res_unet import ResUNet
 from brainae.models.shallow_res import shallow_res_original, shallow_res_preact
 from brainae.models.skip_cae import SkipCAE
+from brainae.models.unet3d import UNet3d
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "shallow-res-original": shallow_res_original,
@@ -20,8 +21,10 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "myronenko": MyronenkoAE,
     "skip-cae": SkipCAE,
     "res-unet": ResUNet,
+    "unet3d": UNet3d,
 }
-"""Architecture name -> constructor. Defaults give the thesis's models."""
+"""Architecture name -> constructor. Defaults give the thesis's models; ``unet3d`` is brainae's own
+volumetric model (:mod:`brainae.models.unet3d`)."""
 
 THESIS_PARAMETERS: dict[str, int] = {
     "shallow-res-original": 460_993,
@@ -34,8 +37,8 @@ THESIS_PARAMETERS: dict[str, int] = {
 
 
 def architecture_names() -> list[str]:
-    """The registered architecture names, in thesis order."""
-    return list(ARCHITECTURES)
+    """The slice (2-D) autoencoders of the thesis, in thesis order: what ``train`` and ``grid`` accept."""
+    return list(THESIS_PARAMETERS)
 
 
 def architecture_kwargs(name: str) -> dict[str, Any]:

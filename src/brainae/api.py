@@ -1,0 +1,148 @@
+"""brainae for notebooks: ``brainae.denoise``, ``brainae.inpaint``, ``brainae.anomaly`` on one scan.
+
+Each takes a scan as a path, a nibabel image, or a ``(array, affine)`` pair, uses brainae's shipped default
+model for the job unless ``model=`` names a checkpoint (or a loaded :class:`brainae.infer.VolumetricModel`),
+and returns nibabel images on the input's grid (same shape and affine, float32). The input is not modified.
+
+Example:
+    >>> import numpy as np, brainae
+    >>> rng = np.random.default_rng(0)
+    >>> head = np.zeros((40, 48, 40), np.float32); head[8:32, 8:40, 8:32] = 100.0
+    >>> noisy = head + rng.normal(0, 5, head.shape).astype(np.float32)
+    >>> out = brainae.denoise((noisy, np.diag([2.0, 2.0, 2.0, 1.0])))
+    >>> out.shape
+    (40, 48, 40)
+    >>> bool(np.abs(out.get_fdata() - head).mean() < np.abs(noisy - head).mean())
+    True
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from brainae.errors import BrainaeError
+
+__all__ = ["AnomalyOutput", "anomaly", "as_volume", "denoise", "inpaint", "to_image"]
+
+
+def as_volume(img, *, name: str = "image"):
+    """A RAS+ :class:`brainae.io.Volume` from a path, a nibabel image or an ``(array, affine)`` pair."""
+    import nibabel as nib
+
+    from brainae.io import load_volume, volume_from_image
+
+    if isinstance(img, str | os.PathLike):
+        return load_volume(img)
+    if isinstance(img, tuple) and len(img) == 2:
+        data, affine = img
+        img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), np.asarray(affine, dtype=np.float64))
+    if not hasattr(img, "affine") or not hasattr(img, "dataobj"):
+        raise BrainaeError(f"{name}: give a path, a nibabel image or an (array, affine) pair")
+    return volume_from_image(img, Path(getattr(img, "get_filename", lambda: None)() or f"<{name}>"))
+
+
+def to_image(data_ras: np.ndarray, like):
+    """A float32 nibabel image of RAS+ ``data_ras`` on the grid (shape, affine, orientation) of ``like``."""
+    from brainae.io import image_like
+
+    return image_like(data_ras, like)
+
+
+def _model(model, task: str, device):
+    from brainae.infer import VolumetricModel, load_volumetric
+
+    if isinstance(model, VolumetricModel):
+        return model
+    return load_volumetric(model, task=task, device=device)
+
+
+def denoise(img, *, model=None, device: str = "cpu"):
+    """Denoised scan (nibabel image on the input's grid) with brainae's default denoiser or ``model``."""
+    from brainae.infer import denoise_volume
+
+    vol = as_volume(img)
+    vm = _model(model, "denoise", device)
+    return to_image(denoise_volume(vol, vm, device=device), vol)
+
+
+def inpaint(img, mask, *, model=None, device: str = "cpu"):
+    """Scan with the voxels of ``mask`` (non-zero = fill; same kinds as ``img``, same grid) filled."""
+    from brainae.infer import inpaint_volume
+
+    vol = as_volume(img)
+    m = as_volume(mask, name="mask")
+    _check_grid(m, vol, "mask")
+    vm = _model(model, "inpaint", device)
+    return to_image(inpaint_volume(vol, m.data != 0, vm, device=device), vol)
+
+
+@dataclass
+class AnomalyOutput:
+    """What :func:`anomaly` returns: nibabel images on the input's grid and the scores.
+
+    Attributes:
+        residual: ``|x - f(x)|`` inside the brain (0 outside).
+        calibrated: ``-log10`` healthy tail probability of each voxel's residual (2 = 1 % of healthy voxels).
+        mask: binary lesion mask at the healthy-data threshold (``fpr``).
+        brain: the brain mask used.
+        score: volume score; z: its z-score against healthy validation volumes.
+        stripped_input: whether the input was already skull-stripped.
+    """
+
+    residual: object
+    calibrated: object | None
+    mask: object | None
+    brain: object
+    score: float
+    z: float | None
+    stripped_input: bool
+
+    def to_dict(self) -> dict:
+        """Scores as a JSON-able dict (non-finite values as None)."""
+        import math
+
+        def clean(v):
+            return v if v is None or math.isfinite(v) else None
+
+        return {"score": clean(self.score), "z": clean(self.z), "stripped_input": self.stripped_input}
+
+
+def anomaly(
+    img, *, model=None, device: str = "cpu", brain_mask=None, fpr: float = 0.01, mask_method: str = "auto"
+):
+    """Anomaly maps of a scan (see :func:`brainae.infer.anomaly_volume`) as an :class:`AnomalyOutput`.
+
+    ``brain_mask`` (same kinds as ``img``) skips brain extraction; otherwise a skull-stripped input is used as
+    it is and one with its skull is stripped (``mask_method``: deepbet when installed).
+    """
+    from brainae.infer import anomaly_volume
+
+    vol = as_volume(img)
+    brain = None
+    if brain_mask is not None:
+        b = as_volume(brain_mask, name="brain_mask")
+        _check_grid(b, vol, "brain mask")
+        brain = b.data != 0
+    vm = _model(model, "anomaly", device)
+    res = anomaly_volume(vol, vm, brain=brain, device=device, mask_method=mask_method, fpr=fpr)
+    return AnomalyOutput(
+        residual=to_image(res.residual, vol),
+        calibrated=None if res.calibrated is None else to_image(res.calibrated, vol),
+        mask=None if res.lesion is None else to_image(res.lesion.astype(np.float32), vol),
+        brain=to_image(res.brain.astype(np.float32), vol),
+        score=res.score,
+        z=res.z,
+        stripped_input=res.stripped_input,
+    )
+
+
+def _check_grid(other, vol, what: str) -> None:
+    if other.data.shape != vol.data.shape or not np.allclose(other.affine, vol.affine, atol=1e-3):
+        raise BrainaeError(
+            f"{other.path}: {what} grid {other.header.shape} does not match the scan's {vol.header.shape} "
+            "(shape and affine must agree); resample it onto the scan's grid"
+        )

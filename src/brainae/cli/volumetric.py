@@ -1,0 +1,173 @@
+"""Commands of brainae's volumetric models: ``fit`` (train one for a task) and ``info`` (a model card)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from brainae.cli._app import command, console, err_console
+
+
+@command("fit")
+def fit_command(
+    task: Annotated[str, typer.Argument(metavar="TASK", help="denoise, inpaint, anomaly or plain-ae.")],
+    data: Annotated[Path, typer.Argument(metavar="DIR", help="Folder of healthy T1 NIfTI volumes.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (.safetensors). Required.")],
+    split: Annotated[
+        str | None,
+        typer.Option(
+            "--split",
+            help="'ixi' (the shipped split of the 30 shared IXI volumes), a JSON file with 'train' and 'val' "
+            "lists of volume ids, or 'random' (15 % of the volumes for validation).",
+        ),
+    ] = "random",
+    steps: Annotated[
+        int | None, typer.Option("--steps", min=1, help="Optimiser steps [default: the recipe's].")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="Patches per step [default: 4].")
+    ] = None,
+    patch: Annotated[
+        int | None, typer.Option("--patch", min=8, help="Patch side in voxels [default: 48].")
+    ] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate [default: 1e-3].")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    mask_method: Annotated[
+        str | None,
+        typer.Option("--mask-method", help="Brain masks: deepbet, threshold or auto [default: deepbet]."),
+    ] = None,
+    masks: Annotated[
+        Path | None,
+        typer.Option(
+            "--masks", help="Folder of brain-mask NIfTIs named as the volumes (instead of computing them)."
+        ),
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")] = "auto",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing checkpoint.")] = False,
+) -> None:
+    """Train a volumetric model (3-D U-Net) for one task from a folder of healthy T1 volumes.
+
+    With no options other than --split ixi this is the recipe of the shipped default model of TASK:
+    brainae fit denoise ../shared/data/ixi-t1-2mm --split ixi --out brainae-denoise.safetensors
+    """
+    import dataclasses
+
+    from brainae.errors import BrainaeError
+    from brainae.fit import RECIPES, fit_folder
+    from brainae.tasks import get_task
+
+    get_task(task)
+    if out.exists() and not force:
+        raise BrainaeError(f"{out}: already exists; add --force to overwrite it or choose another --out")
+    config = RECIPES[task]
+    changes = {
+        k: v
+        for k, v in {
+            "steps": steps,
+            "batch_size": batch_size,
+            "patch": patch,
+            "lr": lr,
+            "mask_method": mask_method,
+        }.items()
+        if v is not None
+    }
+    config = dataclasses.replace(config, seed=seed, **changes)
+    summary = fit_folder(
+        data,
+        out,
+        config,
+        split=None if split in (None, "random") else split,
+        masks=masks,
+        device=device,
+        log=lambda msg: err_console.print(msg, markup=False, highlight=False),
+    )
+    console.print(json.dumps(summary))
+
+
+@command("info")
+def info_command(
+    model: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODEL",
+            help="A checkpoint file, or a shipped model: denoise, inpaint, anomaly (brainae's defaults) or thesis.",
+        ),
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole card as JSON.")] = False,
+) -> None:
+    """Show a model card: task, architecture, training data and recipe, preprocessing, measured numbers."""
+    from brainae.checkpoint import read_checkpoint
+    from brainae.models import build_model
+    from brainae.models.registry import count_parameters
+
+    path = resolve_model_name(model)
+    ckpt = read_checkpoint(path)
+    card = ckpt.metadata()
+    card["file"] = str(path)
+    card["size_mb"] = round(path.stat().st_size / 1e6, 2)
+    card["parameters"] = count_parameters(build_model(ckpt.arch, **ckpt.arch_kwargs))
+    if as_json:
+        typer.echo(json.dumps(card, indent=1, default=str))
+        return
+    prep = ckpt.preprocessing or {}
+    training = ckpt.training or {}
+    source = ckpt.source or {}
+    task = prep.get("task", "reconstruct (slice autoencoder)")
+    lines = [
+        f"model        {path.name} ({card['size_mb']} MB)",
+        f"task         {task}",
+        f"architecture {ckpt.arch} {ckpt.arch_kwargs} ({card['parameters']:,} parameters)",
+    ]
+    if prep.get("kind") == "volumetric":
+        grid = "the input's own grid" if prep.get("grid_mm") is None else f"{prep['grid_mm']} mm isotropic"
+        lines.append(
+            f"input        {', '.join(prep.get('inputs', ['image']))}; {grid}; intensity reference "
+            f"{prep.get('reference')}; skull-stripped: {prep.get('skull_stripped')}"
+        )
+        recipe = training.get("recipe", {})
+        lines.append(
+            f"training     {len(training.get('train_ids', []))} volumes ({source.get('data')}), "
+            f"{len(training.get('val_ids', []))} validation; split {training.get('split')}; "
+            f"recipe {json.dumps(recipe)}; {training.get('seconds', 0):.0f} s on {training.get('device')}"
+        )
+    else:
+        lines.append(f"input        {json.dumps(prep) if prep else 'thesis preprocessing'}")
+        lines.append(
+            f"training     {json.dumps({k: training[k] for k in list(training)[:6]}) if training else 'n/a'}"
+        )
+    norm = ckpt.normative or {}
+    if norm:
+        std = norm.get("std")
+        lines.append(
+            f"normative    {norm.get('n')} healthy volumes: score mean {norm.get('mean')}, sd {std}"
+            + (f"; voxel calibration from {norm['voxels']} brain voxels" if norm.get("voxels") else "")
+        )
+    else:
+        lines.append("normative    none (anomaly z-scores not available)")
+    lines.append(f"source       {json.dumps(source)}")
+    if source.get("measured"):
+        lines.append(f"measured     {json.dumps(source['measured'])}")
+    for line in lines:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def resolve_model_name(model: str | Path) -> Path:
+    """A checkpoint path from a file name or a shipped model's name (denoise, inpaint, anomaly, thesis)."""
+    from brainae.errors import BrainaeError
+    from brainae.infer import DEFAULT_MODELS
+    from brainae.pretrained import THESIS_RES_UNET
+
+    name = str(model)
+    if name in DEFAULT_MODELS:
+        return DEFAULT_MODELS[name]
+    if name == "thesis":
+        return THESIS_RES_UNET
+    path = Path(name)
+    if not path.exists():
+        raise BrainaeError(
+            f"{path}: no such checkpoint; give a file or one of: {', '.join(DEFAULT_MODELS)}, thesis"
+        )
+    return path

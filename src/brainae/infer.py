@@ -1,0 +1,406 @@
+"""Applying brainae's volumetric models to whole scans: denoise, inpaint, anomaly maps.
+
+A volumetric checkpoint (written by ``brainae fit``) records its task and how it expects its input
+(``preprocessing`` with ``kind: volumetric``: working grid, intensity reference, skull stripping); anomaly
+checkpoints also carry a healthy-data calibration (``normative``). :func:`load_volumetric` reads one (or a
+shipped default by task name) into a :class:`VolumetricModel`; the functions below take a RAS+
+:class:`brainae.io.Volume` and return arrays on the input's grid. The input is never modified.
+
+- :func:`denoise_volume`: normalise, estimate the noise level from the volume itself
+  (:func:`brainae.tasks.estimate_noise_sd`, given to the model as a second channel), run the model on the input's own grid,
+  keep the share of its change that the checkpoint's blend table gives for that noise level
+  (:func:`calibrate_denoise`: none for a scan that is already clean, all of it for a noisy one) (blocks of at most 128 voxels
+  per side with 16 voxels of overlap), undo the normalisation. Every voxel is denoised, background and edge
+  slices included; the result is the model's output (not a resampled one), so it keeps the input's
+  resolution.
+- :func:`inpaint_volume`: the masked voxels are filled smoothly from their surroundings
+  (:func:`brainae.tasks.smooth_fill`) and the model corrects that fill, from a box around the mask (3-D
+  context, 40 mm of margin); only the masked voxels change.
+- :func:`anomaly_volume`: skull-strip when needed, resample to the model's 2 mm grid, residual
+  ``|x - f(x)|`` inside the brain, 3 x 3 x 3 median filter (as in the literature's post-processing), back to
+  the input's grid; calibrated with the residuals of healthy validation volumes (:func:`calibrate`):
+  ``calibrated = -log10(P(healthy residual >= r))``, so 2 means "a residual that 1 % of healthy brain voxels
+  reach", whatever the scan; the lesion mask is ``calibrated >= 2`` (1 % false-positive rate on healthy
+  validation brains) unless another rate is asked for. The volume score is the mean of the top 0.1 %
+  residuals of the brain, with its z-score against the validation volumes' scores.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from brainae.errors import BrainaeError, BrainaeWarning
+from brainae.tasks import Task, get_task
+from brainae.volumetric import fit_intensity, from_grid, run_blocks, strip, to_grid
+
+__all__ = [
+    "AnomalyMaps",
+    "DEFAULT_MODELS",
+    "VolumetricModel",
+    "anomaly_volume",
+    "calibrate",
+    "default_model_path",
+    "denoise_volume",
+    "inpaint_volume",
+    "is_volumetric",
+    "load_volumetric",
+]
+
+PRETRAINED = Path(__file__).resolve().parent / "pretrained"
+DEFAULT_MODELS = {
+    "denoise": PRETRAINED / "brainae-denoise.safetensors",
+    "inpaint": PRETRAINED / "brainae-inpaint.safetensors",
+    "anomaly": PRETRAINED / "brainae-anomaly.safetensors",
+}
+"""The shipped default model of each task (trained by ``brainae fit TASK ... --split ixi``; see README)."""
+
+TOP_FRACTION = 0.001
+MEDIAN_SIZE = 3
+DEFAULT_FPR = 0.01
+MAX_LEVEL = 6.0
+
+
+@dataclass
+class VolumetricModel:
+    """A loaded volumetric checkpoint: the network (eval mode), its task and its card."""
+
+    model: object
+    task: Task
+    preprocessing: dict
+    normative: dict | None
+    training: dict | None
+    source: dict | None
+    path: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.path else self.task.name
+
+
+def is_volumetric(preprocessing: dict | None) -> bool:
+    """True for the preprocessing card of a volumetric (``brainae fit``) checkpoint."""
+    return bool(preprocessing) and preprocessing.get("kind") == "volumetric"
+
+
+def default_model_path(task: str) -> Path:
+    """The shipped default checkpoint for ``task`` (clear error when it is not installed)."""
+    if task not in DEFAULT_MODELS:
+        raise BrainaeError(f"no default model for task {task!r}; tasks with one: {', '.join(DEFAULT_MODELS)}")
+    path = DEFAULT_MODELS[task]
+    if not path.is_file():
+        raise BrainaeError(
+            f"{path}: the default {task} model is missing from this installation; reinstall brainae"
+        )
+    return path
+
+
+def load_volumetric(
+    path: str | os.PathLike | None, *, task: str | None = None, device: str | object = "cpu"
+) -> VolumetricModel:
+    """Load a volumetric checkpoint (None: the shipped default for ``task``).
+
+    Raises:
+        BrainaeError: not a volumetric checkpoint, or one trained for another ``task`` than asked.
+    """
+    from brainae.apply import resolve_device
+    from brainae.checkpoint import load_checkpoint
+
+    if path is None:
+        if task is None:
+            raise BrainaeError("say which task's default model to load")
+        path = default_model_path(task)
+    path = Path(path)
+    if not path.exists():
+        raise BrainaeError(
+            f"{path}: no such checkpoint; give a file written by `brainae fit` or `brainae train`"
+        )
+    model, ckpt = load_checkpoint(path, resolve_device(device))
+    if not is_volumetric(ckpt.preprocessing):
+        raise BrainaeError(f"{path.name}: not a volumetric model (a slice autoencoder); it has no task")
+    got = get_task(str(ckpt.preprocessing.get("task")))
+    if task is not None and got.name != task and not (task == "anomaly" and got.name == "plain-ae"):
+        raise BrainaeError(
+            f"{path.name}: a model trained for {got.name!r}, not {task!r}; use `brainae {got.name}` "
+            f"or give a {task} model"
+        )
+    return VolumetricModel(
+        model, got, dict(ckpt.preprocessing), ckpt.normative, ckpt.training, ckpt.source, path
+    )
+
+
+# --------------------------------------------------------------------------------------------- denoise
+
+
+def denoise_volume(volume, vm: VolumetricModel, *, device: str | object = "cpu") -> np.ndarray:
+    """Denoised RAS+ volume on the input's grid (float32). See module doc."""
+    import torch
+
+    from brainae.tasks import estimate_noise_sd
+
+    data = volume.data
+    norm = fit_intensity(data)
+    x = norm.forward(data)
+    est = float(estimate_noise_sd(torch.from_numpy(x)[None, None])[0])
+    y = run_blocks(vm.model, np.stack([x, np.full_like(x, est)]), device=device)[0]
+    alpha = blend_weight(vm.preprocessing.get("blend"), est)
+    out = norm.inverse(x + alpha * (y - x))
+    return np.maximum(out, norm.lo).astype(np.float32)
+
+
+def blend_weight(blend: dict | None, noise_estimate: float) -> float:
+    """How much of the denoiser's change to keep for a volume with this noise estimate (1 without a table).
+
+    The table (``preprocessing["blend"]`` of a denoise checkpoint, from :func:`calibrate_denoise`) maps the
+    noise estimate to the weight that minimised the head error on healthy validation volumes.
+    """
+    if not blend:
+        return 1.0
+    return float(np.clip(np.interp(noise_estimate, blend["noise_estimate"], blend["alpha"]), 0.0, 1.0))
+
+
+def calibrate_denoise(
+    vm: VolumetricModel, volumes: list, *, device: str | object = "cpu", seed: int = 0
+) -> dict:
+    """The blend table of a denoiser: for each noise estimate, the share of the model's change to keep.
+
+    Each healthy validation volume gets Gaussian and Rician noise at 0, 1, 2, 3, 4, 6, 8, 10 and 12 % of its
+    intensity reference; for each, the least-squares weight ``alpha = <f - x, c - x> / <f - x, f - x>``
+    over the head (``c`` clean, ``x`` noisy, ``f`` the model's output), clipped to [0, 1], is paired with the
+    volume's noise estimate. The table is the running mean of ``alpha`` over the sorted estimates (bins of
+    4 cases), made non-decreasing. Blending ``x + alpha (f - x)`` keeps a scan that is already clean (or
+    cleaner than the model can make it) as it is, instead of making it worse.
+    """
+    import torch
+
+    from brainae.tasks import estimate_noise_sd
+
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for vol in volumes:
+        norm = fit_intensity(vol.data)
+        clean = norm.forward(vol.data)
+        head = clean > 0.05
+        for level in (0.0, 0.01, 0.02, 0.03, 0.04, 0.06, 0.08, 0.10, 0.12):
+            for rician in (False, True):
+                if level == 0.0 and rician:
+                    continue
+                n1 = rng.normal(0.0, level, clean.shape).astype(np.float32)
+                noisy = clean + n1
+                if rician:
+                    noisy = np.sqrt(noisy**2 + rng.normal(0.0, level, clean.shape).astype(np.float32) ** 2)
+                est = float(estimate_noise_sd(torch.from_numpy(noisy)[None, None])[0])
+                y = run_blocks(vm.model, np.stack([noisy, np.full_like(noisy, est)]), device=device)[0]
+                d = (y - noisy)[head].astype(np.float64)
+                t = (clean - noisy)[head].astype(np.float64)
+                denom = float((d * d).sum())
+                alpha = float(np.clip((d * t).sum() / denom, 0.0, 1.0)) if denom > 0 else 0.0
+                pairs.append((est, alpha))
+    pairs.sort()
+    est = np.array([p[0] for p in pairs])
+    alpha = np.array([p[1] for p in pairs])
+    k = 4
+    centres = [float(est[i : i + k].mean()) for i in range(0, len(est), k)]
+    means = np.maximum.accumulate([float(alpha[i : i + k].mean()) for i in range(0, len(alpha), k)])
+    return {"noise_estimate": centres, "alpha": [float(a) for a in means], "cases": len(pairs)}
+
+
+# --------------------------------------------------------------------------------------------- inpaint
+
+
+def inpaint_volume(
+    volume, mask: np.ndarray, vm: VolumetricModel, *, device: str | object = "cpu", margin_mm: float = 40.0
+) -> np.ndarray:
+    """RAS+ volume with the masked voxels filled; every other voxel is bit-identical to the input."""
+    data = volume.data
+    mask = np.asarray(mask) != 0
+    if mask.shape != data.shape:
+        raise BrainaeError(
+            f"mask shape {mask.shape} differs from the volume's {data.shape} (both in RAS+ order); "
+            "give a mask on the same grid as the volume"
+        )
+    out = data.copy()
+    if not mask.any():
+        return out
+    known = np.where(mask, data.min(), data)
+    norm = fit_intensity(known)
+    idx = np.argwhere(mask)
+    lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
+    pad = [int(math.ceil(margin_mm / z)) for z in volume.zooms]
+    box = tuple(slice(max(0, a - p), min(n, b + p)) for a, b, p, n in zip(lo, hi, pad, data.shape))
+    import torch
+
+    from brainae.tasks import smooth_fill
+
+    holes = torch.from_numpy(mask[box].astype(np.float32))[None, None]
+    img = torch.from_numpy(norm.forward(known[box]))[None, None]
+    filled = smooth_fill(img, holes)[0, 0].numpy()
+    x = np.stack([filled, mask[box].astype(np.float32)])
+    y = norm.inverse(run_blocks(vm.model, x, device=device)[0])
+    region = out[box]
+    region[mask[box]] = np.maximum(y[mask[box]], norm.lo)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- anomaly
+
+
+@dataclass
+class AnomalyMaps:
+    """Anomaly maps of one volume (RAS+, on the input's grid) and its scores.
+
+    Attributes:
+        residual: ``|x - f(x)|`` (median-filtered, model intensity units: the brain's median is 1), 0 outside
+            the brain.
+        calibrated: ``-log10`` of the fraction of healthy validation brain voxels with a residual at least as
+            high (capped at 6); 0 outside the brain. None without calibration.
+        lesion: bool mask ``calibrated >= -log10(fpr)``; None without calibration.
+        brain: the brain mask used.
+        score: mean of the top 0.1 % residuals of the brain (working grid); z: against the validation
+            volumes (None without calibration).
+        stripped_input: whether the input was already skull-stripped.
+        threshold: the residual threshold of the lesion mask (None without calibration).
+    """
+
+    residual: np.ndarray
+    calibrated: np.ndarray | None
+    lesion: np.ndarray | None
+    brain: np.ndarray
+    score: float
+    z: float | None
+    stripped_input: bool
+    threshold: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _working_residual(
+    volume, vm: VolumetricModel, *, brain: np.ndarray | None, device, mask_method: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """(residual on the working grid, brain on the working grid, brain on the input grid, was stripped)."""
+    from scipy import ndimage
+
+    prep = vm.preprocessing
+    data, zooms = volume.data, volume.zooms
+    stripped, brain_in, was_stripped = strip(data, zooms, method=mask_method, brain=brain)
+    grid = prep.get("grid_mm")
+    img = to_grid(stripped, zooms, grid)
+    bw = to_grid(brain_in, zooms, grid, order=0) if grid else brain_in
+    img = np.where(bw, img, stripped.min()).astype(np.float32)
+    norm = fit_intensity(img, reference=prep.get("reference", "median"), brain=bw)
+    x = norm.forward(img)
+    idx = np.argwhere(bw)
+    lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
+    box = tuple(slice(max(0, a - 4), min(n, b + 4)) for a, b, n in zip(lo, hi, x.shape))
+    y = run_blocks(vm.model, x[box][None], device=device)[0]
+    res = np.zeros_like(x)
+    res[box] = np.abs(x[box] - y)
+    res = ndimage.median_filter(res, size=MEDIAN_SIZE) * bw
+    return res.astype(np.float32), bw, brain_in, was_stripped
+
+
+def _top_mean(values: np.ndarray, fraction: float = TOP_FRACTION) -> float:
+    flat = np.asarray(values, dtype=np.float32).ravel()
+    if flat.size == 0:
+        return float("nan")
+    k = max(1, int(math.ceil(fraction * flat.size)))
+    return float(np.partition(flat, flat.size - k)[flat.size - k :].astype(np.float64).mean())
+
+
+def _levels(normative: dict, residual: np.ndarray) -> np.ndarray:
+    """``-log10`` tail probability of each residual under the stored healthy distribution."""
+    thresholds = np.asarray(normative["thresholds"], dtype=np.float64)
+    levels = np.asarray(normative["levels"], dtype=np.float64)
+    return np.interp(residual, thresholds, levels, left=0.0, right=float(levels[-1])).astype(np.float32)
+
+
+def anomaly_volume(
+    volume,
+    vm: VolumetricModel,
+    *,
+    brain: np.ndarray | None = None,
+    device: str | object = "cpu",
+    mask_method: str = "auto",
+    fpr: float = DEFAULT_FPR,
+) -> AnomalyMaps:
+    """Anomaly maps and scores of one RAS+ volume (see module doc and :class:`AnomalyMaps`)."""
+    if not 0 < fpr < 1:
+        raise BrainaeError(f"false-positive rate {fpr}: must be in (0, 1)")
+    res_w, brain_w, brain_in, was_stripped = _working_residual(
+        volume, vm, brain=brain, device=device, mask_method=mask_method
+    )
+    score = _top_mean(res_w[brain_w])
+    residual = np.where(brain_in, from_grid(res_w, volume.data.shape), 0.0).astype(np.float32)
+    cal = vm.normative if vm.normative and vm.normative.get("thresholds") else None
+    if cal is None:
+        return AnomalyMaps(residual, None, None, brain_in, score, None, was_stripped)
+    level = -math.log10(fpr)
+    calibrated = np.where(brain_in, _levels(cal, residual), 0.0).astype(np.float32)
+    threshold = float(np.interp(level, cal["levels"], cal["thresholds"]))
+    mean, std = cal.get("mean"), cal.get("std")
+    z = None
+    if mean is not None and std and math.isfinite(std) and std > 0 and math.isfinite(score):
+        z = float((score - mean) / std)
+    return AnomalyMaps(residual, calibrated, calibrated >= level, brain_in, score, z, was_stripped, threshold)
+
+
+def calibrate(vm: VolumetricModel, volumes: list, brains: list, *, device: str | object = "cpu") -> dict:
+    """Healthy-data calibration of an anomaly model from healthy validation volumes.
+
+    Pools the brain residuals (working grid) of ``volumes`` (RAS+ :class:`~brainae.io.Volume`-likes with
+    their brain masks ``brains``) and stores, for tail probabilities ``10^-k`` (k from 0 to
+    :data:`MAX_LEVEL` in steps of 0.05, limited by the number of voxels), the residual reached by that
+    fraction of healthy voxels; plus each volume's score and their mean / sd (ddof 1).
+
+    Returns:
+        The JSON-able ``normative`` dict stored in the checkpoint.
+    """
+    pooled, scores = [], {}
+    for vol, b in zip(volumes, brains):
+        res, bw, _, _ = _working_residual(vol, vm, brain=b, device=device, mask_method="auto")
+        values = res[bw]
+        pooled.append(values)
+        scores[getattr(vol, "id", str(len(scores)))] = _top_mean(values)
+    allv = np.sort(np.concatenate(pooled).astype(np.float64))
+    n = allv.size
+    kmax = min(MAX_LEVEL, math.log10(n) - 1.0)
+    levels = np.round(np.arange(0.0, kmax + 1e-9, 0.05), 4)
+    thresholds = np.quantile(allv, 1.0 - 10.0 ** (-levels))
+    thresholds = np.maximum.accumulate(thresholds)
+    values = np.array(list(scores.values()))
+    finite = np.isfinite(values)
+    if not finite.all():
+        raise BrainaeError("calibration produced non-finite residuals; the model or the volumes are broken")
+    return {
+        "kind": "voxel-residual",
+        "n": len(values),
+        "voxels": int(n),
+        "levels": levels.tolist(),
+        "thresholds": thresholds.tolist(),
+        "scores": scores,
+        "mean": float(values.mean()),
+        "std": float(values.std(ddof=1)) if len(values) > 1 else None,
+        "definition": {
+            "residual": f"|x - f(x)| on a {vm.preprocessing.get('grid_mm')} mm grid, {MEDIAN_SIZE}^3 median filter",
+            "score": f"mean of the top {TOP_FRACTION:.1%} brain residuals",
+            "calibrated": "-log10 fraction of healthy brain voxels with a residual at least as high",
+        },
+    }
+
+
+def warn_if_threshold_mask(stripped_input: bool) -> None:
+    """Warn that a threshold brain mask (no deepbet) is a rough skull strip for anomaly maps."""
+    import warnings
+
+    from brainae.brainmask import deepbet_available
+
+    if not stripped_input and not deepbet_available():
+        warnings.warn(
+            "skull-stripped with the threshold fallback (deepbet not installed): it keeps some non-brain "
+            "tissue, which can show up as anomalies; pip install 'brainae[brainmask]' or give a stripped scan",
+            BrainaeWarning,
+            stacklevel=2,
+        )

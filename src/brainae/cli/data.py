@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from brainae.cli._app import command, console, track
 
@@ -36,7 +37,11 @@ def inspect_cmd(
     console.print(summary)
     bad = table[table["status"] != "ok"]
     for _, row in bad.iterrows():
-        console.print(f"[yellow]{row['status']}[/yellow] {row['file']}: {row['reason']}")
+        console.print(
+            f"[yellow]{escape(str(row['status']))}[/yellow] {escape(str(row['file']))}: "
+            f"{escape(str(row['reason']))}",
+            markup=True,
+        )
     console.print(f"wrote {out / 'inspect.csv'} and {out / 'inspect.png'}")
 
 

@@ -62,8 +62,16 @@ def prepare_cmd(
         int, typer.Option(help="Slice size in pixels after bilinear resampling (multiple of 8).")
     ] = 128,
     seed: Annotated[int, typer.Option(help="Seed of the split.")] = 0,
-    val: Annotated[float, typer.Option(help="Fraction of subjects with metadata for validation.")] = 0.14,
-    test: Annotated[float, typer.Option(help="Fraction of subjects with metadata for test.")] = 0.08,
+    val: Annotated[
+        float,
+        typer.Option(
+            help="Fraction of subjects with metadata for validation (of all subjects when none has any)."
+        ),
+    ] = 0.14,
+    test: Annotated[
+        float,
+        typer.Option(help="Fraction of subjects with metadata for test (of all subjects when none has any)."),
+    ] = 0.08,
     scaling: Annotated[
         str,
         typer.Option(

@@ -120,6 +120,35 @@ def z_score(score: float, normative: dict | None) -> float | None:
     return float((score - mean) / std)
 
 
+def check_normative(normative: dict | None, where: str) -> dict | None:
+    """Normative statistics as stored in a checkpoint, validated: finite ``mean``, finite positive ``std``
+    (when present) and a readable score definition.
+
+    Raises:
+        BrainaeError: statistics that are not numbers, not finite, or a damaged definition.
+    """
+    if normative is None:
+        return None
+    fix = "re-create the checkpoint's statistics (train again, or use a checkpoint written by brainae train)"
+    if not isinstance(normative, dict):
+        raise BrainaeError(f"{where}: damaged normative statistics (not a table); {fix}")
+    for key in ("mean", "std"):
+        value = normative.get(key)
+        if value is None:
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise BrainaeError(f"{where}: normative {key} {value!r} is not a number; {fix}") from None
+        if not math.isfinite(number) or (key == "std" and number < 0):
+            raise BrainaeError(f"{where}: normative {key} {value!r} is not a finite valid value; {fix}")
+    try:
+        ScoreDefinition.from_dict(normative.get("definition"))
+    except (TypeError, ValueError, AttributeError):
+        raise BrainaeError(f"{where}: damaged normative score definition; {fix}") from None
+    return normative
+
+
 def selection_from(normative: dict | None) -> Selection | None:
     """The slice selection recorded in normative statistics (the thesis's brain-mask rule without one)."""
     return ScoreDefinition.from_dict((normative or {}).get("definition")).selection

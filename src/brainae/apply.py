@@ -137,7 +137,8 @@ def load_applicable(path: str | os.PathLike, device: str | object = "cpu"):
     normative statistics); a checkpoint without preprocessing gets the thesis's, with a warning.
 
     Raises:
-        BrainaeError: missing path, a folder, or a file that is not a model.
+        BrainaeError: missing path, a folder, a file that is not a model, NaN/Inf weights, or damaged
+            normative statistics.
     """
     import warnings
 
@@ -157,9 +158,11 @@ def load_applicable(path: str | os.PathLike, device: str | object = "cpu"):
 
         model, _ = import_keras(path)
         return model.to(dev).eval(), Preprocessing.from_dict(THESIS_PREPROCESSING), None
+    from brainae.anomaly import check_normative
     from brainae.checkpoint import load_checkpoint
 
     model, ckpt = load_checkpoint(path, dev)
+    check_normative(ckpt.normative, path.name)
     if ckpt.preprocessing is None:
         warnings.warn(
             f"{path.name}: the checkpoint records no preprocessing; using the thesis's (sagittal, 128 x 128, "

@@ -14,6 +14,7 @@ Weights are stored as tensors (the model's ``state_dict``); a JSON string under 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,11 +93,60 @@ def _check_fit(
     """Build the architecture and check that ``state`` fits it exactly; return the (untrained) model."""
     from brainae.models import build_model
 
+    _check_sizes(arch_kwargs, where)
     try:
-        model = build_model(arch, **arch_kwargs)
+        with torch.device("meta"):  # shapes only: nothing is allocated before the weights are known to fit
+            probe = build_model(arch, **arch_kwargs)
     except BrainaeError as exc:
         raise BrainaeError(f"{where}: {exc}") from None
-    expected = model.state_dict()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise BrainaeError(
+            f"{where}: architecture settings {arch_kwargs} are not valid for {arch!r} ({exc}); the file is "
+            "damaged or mislabelled"
+        ) from None
+    _compare(state, probe.state_dict(), arch, arch_kwargs, where)
+    model = build_model(arch, **arch_kwargs)
+    return model
+
+
+MAX_SIZE_SETTING = 1 << 16  # channels, widths, sizes: far above any real model, far below an absurd one
+
+
+def _check_sizes(arch_kwargs: dict[str, Any], where: str) -> None:
+    """Numbers in the architecture settings must be finite and within sane bounds (crafted files)."""
+    for key, value in arch_kwargs.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            if not math.isfinite(float(v)) or abs(float(v)) > MAX_SIZE_SETTING:
+                raise BrainaeError(
+                    f"{where}: architecture setting {key}={value!r} is out of bounds (|value| <= "
+                    f"{MAX_SIZE_SETTING}); the checkpoint is damaged or crafted, re-create it"
+                )
+            if isinstance(v, int) and v < 0:
+                raise BrainaeError(
+                    f"{where}: architecture setting {key}={value!r} is negative; the file is damaged"
+                )
+
+
+def check_finite_weights(state: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse NaN/Inf weights (a diverged run or a damaged file would give NaN outputs)."""
+    bad = [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise BrainaeError(
+            f"{where}: {len(bad)} weight tensor(s) hold NaN/Inf values (first: {bad[0]!r}); the training "
+            "diverged or the file is damaged: use another checkpoint (e.g. an earlier best.safetensors)"
+        )
+
+
+def _compare(
+    state: dict[str, torch.Tensor],
+    expected: dict[str, torch.Tensor],
+    arch: str,
+    arch_kwargs: dict[str, Any],
+    where: str,
+) -> None:
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
@@ -111,7 +161,6 @@ def _check_fit(
                 f"{where}: weights do not fit architecture {arch!r} {arch_kwargs}: {key!r} has shape "
                 f"{tuple(state[key].shape)}, expected {tuple(ref.shape)}; the file is damaged or mislabelled"
             )
-    return model
 
 
 def _write(path: Path, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -181,6 +230,17 @@ def save_checkpoint(
     return path
 
 
+def is_checkpoint(path: str | os.PathLike) -> bool:
+    """True for a safetensors file with brainae's description (what ``--force`` may overwrite)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
+            return METADATA_KEY in (f.metadata() or {})
+    except Exception:  # damaged or another format
+        return False
+
+
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint's description and weights (CPU tensors) without building the model.
 
@@ -240,11 +300,13 @@ def load_checkpoint(
     """Build the checkpoint's model with its weights, in eval mode on ``device``.
 
     Raises:
-        BrainaeError: as :func:`read_checkpoint`, or weights that do not fit the described architecture.
+        BrainaeError: as :func:`read_checkpoint`, architecture settings out of bounds, weights that do not
+            fit the described architecture, or NaN/Inf weights.
     """
     ckpt = read_checkpoint(path)
     name = Path(path).name
     model = _check_fit(ckpt.state_dict, ckpt.arch, ckpt.arch_kwargs, name)
+    check_finite_weights(ckpt.state_dict, name)
     model.load_state_dict(ckpt.state_dict, strict=True)
     return model.to(device).eval(), ckpt
 

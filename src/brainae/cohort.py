@@ -18,11 +18,12 @@ Age groups follow the thesis: ``young`` [0, 25), ``adult`` [25, 65), ``elderly``
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from brainae.errors import BrainaeError
+from brainae.errors import BrainaeError, BrainaeWarning
 from brainae.io import ixi_number, subject_id, volume_id
 
 AGE_GROUPS = (("young", 0.0, 25.0), ("adult", 25.0, 65.0), ("elderly", 65.0, float("inf")))
@@ -57,12 +58,54 @@ def _ethnicity(value) -> str | None:
     return "other"
 
 
+MAX_AGE = 120.0
+"""Ages above this (years) are taken for data-entry errors and treated as unknown, with a warning."""
+
+_BLANK = ("", "nan", "n/a", "na", "none", "null", "-", "?")
+
+
 def _age(value) -> float | None:
+    a = _age_checked(value)
+    return a if isinstance(a, float) else None
+
+
+def _age_checked(value) -> float | None | str:
+    """The age in years; None when unknown (blank, or 0 as IXI.xls writes it); a reason string when invalid."""
+    if value is None or str(value).strip().lower() in _BLANK:
+        return None
     try:
         a = float(value)
     except (TypeError, ValueError):
-        return None
-    return a if np.isfinite(a) and a > 0 else None
+        return f"not a number ({str(value).strip()[:20]!r})"
+    if not np.isfinite(a):
+        return f"not finite ({value!r})"
+    if a < 0:
+        return f"negative ({a:g})"
+    if a > MAX_AGE:
+        return f"above {MAX_AGE:g} years ({a:g})"
+    return a if a > 0 else None
+
+
+def _ages(keys, values, path) -> list[float | None]:
+    """Ages of a column, with one warning naming the IDs whose age is invalid (they count as unknown)."""
+    out: list[float | None] = []
+    bad: list[str] = []
+    for key, v in zip(keys, values, strict=True):
+        a = _age_checked(v)
+        if isinstance(a, str):
+            bad.append(f"{key}: {a}")
+            out.append(None)
+        else:
+            out.append(a)
+    if bad:
+        warnings.warn(
+            f"{path}: {len(bad)} invalid age(s), treated as unknown: {'; '.join(bad[:5])}"
+            + (" ..." if len(bad) > 5 else "")
+            + "; fix them in the table",
+            BrainaeWarning,
+            stacklevel=3,
+        )
+    return out
 
 
 def read_ixi_xls(path: str | os.PathLike):
@@ -86,17 +129,26 @@ def read_ixi_xls(path: str | os.PathLike):
     cols = {c.upper().split(" ")[0]: c for c in raw.columns}
     if "IXI_ID" not in cols:
         raise BrainaeError(f"{path}: no IXI_ID column; this does not look like IXI.xls")
+    keys = [_ixi_key(v) for v in raw[cols["IXI_ID"]]]
     out = pd.DataFrame(
         {
-            "key": [
-                str(int(float(v))) if str(v).strip() not in ("", "nan") else None for v in raw[cols["IXI_ID"]]
-            ],
-            "age": [_age(v) for v in raw[cols["AGE"]]] if "AGE" in cols else None,
+            "key": keys,
+            "age": _ages(keys, raw[cols["AGE"]], path) if "AGE" in cols else None,
             "sex": [_sex(v) for v in raw[cols["SEX_ID"]]] if "SEX_ID" in cols else None,
             "ethnicity": [_ethnicity(v) for v in raw[cols["ETHNIC_ID"]]] if "ETHNIC_ID" in cols else None,
         }
     )
-    return _merge_duplicates(out.dropna(subset=["key"]))
+    return _merge_duplicates(out.dropna(subset=["key"]), path)
+
+
+def _ixi_key(v) -> str | None:
+    text = str(v).strip()
+    if text in ("", "nan"):
+        return None
+    try:
+        return str(int(float(text)))
+    except (ValueError, OverflowError):
+        return text
 
 
 def read_participants(path: str | os.PathLike):
@@ -122,21 +174,48 @@ def read_participants(path: str | os.PathLike):
         c = next((lower[n] for n in names if n in lower), None)
         return raw[c] if c is not None else [None] * len(raw)
 
+    keys = list(raw[idcol].astype(str).str.strip())
     out = pd.DataFrame(
         {
-            "key": raw[idcol].astype(str).str.strip(),
-            "age": [_age(v) for v in col("age", "age_years")],
+            "key": keys,
+            "age": _ages(keys, col("age", "age_years"), path),
             "sex": [_sex(v) for v in col("sex", "gender", "sex_id")],
             "ethnicity": [_ethnicity(v) for v in col("ethnicity", "ethnic", "ethnic_id", "race")],
         }
     )
-    return _merge_duplicates(out)
+    return _merge_duplicates(out, path)
 
 
-def _merge_duplicates(table):
-    return table.groupby("key", sort=False, as_index=False).agg(
+def _merge_duplicates(table, path: str | os.PathLike = "demographics"):
+    """One row per ID: duplicated rows are merged (first known value per column); rows of one ID that
+    disagree (ages more than a year apart, different sex or ethnicity) are reported with their IDs, and that
+    ID's demographics are treated as unknown, since the stratification cannot trust them."""
+    merged = table.groupby("key", sort=False, as_index=False).agg(
         {"age": "first", "sex": "first", "ethnicity": "first"}
     )
+    dup = table[table["key"].duplicated(keep=False)]
+    conflicts: list[str] = []
+    for key, rows in dup.groupby("key", sort=False):
+        ages = rows["age"].dropna().astype(float)
+        what = []
+        if len(ages) and float(ages.max() - ages.min()) > 1.0:
+            what.append("age")
+        for c in ("sex", "ethnicity"):
+            if rows[c].dropna().nunique() > 1:
+                what.append(c)
+        if what:
+            conflicts.append(f"{key} ({', '.join(what)})")
+            merged.loc[merged["key"] == key, ["age", "sex", "ethnicity"]] = None
+    if conflicts:
+        warnings.warn(
+            f"{path}: {len(conflicts)} ID(s) have duplicated rows that disagree, treated as unknown: "
+            + ", ".join(conflicts[:5])
+            + (" ..." if len(conflicts) > 5 else "")
+            + "; keep one row per ID",
+            BrainaeWarning,
+            stacklevel=3,
+        )
+    return merged
 
 
 def read_demographics(path: str | os.PathLike):

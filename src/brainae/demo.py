@@ -67,11 +67,12 @@ def run_demo(
     """Run the whole pipeline on the embedded sample; see the module doc.
 
     Raises:
-        BrainaeError: ``out`` exists and is not an earlier demo folder (use ``force``).
+        BrainaeError: ``out`` exists and is not an earlier demo folder (``force`` does not change that: a
+            folder that brainae did not write is never replaced).
     """
     from brainae.apply import denoise
     from brainae.evaluate import evaluate
-    from brainae.io import load_volume, save_like
+    from brainae.io import load_volume, read_marker, save_like, write_marker
     from brainae.prepare import PrepareConfig, prepare
     from brainae.pretrained import THESIS_RES_UNET
     from brainae.report import build_report
@@ -82,13 +83,19 @@ def run_demo(
     start = time.perf_counter()
     out = Path(out)
     marker = out / "demo.json"
-    if out.exists() and any(out.iterdir()) and not marker.exists() and not force:
+    ours = marker.exists() or (read_marker(out) or {}).get("kind") == "demo"
+    if out.exists() and not out.is_dir():
+        raise BrainaeError(f"{out}: is a file; choose a folder for --out")
+    if out.exists() and any(out.iterdir()) and not ours:
         raise BrainaeError(
-            f"{out}: exists and is not a brainae demo folder; choose another --out or add --force"
+            f"{out}: exists and is not a brainae demo folder; brainae replaces only a demo folder it wrote"
+            + (" (--force does not change that)" if force else "")
+            + ", so choose another --out or move the folder away yourself"
         )
-    if out.exists() and (force or marker.exists()):
+    if out.exists() and ours:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    write_marker(out, "demo")  # at once, so that a killed demo is recognised (and replaced) by the next one
     facts: dict = {}
 
     # 1. prepare

@@ -646,7 +646,8 @@ def evaluate(
     Args:
         checkpoints: checkpoint files or run folders (their ``best.safetensors``); may be empty.
         dataset: prepared dataset folder.
-        out: output folder (refused if it exists, unless ``force``).
+        out: output folder (refused if it exists, unless ``force``; never one that is, contains or lies inside
+            an input, and ``force`` replaces only an evaluation folder that brainae wrote).
         split: ``train``, ``val`` or ``test``.
         conditions: condition names or one comma-separated string (``"all"`` for every condition).
         seed: evaluation seed (see the module notes).
@@ -671,11 +672,10 @@ def evaluate(
     import torch
 
     from brainae.dataset import open_dataset
-    from brainae.io import atomic_dir
+    from brainae.io import atomic_dir, check_output, write_marker
 
     out = Path(out)
-    if out.exists() and not force:
-        raise BrainaeError(f"{out}: already exists; choose another --out or pass --force to replace it")
+    check_output(out, "evaluation", [dataset, *checkpoints], force=force)
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         raise BrainaeError(f"unknown baseline {unknown[0]!r}; valid: {', '.join(BASELINES)}")
@@ -748,6 +748,7 @@ def evaluate(
         )
         prov["baseline_names"] = list(baselines)
         (tmp / "provenance.json").write_text(json.dumps(prov, indent=2, default=str, allow_nan=True))
+        write_marker(tmp, "evaluation")
     return out
 
 

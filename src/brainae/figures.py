@@ -28,9 +28,11 @@ def _plt():
 def _save(fig, path: Path) -> Path:
     from brainae.io import atomic_path
 
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    _plt().close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    finally:
+        _plt().close(fig)
     return path
 
 

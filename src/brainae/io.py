@@ -293,24 +293,122 @@ def save_nifti(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray) ->
     return path
 
 
+# ------------------------------------------------------------------------------------ atomic outputs
+#
+# Temporary names carry the writer's process id (``.NAME.tmp-PID-xxxx``), so that the next writer of the
+# same output can tell a temporary left by a killed run (its process is gone) from one being written now.
+
+_TMP_TAG = ".tmp-"
+
+
+def _tmp_prefix(path: Path) -> str:
+    return f".{path.name}{_TMP_TAG}{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove ``.NAME.tmp-PID-*`` / ``.NAME.old-PID`` siblings of ``path`` whose writing process is gone."""
+    path = Path(path)
+    removed: list[Path] = []
+    parent = path.parent
+    if not parent.is_dir():
+        return removed
+    pattern = re.compile(re.escape(f".{path.name}") + r"(?:\.tmp-|\.old-)(\d+)")
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        m = pattern.match(entry.name)
+        if not m or _pid_alive(int(m.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+    return removed
+
+
+def _os_error_in(exc: BaseException) -> OSError | None:
+    """The OSError that caused ``exc`` (itself, its cause or context), if any; library wrappers such as
+    safetensors' ``SafetensorError`` or Pillow's broken-stream errors hide the real one."""
+    seen = 0
+    cur: BaseException | None = exc
+    while cur is not None and seen < 8:
+        if isinstance(cur, OSError):
+            return cur
+        text = str(cur)
+        if any(k in text for k in ("File too large", "No space left", "Permission denied", "Read-only")):
+            return OSError(0, text.splitlines()[0][:160] if text else type(cur).__name__)
+        cur = cur.__cause__ or cur.__context__
+        seen += 1
+    return None
+
+
+def write_error(path: Path, exc: BaseException) -> BrainaeError | None:
+    """A one-line :class:`BrainaeError` for an operating-system failure while writing ``path`` (else None)."""
+    if isinstance(exc, BrainaeError):
+        return None
+    err = _os_error_in(exc)
+    if err is None:
+        return None
+    import errno
+
+    where = Path(err.filename) if getattr(err, "filename", None) else path
+    reason = err.strerror or str(err) or type(exc).__name__
+    code = getattr(err, "errno", None)
+    if code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) or "too large" in reason or "No space" in reason:
+        fix = "free disk space (or raise the file-size limit) and run again"
+    elif code in (errno.EACCES, errno.EPERM, errno.EROFS) or "ermission" in reason or "Read-only" in reason:
+        fix = "choose an output folder you can write to"
+    elif code == errno.ENOENT:
+        fix = "check that the folder exists"
+    else:
+        fix = "check the output location and run again"
+    return BrainaeError(f"{where}: cannot write ({reason}); {fix}; nothing was written")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed to ``path``, on error removed.
 
     The temporary name keeps ``path``'s suffixes so that writers that look at the extension still work.
+    Temporaries left by a killed earlier writer of ``path`` are removed first. An operating-system error
+    (permission, full disk, file too large, read-only) becomes one :class:`BrainaeError` naming the path.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+        suffix = "".join(path.suffixes) or ".tmp"
+        fd, tmp_name = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=suffix, dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise write_error(path, exc) from None  # type: ignore[misc]
     tmp = Path(tmp_name)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        err = write_error(path, exc)
+        if err is not None:
+            raise err from None
         raise
 
 
@@ -325,11 +423,17 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it replaces ``path`` as a whole.
 
     An existing ``path`` is moved aside first and removed only once the new folder is in place, so a
-    failure leaves either the old folder or nothing, never a half-written one.
+    failure leaves either the old folder or nothing, never a half-written one. Temporary folders left by a
+    killed earlier writer are removed first; operating-system errors become one :class:`BrainaeError`.
+    Callers decide beforehand whether an existing ``path`` may be replaced (:func:`check_output`).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), dir=path.parent))
+    except OSError as exc:
+        raise write_error(path, exc) from None  # type: ignore[misc]
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
@@ -340,6 +444,136 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        err = write_error(path, exc)
+        if err is None and isinstance(exc, BrainaeError) and str(tmp) in str(exc):
+            err = BrainaeError(str(exc).replace(str(tmp), str(path)))  # name the output, not the temporary
+        if err is not None:
+            raise err from None
         raise
+
+
+# ------------------------------------------------------------------------------ what --force may replace
+#
+# Every output folder brainae writes holds MARKER: its kind and the files it wrote (a manifest). --force
+# replaces only such a folder of the same kind, with no file it did not write, and never a path that is,
+# contains or lies inside an input.
+
+MARKER = ".brainae-output.json"
+
+
+def write_marker(folder: str | os.PathLike, kind: str) -> Path:
+    """Write ``folder/MARKER``: ``kind`` and the manifest of the files now in ``folder`` (call it last)."""
+    import json
+
+    folder = Path(folder)
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != MARKER)
+    from brainae import __version__
+
+    text = json.dumps({"kind": kind, "version": __version__, "files": files}, indent=1) + "\n"
+    (folder / MARKER).write_text(text)
+    return folder / MARKER
+
+
+def read_marker(folder: str | os.PathLike) -> dict | None:
+    """The marker of a brainae-written folder, or None."""
+    import json
+
+    path = Path(folder) / MARKER
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("kind"), str) else None
+
+
+def relation(out: str | os.PathLike, inp: str | os.PathLike) -> str | None:
+    """How ``out`` relates to the input ``inp``: "is", "contains", "lies inside" or None."""
+    a, b = Path(out).resolve(), Path(inp).resolve()
+    if a == b:
+        return "is"
+    if b in a.parents:
+        return "lies inside"
+    if a in b.parents:
+        return "contains"
+    return None
+
+
+def check_not_input(out: str | os.PathLike, inputs: list, what: str = "output") -> None:
+    """Refuse an output path that is, contains or lies inside one of ``inputs``."""
+    for inp in inputs:
+        if inp is None:
+            continue
+        rel = relation(out, inp)
+        if rel is None or (rel == "lies inside" and not Path(inp).is_dir()):
+            continue
+        text = {
+            "is": "is the input",
+            "contains": "contains the input",
+            "lies inside": "lies inside the input",
+        }
+        raise BrainaeError(
+            f"{out}: the {what} {text[rel]} {inp}; inputs are never replaced, choose another output"
+        )
+
+
+def foreign_files(folder: Path, marker: dict) -> list[Path]:
+    """Files in ``folder`` that its manifest does not list (sub-folders with their own marker excepted)."""
+    listed = set(marker.get("files", []))
+    found: list[Path] = []
+    for root, dirs, files in os.walk(folder):
+        rootp = Path(root)
+        keep = []
+        for d in dirs:
+            sub = rootp / d
+            if read_marker(sub) is not None or _TMP_TAG in d or ".old-" in d:
+                continue  # another brainae output (e.g. EVAL/stats), or a temporary
+            keep.append(d)
+        dirs[:] = keep
+        for name in files:
+            p = rootp / name
+            rel = str(p.relative_to(folder))
+            if name == MARKER or rel in listed or _TMP_TAG in name:
+                continue
+            found.append(p)
+    return sorted(found)
+
+
+def check_output(
+    out: str | os.PathLike, kind: str, inputs: list, *, force: bool, what: str = "output folder"
+) -> bool:
+    """Decide whether the output folder ``out`` may be written; True when it exists (and may be replaced).
+
+    Raises:
+        BrainaeError: ``out`` is, contains or lies inside an input; ``out`` exists and ``force`` is off;
+            with ``force``, ``out`` is not a brainae-written ``kind`` folder or holds files brainae did not
+            write (they are named).
+    """
+    out = Path(out)
+    check_not_input(out, inputs, what)
+    if not out.exists() and not out.is_symlink():
+        return False
+    if not out.is_dir():
+        raise BrainaeError(f"{out}: is a file, not a folder; choose another output folder")
+    if not any(out.iterdir()):
+        return False
+    marker = read_marker(out)
+    if marker is None or marker.get("kind") != kind:
+        found = "a brainae " + marker["kind"] + " folder" if marker else "not a folder written by brainae"
+        raise BrainaeError(
+            f"{out}: exists and is {found}; brainae replaces only a {kind} folder it wrote itself (marked by "
+            f"{MARKER}), so choose another output, or move the folder away yourself"
+        )
+    if not force:
+        raise BrainaeError(f"{out}: already exists; add --force to replace it, or choose another output")
+    extra = foreign_files(out, marker)
+    if extra:
+        names = ", ".join(str(p.relative_to(out)) for p in extra[:3]) + (" ..." if len(extra) > 3 else "")
+        raise BrainaeError(
+            f"{out}: holds {len(extra)} file(s) that brainae did not write ({names}), so --force will not "
+            "replace it; move them away or choose another output"
+        )
+    return True

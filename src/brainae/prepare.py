@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -33,11 +34,15 @@ from brainae.errors import BrainaeError, BrainaeWarning
 from brainae.io import (
     atomic_dir,
     atomic_path,
+    check_not_input,
+    check_output,
     list_niftis,
     load_volume,
     read_header,
+    read_marker,
     subject_id,
     volume_id,
+    write_marker,
 )
 from brainae.select import DEFAULT_BRAIN_FRACTION, KEEP_COLUMN, METHODS, check_method
 from brainae.volume import PROFILES, SCALINGS, Preprocessing, choose_profile, in_plane_zooms, to_view
@@ -116,15 +121,25 @@ def inspect_folder(folder: str | os.PathLike, *, track: Track = _no_track):
 
 
 def write_inspect(folder: str | os.PathLike, out: str | os.PathLike, *, track: Track = _no_track):
-    """Run :func:`inspect_folder` and write ``inspect.csv`` and ``inspect.png`` into ``out``."""
+    """Run :func:`inspect_folder` and write ``inspect.csv`` and ``inspect.png`` into ``out``.
+
+    Both files are written or neither (a folder that this call created is removed again on failure); ``out``
+    must not be, contain or lie inside ``folder``.
+    """
     from brainae.figures import inspect_figure
 
-    table = inspect_folder(folder, track=track)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "inspect.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    inspect_figure(table, out / "inspect.png")
+    check_not_input(out, [folder], "output folder")
+    table = inspect_folder(folder, track=track)
+    created = not out.exists()
+    try:
+        with atomic_path(out / "inspect.csv") as tmp:
+            table.to_csv(tmp, index=False)
+            inspect_figure(table, out / "inspect.png")
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     return table
 
 
@@ -210,20 +225,19 @@ def prepare(
     config.check()
     folder, out = Path(folder), Path(out)
     files = list_niftis(folder)
-    if out.resolve() == folder.resolve() or folder.resolve() in out.resolve().parents:
-        raise BrainaeError(f"{out}: the output folder must not be inside the input folder {folder}")
+    check_not_input(out, [folder, config.demographics], "output folder")
     demo_table = read_demographics(config.demographics) if config.demographics else None
 
-    # Re-use or refuse an existing folder.
+    # Re-use an identical dataset; replace only a dataset that brainae wrote, and only with --force.
     settings_probe = {"config": _config_dict(config), "inputs": _fingerprint(files)}
-    if out.exists():
+    if out.is_dir() and not force:
         old = out / "settings.json"
         if old.is_file() and (out / "slices.npy").is_file():
             try:
                 previous = json.loads(old.read_text())
             except ValueError:
                 previous = {}
-            if _settings_key(previous) == _settings_key(settings_probe) and not force:
+            if _settings_key(previous) == _settings_key(settings_probe):
                 idx = pd.read_csv(out / "index.csv")
                 return PrepareResult(
                     out,
@@ -233,10 +247,14 @@ def prepare(
                     [],
                     reused=True,
                 )
-        if not force:
-            raise BrainaeError(
-                f"{out}: exists with other settings or inputs; add --force to replace it, or choose another --out"
-            )
+    try:
+        check_output(out, "dataset", [folder, config.demographics], force=force)
+    except BrainaeError as exc:
+        if force or read_marker(out) is None:
+            raise
+        raise BrainaeError(
+            f"{out}: exists with other settings or inputs; add --force to replace it, or choose another --out"
+        ) from exc
 
     # 1. readable, 3-D, finite, one volume per subject.
     headers: dict[Path, Any] = {}
@@ -432,6 +450,7 @@ def prepare(
         }
         (tmp / "settings.json").write_text(json.dumps(settings, indent=2, default=str))
         _write_figures(tmp, selection, thresholds, volumes, montage_inputs)
+        write_marker(tmp, "dataset")
     return PrepareResult(out, len(used), n_total, index["split"].value_counts().to_dict(), skipped)
 
 

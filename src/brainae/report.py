@@ -65,11 +65,31 @@ class Inputs:
     evals: list[Path] = field(default_factory=list)
     stats: list[Path] = field(default_factory=list)
     unknown: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _csv_columns(path: Path) -> set[str]:
+    try:
+        with path.open(newline="", encoding="utf-8", errors="replace") as fh:
+            first = fh.readline()
+    except OSError:
+        return set()
+    return {c.strip().strip('"') for c in first.strip().split(",")}
+
+
+EVAL_COLUMNS = {"model", "condition"}
+GRID_COLUMNS = {"name", "arch", "status"}
 
 
 def _kind(path: Path) -> str | None:
+    """What a folder is; a ``summary.csv`` is an evaluation only with the evaluation's columns (a grid's
+    ``summary.csv`` makes the folder a "grid", whose runs are searched one level down)."""
     if (path / "summary.csv").is_file():
-        return "evals"
+        cols = _csv_columns(path / "summary.csv")
+        if EVAL_COLUMNS <= cols:
+            return "evals"
+        if GRID_COLUMNS <= cols:
+            return "grid"
     if (path / "stats.csv").is_file():
         return "stats"
     if (path / "settings.json").is_file() and (path / "index.csv").is_file():
@@ -93,8 +113,14 @@ def classify(paths: list[str | os.PathLike]) -> Inputs:
         if p.is_file():
             p = p.parent
         kind = _kind(p)
+        if kind == "grid":
+            note = f"{p}: a grid folder (its summary.csv is not an evaluation); its runs are included"
+            if note not in found.notes:
+                found.notes.append(note)
+                warnings.warn(note, BrainaeWarning, stacklevel=2)
+            kind = None
         targets = [(p, kind)] if kind else [(c, _kind(c)) for c in sorted(p.iterdir()) if c.is_dir()]
-        targets = [(c, k) for c, k in targets if k]
+        targets = [(c, k) for c, k in targets if k and k != "grid"]
         if not targets:
             warnings.warn(
                 f"{p}: not a run, evaluation, stats or dataset folder; skipped", BrainaeWarning, stacklevel=2
@@ -429,9 +455,11 @@ def _eval_sections(evals: list[Path]) -> dict[str, str]:
         summary = _read_csv(e / "summary.csv")
         prov = _read_json(e / "provenance.json")
         head = f"<h3>{_esc(e.name)}</h3>"
-        if summary is None or summary.empty:
+        if summary is None or summary.empty or not EVAL_COLUMNS <= set(summary.columns):
             for k in out:
-                out[k].append(head + _note(f"{e}: summary.csv is empty or unreadable."))
+                out[k].append(
+                    head + _note(f"{e}: summary.csv is empty, unreadable or not an evaluation; skipped.")
+                )
             continue
         conds = list(dict.fromkeys(summary["condition"]))
         models = list(dict.fromkeys(summary["model"]))
@@ -587,7 +615,11 @@ nav a{margin-right:1em}
 
 
 def build_report(
-    inputs: list[str | os.PathLike], out: str | os.PathLike, *, title: str = "brainae report"
+    inputs: list[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    title: str = "brainae report",
+    force: bool = False,
 ) -> Path:
     """Write one self-contained HTML report from dataset, run, evaluation and stats folders.
 
@@ -595,18 +627,32 @@ def build_report(
         inputs: folders, any order (see the module notes).
         out: the HTML file to write (atomically).
         title: the report's title.
+        force: replace an existing ``out``, which must be a report that brainae wrote.
 
     Returns:
         The path written.
 
     Raises:
-        BrainaeError: no inputs, or a path that does not exist.
+        BrainaeError: no inputs, a path that does not exist, ``out`` is or lies inside an input, or
+            ``out`` exists (without ``force``, or is not a brainae report).
     """
     from brainae import __version__
-    from brainae.io import atomic_path
+    from brainae.io import atomic_path, check_not_input
 
     if not inputs:
         raise BrainaeError("give at least one run, evaluation, stats or dataset folder")
+    out = Path(out)
+    check_not_input(out, list(inputs), "report")
+    if out.is_dir():
+        raise BrainaeError(f"{out}: is a folder; -o names the HTML file to write (e.g. report.html)")
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise BrainaeError(f"{out}: already exists; add --force to replace it, or choose another -o")
+        if not is_report(out):
+            raise BrainaeError(
+                f"{out}: exists and is not a report that brainae wrote, so --force will not replace it; "
+                "choose another -o"
+            )
     found = classify(list(inputs))
     body: dict[str, str] = {}
     overview = [
@@ -620,6 +666,8 @@ def build_report(
     ]
     if found.unknown:
         overview.append(_note("Skipped (not recognised): " + ", ".join(str(p) for p in found.unknown)))
+    for note in found.notes:
+        overview.append(_note(note))
     body["overview"] = "".join(overview)
     body["data"] = _data_section(found.datasets)
     body["training"] = _training_section(found.runs)
@@ -636,10 +684,22 @@ def build_report(
         for k, v in SECTIONS.items()
     )
     doc = (
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">{GENERATOR}<title>{_esc(title)}</title>'
         f"<style>{_CSS}</style></head><body><h1>{_esc(title)}</h1><nav>{nav}</nav>{sections}</body></html>"
     )
-    out = Path(out)
     with atomic_path(out) as tmp:
         tmp.write_text(doc, encoding="utf-8")
     return out
+
+
+GENERATOR = '<meta name="generator" content="brainae">'
+
+
+def is_report(path: str | os.PathLike) -> bool:
+    """True for an HTML file that :func:`build_report` wrote (it carries brainae's generator tag)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+    except OSError:
+        return False
+    return GENERATOR.encode() in head

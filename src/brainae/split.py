@@ -2,7 +2,8 @@
 
 Subjects, not slices, are assigned: all volumes of one subject land in the same split. Strata are the
 combinations of sex, age group and ethnicity that are known; subjects without any metadata go to train
-(as the thesis did). Within each stratum the subjects are shuffled with the seed, and the number sent to val
+(as the thesis did), unless no subject has any: then all subjects are split at random (by subject), with a
+warning that the split is not stratified. Within each stratum the subjects are shuffled with the seed, and the number sent to val
 and test is apportioned across strata by largest remainder so that both the totals and each stratum's
 proportions follow the requested fractions.
 
@@ -17,9 +18,11 @@ Example:
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
-from brainae.errors import BrainaeError
+from brainae.errors import BrainaeError, BrainaeWarning
 
 STRATA = ("sex", "age_group", "ethnicity")
 
@@ -56,6 +59,14 @@ def stratified_split(table, *, val: float = 0.14, test: float = 0.08, seed: int 
     known = subjects[cols].notna().any(axis=1) if cols else pd.Series(False, index=subjects.index)
     strat = subjects[cols].astype(object).where(subjects[cols].notna(), "?").astype(str).agg("|".join, axis=1)
     rng = np.random.default_rng(seed)
+    if len(subjects) and not known.any():
+        warnings.warn(
+            f"no subject has demographics (sex, age, ethnicity): the {len(subjects)} subjects are split at "
+            "random by subject, not stratified; give --demographics for a stratified split",
+            BrainaeWarning,
+            stacklevel=2,
+        )
+        known = pd.Series(True, index=subjects.index)
     pool = subjects.index[known.to_numpy()]
     n = len(pool)
     n_test = int(round(test * n))

@@ -265,7 +265,8 @@ def run_stats(
     Args:
         eval_dir: a ``brainae evaluate`` output folder.
         metrics: which metrics to test.
-        out: output folder (default ``EVAL/stats``).
+        out: output folder (default ``EVAL/stats``); an existing one is replaced only if it is a stats
+            folder that brainae wrote.
         alpha: family-wise significance level.
 
     Returns:
@@ -273,7 +274,7 @@ def run_stats(
     """
     import pandas as pd
 
-    from brainae.io import atomic_path
+    from brainae.io import atomic_dir, read_marker, relation, write_marker
 
     eval_dir = Path(eval_dir)
     path = eval_dir / "slices.csv"
@@ -283,14 +284,27 @@ def run_stats(
     if slices.empty:
         raise BrainaeError(f"{path}: no rows to compare")
     out = Path(out) if out is not None else eval_dir / "stats"
-    out.mkdir(parents=True, exist_ok=True)
+    if relation(out, eval_dir) in ("is", "contains"):
+        raise BrainaeError(
+            f"{out}: the stats folder would replace the evaluation {eval_dir}; choose another --out"
+        )
+    if out.is_file() or (
+        out.is_dir() and any(out.iterdir()) and (read_marker(out) or {}).get("kind") != "stats"
+    ):
+        raise BrainaeError(
+            f"{out}: exists and is not a stats folder that brainae wrote; brainae replaces only its own, so "
+            "choose another --out"
+        )
     tables = []
     for metric in metrics:
-        table = paired_tests(slices, metric, alpha=alpha)
-        tables.append(table)
-        for cond in pd.unique(table["condition"]):
-            plot_pvalue_matrix(table, cond, out / f"pvalues_{metric}_{_safe(str(cond))}.png", metric=metric)
+        tables.append(paired_tests(slices, metric, alpha=alpha))
     result = pd.concat(tables, ignore_index=True)
-    with atomic_path(out / "stats.csv") as tmp:
-        result.to_csv(tmp, index=False)
+    with atomic_dir(out) as tmp:  # a rerun replaces the earlier stats folder as a whole
+        for metric, table in zip(metrics, tables, strict=True):
+            for cond in pd.unique(table["condition"]):
+                plot_pvalue_matrix(
+                    table, cond, tmp / f"pvalues_{metric}_{_safe(str(cond))}.png", metric=metric
+                )
+        result.to_csv(tmp / "stats.csv", index=False)
+        write_marker(tmp, "stats")
     return out

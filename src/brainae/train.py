@@ -667,10 +667,11 @@ def plot_curves(rows: list[dict[str, float]], path: str | os.PathLike, title: st
 
 
 class RunWriter(pl.Callback):
-    """Writes ``metrics.csv``, ``best.safetensors`` and ``last.safetensors`` after every validation (rank 0).
+    """Writes ``best.safetensors`` and ``last.safetensors`` after every validation (rank 0).
 
-    Runs before Lightning's ``ModelCheckpoint`` (which Lightning orders last), so ``last.ckpt`` always holds
-    a state that the files already reflect. Its best-so-far is part of ``last.ckpt``.
+    Runs first at the end of validation; :class:`EpochCommit` runs last and writes ``last.ckpt`` and then
+    ``metrics.csv``. Its best-so-far and its metric rows are part of ``last.ckpt``, so a run resumed from
+    ``last.ckpt`` has exactly the rows of the epochs that checkpoint has seen.
     """
 
     def __init__(
@@ -682,19 +683,33 @@ class RunWriter(pl.Callback):
         self.best_val = math.inf
         self.best_epoch = 0
         self.rows: list[dict[str, float]] = []
+        self.pending = False  # an epoch whose rows are not yet in metrics.csv
+
+        self._restored_rows: list[dict[str, float]] | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best_val": float(self.best_val), "best_epoch": int(self.best_epoch)}
+        return {
+            "best_val": float(self.best_val),
+            "best_epoch": int(self.best_epoch),
+            "rows": [dict(r) for r in self.rows],
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best_val = float(state_dict["best_val"])
         self.best_epoch = int(state_dict["best_epoch"])
+        rows = state_dict.get("rows")
+        self._restored_rows = [dict(r) for r in rows] if rows is not None else None
+        if self._restored_rows is not None:
+            self.rows = list(self._restored_rows)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: AutoencoderModule) -> None:
-        # after the checkpoint is restored (on_fit_start is too early): keep the epochs that the checkpoint
-        # we resume from has seen (a crash may have left one more row)
+        # after the checkpoint is restored (on_fit_start is too early): the rows of the epochs that the
+        # checkpoint we resume from has seen (stored in it; older checkpoints: from metrics.csv)
         start = trainer.current_epoch
-        self.rows = [r for r in read_metrics(self.out) if r["epoch"] <= start]
+        if self._restored_rows is not None:  # exactly the epochs the checkpoint has seen
+            self.rows = list(self._restored_rows)
+        else:
+            self.rows = [r for r in read_metrics(self.out) if r["epoch"] <= start]
 
     def training_dict(self, pl_module: AutoencoderModule) -> dict[str, Any]:
         return {
@@ -722,13 +737,40 @@ class RunWriter(pl.Callback):
         improved = record["val_loss"] < self.best_val
         if improved:
             self.best_val, self.best_epoch = record["val_loss"], int(record["epoch"])
+        self.pending = True  # on every rank: EpochCommit's checkpoint is a collective call
+        self.rows = [r for r in self.rows if r["epoch"] < record["epoch"]] + [record]
         if not trainer.is_global_zero:
             return
-        self.rows = [r for r in self.rows if r["epoch"] < record["epoch"]] + [record]
-        _write_metrics(self.out / "metrics.csv", self.rows)
         if improved:
             self.save("best.safetensors", pl_module)
         self.save("last.safetensors", pl_module)
+
+
+class EpochCommit(pl.Callback):
+    """Ends every epoch's validation (placed after early stopping): ``last.ckpt``, then ``metrics.csv``.
+
+    ``last.ckpt`` is written atomically after every epoch, with the state of every callback (early
+    stopping, the best-so-far and the metric rows); ``metrics.csv`` follows, so it never lists an epoch
+    whose checkpoint is missing. A run killed at any moment resumes from the last completed epoch.
+    """
+
+    def __init__(self, writer: RunWriter) -> None:
+        self.writer = writer
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: AutoencoderModule) -> None:
+        if trainer.sanity_checking or not self.writer.pending:
+            return
+        from brainae.io import atomic_path
+
+        out = self.writer.out
+        if trainer.is_global_zero:
+            with atomic_path(out / "last.ckpt") as tmp:
+                trainer.save_checkpoint(tmp)
+        else:  # a collective call; only rank 0 writes
+            trainer.save_checkpoint(out / "last.ckpt")
+        if trainer.is_global_zero:
+            _write_metrics(out / "metrics.csv", self.writer.rows)
+        self.writer.pending = False
 
 
 # ---------------------------------------------------------------------------------------------- fitting
@@ -748,11 +790,44 @@ def _is_launcher_rank_zero() -> bool:
     return True
 
 
-def _prepare_run_dir(out: Path, config: TrainConfig, *, resume: bool, force: bool) -> Path | None:
-    """Check and prepare the run folder; return the Lightning checkpoint to resume from, if any."""
+def _is_run_dir(out: Path) -> bool:
+    """A folder that ``brainae train`` wrote: its marker, or (older runs) a readable brainae config.json."""
+    from brainae.io import read_marker
+
+    marker = read_marker(out)
+    if marker is not None:
+        return marker.get("kind") == "run"
+    try:
+        data = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("config"), dict) and "version" in data
+
+
+def _completed_epochs(out: Path) -> bool:
+    return any((out / name).exists() for name in ("last.ckpt", "best.safetensors", "metrics.csv"))
+
+
+def _prepare_run_dir(
+    out: Path, config: TrainConfig, *, resume: bool, force: bool, dataset: Path | None = None
+) -> Path | None:
+    """Check and prepare the run folder; return the Lightning checkpoint to resume from, if any.
+
+    A folder that holds no completed epoch (a run killed during its first epoch) is simply started again.
+    ``force`` deletes only the run's own files (:data:`RUN_FILES`) of a folder that ``brainae train`` wrote.
+    """
+    from brainae.io import check_not_input, remove_stale_temporaries, write_marker
+
+    if dataset is not None:
+        check_not_input(out, [dataset], "run folder")
+    if out.exists() and not out.is_dir():
+        raise BrainaeError(f"{out}: is a file; --out names the run folder")
+    for name in RUN_FILES:
+        remove_stale_temporaries(out / name)
     last = out / "last.ckpt"
+    existing = [name for name in RUN_FILES if (out / name).exists()]
     if resume:
-        if not last.is_file():
+        if not last.is_file() and not (existing and _is_run_dir(out) and not _completed_epochs(out)):
             raise BrainaeError(f"{out}: nothing to resume (no last.ckpt); start the run without --resume")
         saved = load_config(out)
         diff = [
@@ -766,9 +841,27 @@ def _prepare_run_dir(out: Path, config: TrainConfig, *, resume: bool, force: boo
                 "resume with the same settings (only epochs and devices may change) or use --force"
             )
         (out / "done").unlink(missing_ok=True)
+        if not last.is_file():
+            warnings.warn(
+                f"{out}: no epoch had completed before the interruption; training starts at epoch 1",
+                BrainaeWarning,
+                stacklevel=3,
+            )
+            return None
         return last
-    existing = [name for name in RUN_FILES if (out / name).exists()]
-    if existing and not force:
+    if existing and (force or not _completed_epochs(out)):
+        if not _is_run_dir(out):
+            raise BrainaeError(
+                f"{out}: holds {', '.join(existing)} but is not a run folder that brainae wrote, so they are "
+                "not replaced; choose another --out"
+            )
+        if not force:  # killed during its first epoch: nothing completed is lost by starting again
+            warnings.warn(
+                f"{out}: an earlier run stopped before its first epoch ended; starting again",
+                BrainaeWarning,
+                stacklevel=3,
+            )
+    elif existing:
         state = "a finished run" if is_finished(out) else "an unfinished run"
         raise BrainaeError(
             f"{out} holds {state} ({', '.join(existing)}); "
@@ -777,6 +870,7 @@ def _prepare_run_dir(out: Path, config: TrainConfig, *, resume: bool, force: boo
     for name in existing:
         (out / name).unlink()
     out.mkdir(parents=True, exist_ok=True)
+    write_marker(out, "run")
     return None
 
 
@@ -843,7 +937,7 @@ def fit(
     out = Path(out_dir)
     main = _is_launcher_rank_zero()
     if main:
-        ckpt_path = _prepare_run_dir(out, config, resume=resume, force=force)
+        ckpt_path = _prepare_run_dir(out, config, resume=resume, force=force, dataset=dataset_path)
         _atomic_write_text(
             out / "config.json",
             json.dumps(
@@ -875,13 +969,7 @@ def fit(
             mode="min",
             check_on_train_epoch_end=False,
         ),
-        pl.callbacks.ModelCheckpoint(
-            dirpath=out,
-            save_top_k=0,
-            save_last=True,
-            save_on_train_epoch_end=False,
-            enable_version_counter=False,
-        ),
+        EpochCommit(writer),  # after early stopping, so that last.ckpt holds its state of this epoch
     ]
     if progress:
         callbacks.append(pl.callbacks.RichProgressBar(refresh_rate=8, console_kwargs={"stderr": True}))
@@ -901,17 +989,27 @@ def fit(
             callbacks=callbacks,
             enable_progress_bar=progress,
             enable_model_summary=False,
+            enable_checkpointing=False,  # EpochCommit writes last.ckpt (atomically, after every epoch)
             num_sanity_val_steps=0,
             use_distributed_sampler=False,
             benchmark=True,
             default_root_dir=str(out),
         )
-        trainer.fit(
-            module,
-            train_dataloaders=IndexBatches(module, "train"),
-            val_dataloaders=IndexBatches(module, "val"),
-            ckpt_path=str(ckpt_path) if ckpt_path is not None else None,
-        )
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        try:
+            trainer.fit(
+                module,
+                train_dataloaders=IndexBatches(module, "train"),
+                val_dataloaders=IndexBatches(module, "val"),
+                ckpt_path=str(ckpt_path) if ckpt_path is not None else None,
+            )
+        except SIGTERMException:
+            done = writer.rows[-1]["epoch"] if writer.rows else 0
+            raise BrainaeError(
+                f"{out}: training stopped by SIGTERM after {done} completed epoch(s); continue it with "
+                "`brainae train ... --resume`"
+            ) from None
     best = out / "best.safetensors"
     if trainer.interrupted:
         raise KeyboardInterrupt

@@ -12,10 +12,12 @@ import functools
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(
     name="brainae",
@@ -32,8 +34,10 @@ def _root() -> None:
     """Normative convolutional autoencoders for T1-weighted brain MRI: prepare, train, evaluate, apply."""
 
 
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
-console = Console(highlight=False)
+# markup is off by default: file names such as "sub-01 [bold]run1.nii.gz" are printed literally; the few
+# styled lines pass markup=True and escape what they interpolate.
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+console = Console(highlight=False, markup=False)
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -41,13 +45,31 @@ T = TypeVar("T")
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
     text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
-    err_console.print(f"[yellow]warning:[/yellow] {text}", markup=True)
+    err_console.print(f"[yellow]warning:[/yellow] {escape(text)}", markup=True)
 
 
 def fail(message: str, code: int = 1) -> None:
-    """Print one error line and exit with ``code``."""
-    err_console.print(f"[red]error:[/red] {message}", markup=True)
+    """Print one error line (taken literally: file names are not read as markup) and exit with ``code``."""
+    err_console.print(f"[red]error:[/red] {escape(message)}", markup=True)
     raise typer.Exit(code)
+
+
+def say(message: str) -> None:
+    """Print one line on stdout, literally (file names with ``[`` are not read as markup)."""
+    console.print(message, markup=False)
+
+
+def _os_failure(exc: BaseException) -> str | None:
+    """One line for an operating-system error that escaped the library (else None)."""
+    from brainae.io import write_error
+
+    err = write_error(Path(getattr(exc, "filename", None) or "."), exc)
+    if err is None:
+        return None
+    text = str(err)
+    if not getattr(exc, "filename", None) and text.startswith(".: "):
+        text = text[3:]
+    return text
 
 
 def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
@@ -71,6 +93,13 @@ def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
                 fail(str(exc).strip().replace("\n", " "))
             except KeyboardInterrupt:
                 fail("interrupted", code=130)
+            except (typer.Exit, typer.Abort, SystemExit):
+                raise
+            except Exception as exc:  # an OS error (permission, full disk) is one line, not a traceback
+                text = _os_failure(exc)
+                if text is None:
+                    raise
+                fail(text.replace("\n", " "))
             finally:
                 warnings.showwarning = old
 
@@ -92,5 +121,5 @@ def main() -> None:
     try:
         app()
     except KeyboardInterrupt:  # pragma: no cover - interactive only
-        err_console.print("[red]error:[/red] interrupted")
+        err_console.print("[red]error:[/red] interrupted", markup=True)
         sys.exit(130)

@@ -79,6 +79,61 @@ def _pairs(inp: Path, out: Path, force: bool) -> list[tuple[Path, Path]]:
     return pairs
 
 
+class _Outputs:
+    """All outputs of one command, or none: each is written beside its destination under a temporary name,
+    checked for NaN/Inf, and all are renamed into place only once every input has been processed."""
+
+    def __init__(self) -> None:
+        self.staged: list[tuple[Path, Path]] = []
+        self.created: list[Path] = []
+
+    def save(self, dst: Path, data, like) -> None:
+        import os
+
+        import numpy as np
+
+        from brainae.errors import BrainaeError
+        from brainae.io import save_like
+
+        if not np.isfinite(data).all():
+            raise BrainaeError(
+                f"{like.path}: the model produced {int((~np.isfinite(data)).sum())} NaN/Inf voxels; nothing was "
+                "written: check the checkpoint (a diverged training) or the input's intensities"
+            )
+        if not dst.parent.exists():
+            missing = [q for q in [dst.parent, *dst.parent.parents] if not q.exists()]
+            self.created.extend(missing)
+        suffix = ".nii.gz" if dst.name.lower().endswith(".nii.gz") else ".nii"
+        tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}-staged{suffix}")
+        self.staged.append((tmp, dst))
+        save_like(tmp, data, like)
+
+    def __enter__(self) -> _Outputs:
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        import contextlib
+        import os
+
+        from brainae.io import write_error
+
+        if exc is None:
+            try:
+                for tmp, dst in self.staged:
+                    os.replace(tmp, dst)
+                return
+            except OSError as err:
+                exc = write_error(dst, err)
+        for tmp, _ in self.staged:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+        for folder in sorted(set(self.created), key=lambda q: len(q.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only folders this command created, and only when empty
+        if kind is None and exc is not None:
+            raise exc
+
+
 def _iterate(pairs: list, what: str):
     return track(pairs, description=what) if len(pairs) > 1 else iter(pairs)
 
@@ -121,20 +176,24 @@ def _run_simple(
     kind: str, inp, out, model_path, device, batch_size, force, min_brain_frac, mask_method
 ) -> None:
     from brainae.apply import denoise, reconstruct
-    from brainae.io import load_volume, save_like
+    from brainae.io import load_volume
 
     pairs = _pairs(inp, out, force)
     model, prep, normative = _load_model(model_path, device)
     sel = _selection(min_brain_frac, mask_method, normative)
     func = denoise if kind == "denoise" else reconstruct
-    for src, dst in _iterate(pairs, kind):
-        vol = load_volume(src)
-        res = func(vol, model, prep, batch_size=batch_size, device=device, selection=sel)
-        save_like(dst, res.data, vol)
-        console.print(
-            f"{dst}: {res.n_processed} slices through the model, {res.n_passed} passed through unchanged "
-            f"(selection: {_describe(sel)})"
-        )
+    lines = []
+    with _Outputs() as outputs:
+        for src, dst in _iterate(pairs, kind):
+            vol = load_volume(src)
+            res = func(vol, model, prep, batch_size=batch_size, device=device, selection=sel)
+            outputs.save(dst, res.data, vol)
+            lines.append(
+                f"{dst}: {res.n_processed} slices through the model, {res.n_passed} passed through unchanged "
+                f"(selection: {_describe(sel)})"
+            )
+    for line in lines:
+        console.print(line)
 
 
 @command("denoise")
@@ -202,7 +261,7 @@ def inpaint_cmd(
     """Fill the masked voxels with the autoencoder's reconstruction; other voxels stay exactly as input."""
     from brainae.apply import inpaint
     from brainae.errors import BrainaeError
-    from brainae.io import load_volume, save_like
+    from brainae.io import load_volume
 
     pairs = _pairs(inp, out, force)
     masks = {}
@@ -212,14 +271,18 @@ def inpaint_cmd(
             raise BrainaeError(f"{m}: no such mask file; give a mask NIfTI on the volume's grid")
         masks[src] = m
     model_, prep, _ = _load_model(model, device)
-    for src, dst in _iterate(pairs, "inpaint"):
-        vol = load_volume(src)
-        m = _load_mask(masks[src], vol)
-        res = inpaint(vol, m, model_, prep, batch_size=batch_size, device=device)
-        save_like(dst, res.data, vol)
-        left = int(m.sum() - res.inside.sum())
-        note = f", {left} outside the field of view kept" if left else ""
-        console.print(f"{dst}: {int(res.inside.sum())} voxels filled{note}")
+    lines = []
+    with _Outputs() as outputs:
+        for src, dst in _iterate(pairs, "inpaint"):
+            vol = load_volume(src)
+            m = _load_mask(masks[src], vol)
+            res = inpaint(vol, m, model_, prep, batch_size=batch_size, device=device)
+            outputs.save(dst, res.data, vol)
+            left = int(m.sum() - res.inside.sum())
+            note = f", {left} outside the field of view kept" if left else ""
+            lines.append(f"{dst}: {int(res.inside.sum())} voxels filled{note}")
+    for line in lines:
+        console.print(line)
 
 
 @command("anomaly")
@@ -243,7 +306,7 @@ def anomaly_cmd(
 
     from brainae.anomaly import anomaly
     from brainae.errors import BrainaeError, BrainaeWarning
-    from brainae.io import list_niftis, load_volume, save_like
+    from brainae.io import list_niftis, load_volume
 
     if out is not None:
         pairs = _pairs(inp, out, force)
@@ -262,25 +325,49 @@ def anomaly_cmd(
         )
     sel = _selection(min_brain_frac, mask_method, normative)
     rows = []
-    for src, dst in _iterate(pairs, "anomaly"):
-        vol = load_volume(src)
-        res = anomaly(
-            vol,
-            model_,
-            prep,
-            normative=normative,
-            batch_size=batch_size,
-            device=device,
-            selection=sel,
-            signed=signed,
-        )
-        if dst is not None:
-            save_like(dst, res.map, vol)
-        row = {"score": res.score, "z": res.z, "slices": res.n_slices}
-        rows.append({"file": str(src), **row} if inp.is_dir() else row)
-        if not as_json:
-            z = "n/a" if res.z is None else f"{res.z:+.2f}"
-            where = f" -> {dst}" if dst is not None else ""
-            console.print(f"{src.name}: score {res.score:.4f}, z {z} ({res.n_slices} slices){where}")
+    lines = []
+    with _Outputs() as outputs:
+        for src, dst in _iterate(pairs, "anomaly"):
+            vol = load_volume(src)
+            res = anomaly(
+                vol,
+                model_,
+                prep,
+                normative=normative,
+                batch_size=batch_size,
+                device=device,
+                selection=sel,
+                signed=signed,
+            )
+            if dst is not None:
+                outputs.save(dst, res.map, vol)
+            score = _finite_or_none(res.score, f"{src.name}: the anomaly score")
+            z = None if res.z is None else _finite_or_none(res.z, f"{src.name}: the z-score")
+            row = {"score": score, "z": z, "slices": res.n_slices}
+            rows.append({"file": str(src), **row} if inp.is_dir() else row)
+            if not as_json:
+                z_text = "n/a" if z is None else f"{z:+.2f}"
+                s_text = "n/a" if score is None else f"{score:.4f}"
+                where = f" -> {dst}" if dst is not None else ""
+                lines.append(f"{src.name}: score {s_text}, z {z_text} ({res.n_slices} slices){where}")
+    for line in lines:
+        console.print(line)
     if as_json:
-        typer.echo(json.dumps(rows if inp.is_dir() else rows[0]))
+        typer.echo(json.dumps(rows if inp.is_dir() else rows[0], allow_nan=False))
+
+
+def _finite_or_none(value: float, what: str) -> float | None:
+    """``value``, or None (JSON ``null``) with a warning when it is NaN/Inf."""
+    import math
+    import warnings
+
+    from brainae.errors import BrainaeWarning
+
+    if value is None or math.isfinite(value):
+        return value
+    warnings.warn(
+        f"{what} is {value} (no scored slice, or NaN model output); reported as null",
+        BrainaeWarning,
+        stacklevel=2,
+    )
+    return None

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from brainae.cli._app import command, console, track
 
@@ -36,7 +37,11 @@ def inspect_cmd(
     console.print(summary)
     bad = table[table["status"] != "ok"]
     for _, row in bad.iterrows():
-        console.print(f"[yellow]{row['status']}[/yellow] {row['file']}: {row['reason']}")
+        console.print(
+            f"[yellow]{escape(str(row['status']))}[/yellow] {escape(str(row['file']))}: "
+            f"{escape(str(row['reason']))}",
+            markup=True,
+        )
     console.print(f"wrote {out / 'inspect.csv'} and {out / 'inspect.png'}")
 
 
@@ -57,8 +62,16 @@ def prepare_cmd(
         int, typer.Option(help="Slice size in pixels after bilinear resampling (multiple of 8).")
     ] = 128,
     seed: Annotated[int, typer.Option(help="Seed of the split.")] = 0,
-    val: Annotated[float, typer.Option(help="Fraction of subjects with metadata for validation.")] = 0.14,
-    test: Annotated[float, typer.Option(help="Fraction of subjects with metadata for test.")] = 0.08,
+    val: Annotated[
+        float,
+        typer.Option(
+            help="Fraction of subjects with metadata for validation (of all subjects when none has any)."
+        ),
+    ] = 0.14,
+    test: Annotated[
+        float,
+        typer.Option(help="Fraction of subjects with metadata for test (of all subjects when none has any)."),
+    ] = 0.08,
     scaling: Annotated[
         str,
         typer.Option(

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from brainae.cli._app import command, console
 
@@ -22,7 +23,14 @@ def demo_cmd(
     quick: Annotated[
         bool, typer.Option("--quick", help="A tiny run (4 volumes, 32 x 32) to check the install.")
     ] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace a non-demo folder at --out.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Kept for compatibility: an earlier demo folder is replaced anyway, and a folder that brainae did "
+            "not write never is.",
+        ),
+    ] = False,
 ) -> None:
     """Prepare the embedded IXI sample, train briefly, evaluate, report, and denoise a held-out volume.
 
@@ -38,7 +46,7 @@ def demo_cmd(
         quick=quick,
         force=force,
         device=device,
-        log=lambda msg: console.print(f"[bold]{msg}[/bold]"),
+        log=lambda msg: console.print(f"[bold]{escape(str(msg))}[/bold]", markup=True),
     )
     console.print()
     table = Table(title="test split: mean per model and condition (vs the clean target)")

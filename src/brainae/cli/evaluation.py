@@ -100,8 +100,15 @@ def report_command(
     inputs: Annotated[list[Path], typer.Argument(help="Run, eval, stats or dataset folders.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.")] = Path("report.html"),
     title: Annotated[str, typer.Option(help="Title of the report.")] = "brainae report",
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing report (only one that brainae wrote).")
+    ] = False,
 ) -> None:
-    """One self-contained HTML report (figures embedded) from runs, evaluations and datasets."""
+    """One self-contained HTML report (figures embedded) from runs, evaluations and datasets.
+
+    A grid folder's summary.csv is not an evaluation: its runs are included. OUT must not be or lie inside
+    an input, and an existing OUT is replaced only with --force.
+    """
     from brainae.report import build_report
 
-    console.print(f"wrote {build_report(inputs, out, title=title)}")
+    console.print(f"wrote {build_report(inputs, out, title=title, force=force)}")

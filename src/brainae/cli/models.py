@@ -21,15 +21,24 @@ def import_keras_command(
         str | None,
         typer.Option(help="Architecture name; detected from the file when left out."),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing checkpoint.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an existing checkpoint (only one that brainae wrote).")
+    ] = False,
 ) -> None:
     """Import one of the thesis's trained Keras models into a brainae checkpoint (no TensorFlow needed)."""
+    from brainae.checkpoint import is_checkpoint
     from brainae.errors import BrainaeError
+    from brainae.io import check_not_input
 
+    check_not_input(out, [file], "checkpoint")
+    if out.is_dir():
+        raise BrainaeError(f"{out}: is a folder; --out names the .safetensors file to write")
     if out.exists() and not force:
         raise BrainaeError(f"{out} exists; pass --force to overwrite it or choose another --out")
-    if out.resolve() == file.resolve():
-        raise BrainaeError(f"{out}: the output would replace the input; choose another --out")
+    if out.exists() and not is_checkpoint(out):
+        raise BrainaeError(
+            f"{out}: exists and is not a brainae checkpoint, so --force will not overwrite it; choose another --out"
+        )
 
     from brainae.checkpoint import save_checkpoint
     from brainae.models.keras_import import THESIS_PREPROCESSING, import_keras

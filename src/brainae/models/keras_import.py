@@ -372,6 +372,12 @@ def import_keras(h5_path: str | Path, arch: str | None = None) -> tuple[nn.Modul
     ]
     if left:
         raise keras._mismatch(arch, f"{len(left)} weighted layer(s) not used, e.g. {left[0]!r}")
+    bad = [k for k, t in state.items() if not bool(torch.isfinite(t).all())]
+    if bad:
+        raise BrainaeError(
+            f"{h5_path}: {len(bad)} weight array(s) hold NaN/Inf values (first: {bad[0]}); the file is damaged or "
+            "the Keras training diverged: use another .h5 file"
+        )
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:  # pragma: no cover - the layer maps cover every module

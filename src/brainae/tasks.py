@@ -207,6 +207,8 @@ def smooth_fill(batch: Tensor, holes: Tensor, *, levels: int = 4, iterations: in
     est = None
     for k in range(levels, -1, -1):
         f = 2**k
+        if f > min(batch.shape[2:]):
+            continue
         if f > 1:
             num = F.avg_pool3d(batch * known, f, f, ceil_mode=True)
             den = F.avg_pool3d(known, f, f, ceil_mode=True)

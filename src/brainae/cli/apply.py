@@ -1,8 +1,11 @@
-"""Commands of stage 10: ``denoise``, ``inpaint``, ``reconstruct``, ``anomaly`` (and later ``demo``).
+"""Commands of stage 10: ``denoise``, ``inpaint``, ``reconstruct``, ``anomaly``.
 
-Each takes a NIfTI file or a folder of them, a checkpoint (``--model``; a thesis Keras ``.h5`` file also
-works, with the thesis's preprocessing and no normative statistics), and writes results on the input's grid
-with its affine and header. Outputs are never overwritten without ``--force`` and inputs are never written.
+Each takes a NIfTI file or a folder of them and writes results on the input's grid with its affine and
+header. ``denoise``, ``inpaint`` and ``anomaly`` use brainae's shipped volumetric model for the job unless
+``--model`` names another: a shipped model by name (``denoise``, ``inpaint``, ``anomaly``, ``thesis``), a
+checkpoint file (volumetric from ``brainae fit``, or a slice autoencoder from ``brainae train`` /
+``import-keras``), or a thesis Keras ``.h5`` file. ``reconstruct`` needs a slice autoencoder. Outputs are never
+overwritten without ``--force`` and inputs are never written.
 """
 
 from __future__ import annotations
@@ -17,6 +20,15 @@ from brainae.cli._app import command, console, track
 
 ModelOpt = Annotated[
     Path, typer.Option("--model", "-m", help="Checkpoint (.safetensors from brainae train / import-keras).")
+]
+JobModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model: a checkpoint file, or a shipped one by name: denoise, inpaint, anomaly (brainae's "
+        "defaults) or thesis (the thesis's slice autoencoder). Default: brainae's model for this job.",
+    ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto (CUDA when available).")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Slices per forward pass.")]
@@ -42,6 +54,21 @@ def _load_model(path: Path, device: str):
     from brainae.apply import load_applicable
 
     return load_applicable(path, device)
+
+
+def _job_model(model: str | None, task: str, device: str):
+    """("volumetric", VolumetricModel) or ("slice", (model, prep, normative)) for a job's ``--model``."""
+    from brainae.cli.volumetric import resolve_model_name
+    from brainae.infer import is_volumetric, load_volumetric
+
+    path = resolve_model_name(model if model is not None else task)
+    if path.suffix.lower() in (".h5", ".hdf5", ".keras"):
+        return "slice", _load_model(path, device)
+    from brainae.checkpoint import read_checkpoint
+
+    if path.is_file() and is_volumetric(read_checkpoint(path).preprocessing):
+        return "volumetric", load_volumetric(path, task=task, device=device)
+    return "slice", _load_model(path, device)
 
 
 def _check_output(out: Path, inputs: list[Path], force: bool) -> None:
@@ -172,14 +199,13 @@ def _describe(sel) -> str:
     return "every slice" if sel is None else f"{sel.method} measure above {sel.threshold:.3g}"
 
 
-def _run_simple(
-    kind: str, inp, out, model_path, device, batch_size, force, min_brain_frac, mask_method
-) -> None:
+def _run_simple(kind: str, inp, out, loaded, device, batch_size, force, min_brain_frac, mask_method) -> None:
+    """denoise / reconstruct with a slice autoencoder; ``loaded`` is (model, prep, normative)."""
     from brainae.apply import denoise, reconstruct
     from brainae.io import load_volume
 
     pairs = _pairs(inp, out, force)
-    model, prep, normative = _load_model(model_path, device)
+    model, prep, normative = loaded
     sel = _selection(min_brain_frac, mask_method, normative)
     func = denoise if kind == "denoise" else reconstruct
     lines = []
@@ -200,30 +226,66 @@ def _run_simple(
 def denoise_cmd(
     inp: Annotated[Path, typer.Argument(metavar="IN", help="NIfTI file or folder of NIfTI files.")],
     out: Annotated[Path, typer.Argument(metavar="OUT", help="Output NIfTI file (a folder for a folder IN).")],
-    model: ModelOpt,
+    model: JobModelOpt = None,
     device: DeviceOpt = "auto",
     batch_size: BatchOpt = 64,
     force: ForceOpt = False,
     min_brain_frac: FracOpt = None,
     mask_method: MaskMethodOpt = None,
 ) -> None:
-    """Denoise a T1 volume with the autoencoder (written on the input's grid, affine and header)."""
-    _run_simple("denoise", inp, out, model, device, batch_size, force, min_brain_frac, mask_method)
+    """Denoise a T1 volume (Gaussian / Rician noise of any level; written on the input's grid and header).
+
+    The default model is brainae's 3-D denoiser: it runs on the input's own voxel grid, estimates the noise
+    level from the scan itself, and leaves an already clean scan (nearly) as it is.
+    """
+    from brainae.infer import denoise_volume
+    from brainae.io import load_volume
+
+    kind, loaded = _job_model(model, "denoise", device)
+    if kind == "slice":
+        _run_simple("denoise", inp, out, loaded, device, batch_size, force, min_brain_frac, mask_method)
+        return
+    pairs = _pairs(inp, out, force)
+    lines = []
+    with _Outputs() as outputs:
+        for src, dst in _iterate(pairs, "denoise"):
+            vol = load_volume(src)
+            outputs.save(dst, denoise_volume(vol, loaded, device=device), vol)
+            lines.append(f"{dst}: denoised with {loaded.name}")
+    for line in lines:
+        console.print(line)
 
 
 @command("reconstruct")
 def reconstruct_cmd(
     inp: Annotated[Path, typer.Argument(metavar="IN", help="NIfTI file or folder of NIfTI files.")],
     out: Annotated[Path, typer.Argument(metavar="OUT", help="Output NIfTI file (a folder for a folder IN).")],
-    model: ModelOpt,
+    model: Annotated[
+        str,
+        typer.Option("--model", "-m", help="Slice autoencoder: a checkpoint, a thesis .h5, or 'thesis'."),
+    ],
     device: DeviceOpt = "auto",
     batch_size: BatchOpt = 64,
     force: ForceOpt = False,
     min_brain_frac: FracOpt = None,
     mask_method: MaskMethodOpt = None,
 ) -> None:
-    """Write the autoencoder's reconstruction of a T1 volume (slices with little brain pass through)."""
-    _run_simple("reconstruct", inp, out, model, device, batch_size, force, min_brain_frac, mask_method)
+    """Write a slice autoencoder's reconstruction of a T1 volume (slices with little brain pass through)."""
+    from brainae.cli.volumetric import resolve_model_name
+    from brainae.errors import BrainaeError
+    from brainae.infer import is_volumetric
+
+    path = resolve_model_name(model)
+    if path.suffix.lower() == ".safetensors" and path.is_file():
+        from brainae.checkpoint import read_checkpoint
+
+        if is_volumetric(read_checkpoint(path).preprocessing):
+            raise BrainaeError(
+                f"{path.name}: a volumetric model for {read_checkpoint(path).preprocessing.get('task')}; "
+                "reconstruct needs a slice autoencoder (e.g. --model thesis)"
+            )
+    loaded = _load_model(path, device)
+    _run_simple("reconstruct", inp, out, loaded, device, batch_size, force, min_brain_frac, mask_method)
 
 
 def _load_mask(mask_path: Path, vol):
@@ -253,14 +315,27 @@ def inpaint_cmd(
         ),
     ],
     out: Annotated[Path, typer.Argument(metavar="OUT", help="Output NIfTI file (a folder for a folder IN).")],
-    model: ModelOpt,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model: a checkpoint file, 'inpaint' (brainae's 3-D inpainter, the default), 'thesis' "
+            "(the thesis's slice autoencoder) or 'biharmonic' (classical biharmonic fill, scikit-image).",
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     batch_size: BatchOpt = 64,
     force: ForceOpt = False,
 ) -> None:
-    """Fill the masked voxels with the autoencoder's reconstruction; other voxels stay exactly as input."""
+    """Fill the masked voxels; every other voxel stays exactly as in the input.
+
+    The default model is brainae's 3-D inpainter (works with and without skull); it fills each masked
+    region from a box of 40 mm of 3-D context around it.
+    """
     from brainae.apply import inpaint
     from brainae.errors import BrainaeError
+    from brainae.infer import inpaint_volume
     from brainae.io import load_volume
 
     pairs = _pairs(inp, out, force)
@@ -270,12 +345,23 @@ def inpaint_cmd(
         if not m.exists():
             raise BrainaeError(f"{m}: no such mask file; give a mask NIfTI on the volume's grid")
         masks[src] = m
-    model_, prep, _ = _load_model(model, device)
+    kind, loaded = ("biharmonic", None) if model == "biharmonic" else _job_model(model, "inpaint", device)
     lines = []
     with _Outputs() as outputs:
         for src, dst in _iterate(pairs, "inpaint"):
             vol = load_volume(src)
             m = _load_mask(masks[src], vol)
+            if kind == "biharmonic":
+                from brainae.baselines import biharmonic_inpaint
+
+                outputs.save(dst, biharmonic_inpaint(vol.data, m), vol)
+                lines.append(f"{dst}: {int(m.sum())} voxels filled (biharmonic)")
+                continue
+            if kind == "volumetric":
+                outputs.save(dst, inpaint_volume(vol, m, loaded, device=device), vol)
+                lines.append(f"{dst}: {int(m.sum())} voxels filled with {loaded.name}")
+                continue
+            model_, prep, _ = loaded
             res = inpaint(vol, m, model_, prep, batch_size=batch_size, device=device)
             outputs.save(dst, res.data, vol)
             left = int(m.sum() - res.inside.sum())
@@ -288,25 +374,58 @@ def inpaint_cmd(
 @command("anomaly")
 def anomaly_cmd(
     inp: Annotated[Path, typer.Argument(metavar="IN", help="NIfTI file or folder of NIfTI files.")],
-    model: ModelOpt,
+    model: JobModelOpt = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", "-o", help="Residual map NIfTI (a folder for a folder IN); optional."),
     ] = None,
+    calibrated: Annotated[
+        Path | None,
+        typer.Option(
+            "--calibrated",
+            help="Calibrated map NIfTI: -log10 of the share of healthy brain voxels with a residual at least "
+            "as high (2 = 1 %); brainae models only.",
+        ),
+    ] = None,
+    lesion_mask: Annotated[
+        Path | None,
+        typer.Option(
+            "--lesion-mask", help="Binary lesion mask NIfTI at the --fpr threshold; brainae models only."
+        ),
+    ] = None,
+    brain_mask: Annotated[
+        Path | None,
+        typer.Option(
+            "--brain-mask",
+            help="Brain mask NIfTI on IN's grid (a folder of masks named as the inputs for a folder IN); "
+            "default: IN is used as it is when already skull-stripped, else it is stripped.",
+        ),
+    ] = None,
+    fpr: Annotated[
+        float,
+        typer.Option(
+            "--fpr", min=1e-6, max=0.5, help="False-positive rate on healthy brain voxels for --lesion-mask."
+        ),
+    ] = 0.01,
     as_json: Annotated[bool, typer.Option("--json", help="Print the scores as JSON only.")] = False,
-    signed: Annotated[bool, typer.Option("--signed", help="Map x - recon instead of |x - recon|.")] = False,
+    signed: Annotated[
+        bool, typer.Option("--signed", help="Slice autoencoders: map x - recon instead of |x - recon|.")
+    ] = False,
     device: DeviceOpt = "auto",
     batch_size: BatchOpt = 64,
     force: ForceOpt = False,
     min_brain_frac: FracOpt = None,
     mask_method: MaskMethodOpt = None,
 ) -> None:
-    """Residual map |x - recon| and a volume anomaly score with its z-score against healthy volumes."""
-    import warnings
+    """Anomaly maps of a T1 scan and its anomaly score with a z-score against healthy volumes.
 
-    from brainae.anomaly import anomaly
-    from brainae.errors import BrainaeError, BrainaeWarning
-    from brainae.io import list_niftis, load_volume
+    The default model is brainae's coarse-noise denoising autoencoder (3-D, skull-stripped, 2 mm): the map is
+    |x - f(x)| inside the brain (zero outside), median-filtered; --calibrated and --lesion-mask give maps that
+    mean the same on every scan (calibrated on healthy validation volumes). A scan with its skull is
+    skull-stripped first (deepbet when installed); a skull-stripped scan is used as it is.
+    """
+    from brainae.errors import BrainaeError
+    from brainae.io import list_niftis
 
     if out is not None:
         pairs = _pairs(inp, out, force)
@@ -316,16 +435,100 @@ def anomaly_cmd(
         pairs = [(inp, None)]
     else:
         raise BrainaeError(f"{inp}: no such file or folder; check the path")
-    model_, prep, normative = _load_model(model, device)
+    extra = {}
+    for name, target in (("calibrated", calibrated), ("lesion", lesion_mask)):
+        if target is not None:
+            extra[name] = [dst for _, dst in _pairs(inp, target, force)]
+    kind, loaded = _job_model(model, "anomaly", device)
+    if kind == "slice":
+        if extra or brain_mask is not None:
+            raise BrainaeError(
+                "--calibrated, --lesion-mask and --brain-mask need a brainae anomaly model, not a slice autoencoder"
+            )
+        rows, lines = _slice_anomaly(
+            inp, pairs, loaded, model, signed, device, batch_size, min_brain_frac, mask_method, as_json
+        )
+    else:
+        rows, lines = _volumetric_anomaly(
+            inp, pairs, extra, loaded, brain_mask, fpr, device, mask_method, as_json
+        )
+    for line in lines:
+        console.print(line)
+    if as_json:
+        typer.echo(json.dumps(rows if inp.is_dir() else rows[0], allow_nan=False))
+
+
+def _volumetric_anomaly(inp, pairs, extra, vm, brain_mask, fpr, device, mask_method, as_json):
+    import numpy as np
+
+    from brainae.errors import BrainaeError
+    from brainae.infer import anomaly_volume, warn_if_threshold_mask
+    from brainae.io import load_volume
+
+    rows, lines = [], []
+    with _Outputs() as outputs:
+        for i, (src, dst) in enumerate(_iterate(pairs, "anomaly")):
+            vol = load_volume(src)
+            brain = None
+            if brain_mask is not None:
+                bpath = brain_mask / src.name if brain_mask.is_dir() else brain_mask
+                if not bpath.exists():
+                    raise BrainaeError(f"{bpath}: no such brain mask; give a mask NIfTI on the scan's grid")
+                brain = _load_mask(bpath, vol)
+            res = anomaly_volume(
+                vol, vm, brain=brain, device=device, mask_method=mask_method or "auto", fpr=fpr
+            )
+            if brain is None:
+                warn_if_threshold_mask(res.stripped_input)
+            if dst is not None:
+                outputs.save(dst, res.residual, vol)
+            if "calibrated" in extra and res.calibrated is not None:
+                outputs.save(extra["calibrated"][i], res.calibrated, vol)
+            if "lesion" in extra and res.lesion is not None:
+                outputs.save(extra["lesion"][i], res.lesion.astype(np.float32), vol)
+            score = _finite_or_none(res.score, f"{src.name}: the anomaly score")
+            z = None if res.z is None else _finite_or_none(res.z, f"{src.name}: the z-score")
+            flagged = None if res.lesion is None else float(res.lesion[res.brain].mean())
+            row = {
+                "score": score,
+                "z": z,
+                "flagged_fraction": flagged,
+                "fpr": fpr,
+                "skull_stripped_input": bool(res.stripped_input),
+                "brain_ml": float(res.brain.sum() * np.prod(vol.zooms) / 1000.0),
+            }
+            rows.append({"file": str(src), **row} if inp.is_dir() else row)
+            if not as_json:
+                z_text = "n/a" if z is None else f"{z:+.2f}"
+                s_text = "n/a" if score is None else f"{score:.4f}"
+                f_text = (
+                    ""
+                    if flagged is None
+                    else f", {100 * flagged:.2f} % of the brain above the {fpr:g} FPR threshold"
+                )
+                where = f" -> {dst}" if dst is not None else ""
+                lines.append(f"{src.name}: score {s_text}, z {z_text}{f_text}{where}")
+    return rows, lines
+
+
+def _slice_anomaly(
+    inp, pairs, loaded, model, signed, device, batch_size, min_brain_frac, mask_method, as_json
+):
+    import warnings
+
+    from brainae.anomaly import anomaly
+    from brainae.errors import BrainaeWarning
+    from brainae.io import load_volume
+
+    model_, prep, normative = loaded
     if not normative or normative.get("std") is None:
         warnings.warn(
-            f"{model.name}: no normative statistics in the checkpoint; z-scores are not available",
+            f"{model}: no normative statistics in the checkpoint; z-scores are not available",
             BrainaeWarning,
             stacklevel=2,
         )
     sel = _selection(min_brain_frac, mask_method, normative)
-    rows = []
-    lines = []
+    rows, lines = [], []
     with _Outputs() as outputs:
         for src, dst in _iterate(pairs, "anomaly"):
             vol = load_volume(src)
@@ -350,10 +553,7 @@ def anomaly_cmd(
                 s_text = "n/a" if score is None else f"{score:.4f}"
                 where = f" -> {dst}" if dst is not None else ""
                 lines.append(f"{src.name}: score {s_text}, z {z_text} ({res.n_slices} slices){where}")
-    for line in lines:
-        console.print(line)
-    if as_json:
-        typer.echo(json.dumps(rows if inp.is_dir() else rows[0], allow_nan=False))
+    return rows, lines
 
 
 def _finite_or_none(value: float, what: str) -> float | None:

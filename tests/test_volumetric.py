@@ -1,0 +1,254 @@
+"""brainae's volumetric models: the 3-D U-Net, tasks, training, the shipped defaults and the jobs."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import brainae
+from brainae.api import as_volume
+from brainae.cli import app
+from brainae.errors import BrainaeError
+from brainae.infer import DEFAULT_MODELS, anomaly_volume, inpaint_volume, load_volumetric
+from brainae.io import load_volume
+from brainae.models import build_model
+from brainae.tasks import (
+    TASKS,
+    apply_holes,
+    estimate_noise_sd,
+    get_task,
+    sample_coarse_noise,
+    sample_holes,
+    sample_noise3d,
+    smooth_fill,
+)
+from brainae.volumetric import fit_intensity, from_grid, looks_skull_stripped, run_blocks, to_grid
+from conftest import IXI_2MM
+
+runner = CliRunner()
+TEST_VOLUME = IXI_2MM / "IXI212-HH-1643_T1.nii.gz"  # a held-out test volume of pretrained/ixi-split.json
+
+
+@pytest.fixture(scope="module")
+def crop():
+    """A 56 x 64 x 56 crop of a real held-out 2 mm IXI volume (RAS+), with its affine."""
+    vol = load_volume(TEST_VOLUME)
+    data = np.ascontiguousarray(vol.data[32:88, 30:94, 17:73])
+    return data, np.diag([2.0, 2.0, 2.0, 1.0])
+
+
+def test_unet3d_blocks_equal_whole_volume():
+    torch.manual_seed(0)
+    model = build_model("unet3d", in_channels=1, widths=[4, 8, 8]).eval()
+    x = np.random.default_rng(0).random((1, 40, 36, 44), dtype=np.float32)
+    whole = run_blocks(model, x, block=64)
+    blocks = run_blocks(model, x, block=24, margin=8)
+    assert whole.shape == (1, 40, 36, 44)
+    np.testing.assert_allclose(blocks, whole, atol=1e-5)
+
+
+def test_unet3d_residual_identity_at_zero_head():
+    model = build_model("unet3d", widths=[4, 8]).eval()
+    torch.nn.init.zeros_(model.head.weight)
+    torch.nn.init.zeros_(model.head.bias)
+    x = torch.rand(1, 1, 8, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model(x), x)
+
+
+def test_corruptions_are_seeded_and_holes_keep_known_voxels():
+    batch = torch.rand(2, 1, 16, 16, 16)
+    brain = torch.ones_like(batch, dtype=torch.bool)
+    vox = torch.full((2,), 2.0)
+    draws = []
+    for _ in range(2):
+        g = torch.Generator().manual_seed(3)
+        draws.append(
+            (sample_noise3d(batch, g).normal, sample_holes(brain, vox, g), sample_coarse_noise(batch, g))
+        )
+    for a, b in zip(*draws):
+        assert torch.equal(a, b)
+    holes = draws[0][1]
+    assert 0 < holes.mean() < 1
+    x = apply_holes(batch, holes)
+    assert x.shape == (2, 2, 16, 16, 16)
+    known = holes == 0
+    assert torch.equal(x[:, :1][known], batch[known])
+
+
+def test_smooth_fill_fills_a_constant_exactly():
+    img = torch.full((1, 1, 12, 12, 12), 0.7)
+    holes = torch.zeros_like(img)
+    holes[..., 3:9, 3:9, 3:9] = 1
+    filled = smooth_fill(img * (1 - holes), holes)
+    torch.testing.assert_close(filled, img)
+
+
+def test_noise_estimate_follows_the_noise_level():
+    rng = np.random.default_rng(0)
+    flat = np.full((1, 1, 32, 32, 32), 0.5, np.float32)
+    ests = []
+    for sd in (0.0, 0.02, 0.05, 0.1):
+        noisy = flat + rng.normal(0, sd, flat.shape).astype(np.float32)
+        ests.append(float(estimate_noise_sd(torch.from_numpy(noisy))[0]))
+    assert ests[0] == pytest.approx(0.0, abs=1e-6)
+    assert ests == sorted(ests)
+    assert ests[2] == pytest.approx(0.05, rel=0.15)
+
+
+def test_intensity_grid_and_stripping(crop):
+    data, _ = crop
+    norm = fit_intensity(data)
+    np.testing.assert_allclose(norm.inverse(norm.forward(data)), data, rtol=1e-5, atol=1e-3)
+    small = to_grid(data, (1.0, 1.0, 1.0), 2.0)
+    assert small.shape == (28, 32, 28)
+    assert from_grid(small, data.shape).shape == data.shape
+    head = load_volume(TEST_VOLUME)
+    assert not looks_skull_stripped(head.data, head.zooms)
+    brain = np.zeros(head.data.shape, bool)
+    brain[35:85, 35:95, 25:65] = True
+    assert looks_skull_stripped(np.where(brain, head.data, 0), head.zooms)
+
+
+def test_unknown_task_and_wrong_task_checkpoint_are_one_line(tmp_path):
+    with pytest.raises(BrainaeError, match="unknown task 'segment'"):
+        get_task("segment")
+    res = runner.invoke(app, ["fit", "segment", str(IXI_2MM), "--out", str(tmp_path / "x.safetensors")])
+    assert res.exit_code == 1
+    assert "unknown task 'segment'" in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["denoise", str(TEST_VOLUME), str(tmp_path / "o.nii.gz"), "--model", "inpaint"])
+    assert res.exit_code == 1
+    assert "trained for 'inpaint', not 'denoise'" in res.output
+    assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_default_models_ship_with_the_package():
+    for task, path in DEFAULT_MODELS.items():
+        assert path.is_file() and path.stat().st_size < 5e6
+        vm = load_volumetric(None, task=task)
+        assert vm.task.name == task
+        assert vm.preprocessing["kind"] == "volumetric"
+        assert vm.training["recipe"]["task"] == task
+        assert not set(vm.training["train_ids"]) & set(_split()["test"])
+    assert load_volumetric(None, task="anomaly").normative["thresholds"]
+    assert load_volumetric(None, task="denoise").preprocessing["blend"]["alpha"]
+
+
+def _split() -> dict:
+    from brainae.fit import SPLIT_FILE
+
+    return json.loads(SPLIT_FILE.read_text())
+
+
+def test_denoise_lowers_the_error_of_a_noisy_scan(crop):
+    data, affine = crop
+    peak = np.percentile(data, 99.5)
+    noisy = data + np.random.default_rng(1).normal(0, 0.08 * peak, data.shape).astype(np.float32)
+    out = brainae.denoise((noisy, affine))
+    assert out.shape == data.shape and np.allclose(out.affine, affine)
+    den = out.get_fdata()
+    assert np.mean((den - data) ** 2) < 0.7 * np.mean((noisy - data) ** 2)
+
+
+def test_denoise_leaves_a_clean_scan_nearly_unchanged(crop):
+    data, affine = crop
+    den = brainae.denoise((data, affine)).get_fdata()
+    peak = np.percentile(data, 99.5)
+    psnr = 10 * np.log10(peak**2 / np.mean((den - data) ** 2))
+    assert psnr > 38
+
+
+def test_inpaint_changes_only_masked_voxels_and_beats_zero_fill(crop):
+    data, affine = crop
+    mask = np.zeros(data.shape, bool)
+    mask[24:34, 28:38, 24:34] = True
+    vm = load_volumetric(None, task="inpaint")
+    vol = as_volume((data, affine))
+    out = inpaint_volume(vol, mask, vm)
+    assert np.array_equal(out[~mask], data[~mask])
+    assert np.isfinite(out).all()
+    assert np.mean((out[mask] - data[mask]) ** 2) < 0.2 * np.mean(data[mask] ** 2)
+    img = brainae.inpaint((data, affine), (mask.astype(np.uint8), affine))
+    assert np.array_equal(img.get_fdata()[~mask], data[~mask])
+
+
+def test_anomaly_map_zero_outside_brain_and_lesion_scores_higher(crop):
+    data, affine = crop
+    brain = np.zeros(data.shape, bool)
+    brain[8:48, 8:56, 8:48] = True
+    brain &= data > 0.2 * np.percentile(data, 99)
+    lesion = np.zeros(data.shape, bool)
+    lesion[22:30, 26:34, 22:30] = True
+    lesion &= brain
+    sick = data.copy()
+    sick[lesion] = np.median(data[brain]) * 2.0
+    vol = as_volume((sick, affine))
+    res = anomaly_volume(vol, load_volumetric(None, task="anomaly"), brain=brain)
+    assert np.all(res.residual[~brain] == 0)
+    assert res.residual[lesion].mean() > 2 * res.residual[brain & ~lesion].mean()
+    assert res.calibrated is not None and res.lesion is not None
+    assert res.lesion[lesion].mean() > 0.5
+
+
+def test_healthy_threshold_keeps_the_false_positive_rate():
+    from brainae.brainmask import brain_mask
+
+    vol = load_volume(TEST_VOLUME)
+    brain = brain_mask(vol.data, vol.zooms, method="auto")
+    res = anomaly_volume(vol, load_volumetric(None, task="anomaly"), brain=brain)
+    assert res.lesion[brain].mean() < 0.03
+    assert res.z is not None and abs(res.z) < 5
+
+
+def test_anomaly_json_is_strict(tmp_path):
+    src = tmp_path / "scan.nii.gz"
+    vol = load_volume(TEST_VOLUME)
+    nib.save(nib.Nifti1Image(vol.data[20:100, 20:100, 10:80], vol.affine), str(src))
+    res = runner.invoke(
+        app, ["anomaly", str(src), "--json", "--mask-method", "threshold", "-o", str(tmp_path / "m.nii.gz")]
+    )
+    assert res.exit_code == 0, res.output
+    row = json.loads(
+        res.stdout.strip().splitlines()[-1], parse_constant=lambda c: pytest.fail(f"non-JSON {c}")
+    )
+    assert set(row) >= {"score", "z", "flagged_fraction", "skull_stripped_input"}
+    out = nib.load(str(tmp_path / "m.nii.gz"))
+    assert out.shape == nib.load(str(src)).shape
+
+
+def test_fit_writes_a_self_describing_checkpoint(tmp_path, cohort):
+    out = tmp_path / "tiny.safetensors"
+    res = runner.invoke(
+        app,
+        [
+            "fit",
+            "anomaly",
+            str(cohort),
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--patch",
+            "16",
+            "--batch-size",
+            "2",
+            "--mask-method",
+            "threshold",
+            "--device",
+            "cpu",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    vm = load_volumetric(out, task="anomaly")
+    assert vm.training["recipe"]["steps"] == 2
+    assert len(vm.training["val_ids"]) >= 1
+    assert vm.normative["levels"][0] == 0.0
+    info = runner.invoke(app, ["info", str(out)])
+    assert info.exit_code == 0 and "anomaly" in info.output
+    for task in TASKS:
+        assert TASKS[task].name == task

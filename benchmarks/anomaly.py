@@ -17,10 +17,10 @@ Methods (``METHODS``: each a small function of the stripped volume returning one
   brain_mask=(mask, affine))``: ``calibrated`` map (the headline) and ``residual`` map; volume score ``score``;
   own binary mask ``mask`` (the healthy-data threshold the model ships) and own ``z``. ``pending`` while the
   Python API does not exist.
-- ``thesis``: the shipped thesis Residual U-Net, :func:`brainae.anomaly.anomaly` (2-D residual ``|x - recon|``
+- ``thesis``: the shipped thesis Residual U-Net, :func:`brainae.slice_anomaly.anomaly` (2-D residual ``|x - recon|``
   on the input's grid, slices chosen with the same brain mask), times the brain mask; its volume score.
 - ``plain_ae``: ``--plain-ae CKPT`` through ``brainae.anomaly(model=CKPT)`` when the Python API exists, else
-  through :func:`brainae.anomaly.anomaly` (2-D checkpoints).
+  through :func:`brainae.slice_anomaly.anomaly` (2-D checkpoints).
 - ``zscore`` (baseline): :func:`brainae.baselines.intensity_zscore` of the same scan (``|I - median| / (1.4826
   MAD)`` over its brain voxels); volume score: mean of its top 0.1 % brain voxels.
 
@@ -161,8 +161,8 @@ def _api_maps(x: np.ndarray, ctx: Context, model, prefix: str) -> dict[str, MapO
 
 
 def _thesis_like(x: np.ndarray, ctx: Context, path, key: str) -> MapOut:
-    from brainae.anomaly import anomaly
     from brainae.apply import load_applicable
+    from brainae.slice_anomaly import anomaly
 
     if key not in _CACHE:
         _CACHE[key] = load_applicable(path)
@@ -192,8 +192,8 @@ def run_plain_ae(x, ctx):
 
 
 def run_zscore(x, ctx):
-    from brainae.anomaly import volume_score
     from brainae.baselines import intensity_zscore
+    from brainae.slice_anomaly import volume_score
 
     z = intensity_zscore(x, ctx.brain)
     return {"zscore": MapOut(z, volume_score(z[ctx.brain], TOP_FRACTION))}

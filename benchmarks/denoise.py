@@ -96,9 +96,9 @@ _CACHE: dict = {}
 
 def _thesis():
     if "thesis" not in _CACHE:
-        from brainae.anomaly import selection_from
         from brainae.apply import load_applicable
         from brainae.pretrained import THESIS_RES_UNET
+        from brainae.slice_anomaly import selection_from
 
         model, prep, normative = load_applicable(THESIS_RES_UNET)
         _CACHE["thesis"] = (model, prep, selection_from(normative))

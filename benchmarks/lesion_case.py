@@ -11,7 +11,7 @@ Methods (``METHODS``; ``--methods`` picks a subset):
   ``calibrated`` and ``residual`` maps; with ``--pass-mask`` the case's brain mask is given as ``brain_mask``,
   otherwise brainae finds the brain itself (the timing then includes its skull stripping). Its own binary
   ``mask`` is scored too (Dice, flagged fraction). ``pending`` while the Python API does not exist.
-- ``thesis``: the shipped thesis Residual U-Net, :func:`brainae.anomaly.anomaly` (2-D residual
+- ``thesis``: the shipped thesis Residual U-Net, :func:`brainae.slice_anomaly.anomaly` (2-D residual
   ``|x - recon|``), slices selected with the case's brain mask.
 - ``plain_ae``: ``--plain-ae CKPT`` (through the Python API when it exists, else the 2-D path).
 - ``zscore``: :func:`brainae.baselines.intensity_zscore` of the same scan (``|I - median| / (1.4826 MAD)``
@@ -97,8 +97,8 @@ def _api(x, ctx, model, prefix):
 
 
 def _two_d(x, ctx, path, key):
-    from brainae.anomaly import anomaly
     from brainae.apply import load_applicable
+    from brainae.slice_anomaly import anomaly
 
     if key not in _CACHE:
         _CACHE[key] = load_applicable(path)

@@ -1,4 +1,4 @@
-"""Anomaly maps, volume scores and normative statistics (brainae.anomaly) and the ``anomaly`` command."""
+"""Anomaly maps, volume scores and normative statistics (brainae.slice_anomaly) and the ``anomaly`` command."""
 
 from __future__ import annotations
 
@@ -12,7 +12,11 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from brainae.anomaly import (
+from brainae.apply import DEFAULT_MIN_BRAIN_FRAC, Selection, reconstruct, select_slices
+from brainae.dataset import PreparedDataset
+from brainae.errors import BrainaeError
+from brainae.io import Volume, save_nifti
+from brainae.slice_anomaly import (
     ScoreDefinition,
     anomaly,
     normative_statistics,
@@ -21,10 +25,6 @@ from brainae.anomaly import (
     volume_score,
     z_score,
 )
-from brainae.apply import DEFAULT_MIN_BRAIN_FRAC, Selection, reconstruct, select_slices
-from brainae.dataset import PreparedDataset
-from brainae.errors import BrainaeError
-from brainae.io import Volume, save_nifti
 from brainae.volume import Preprocessing, volume_to_slices
 
 PREP = Preprocessing(size=32)

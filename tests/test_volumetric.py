@@ -252,3 +252,10 @@ def test_fit_writes_a_self_describing_checkpoint(tmp_path, cohort):
     assert info.exit_code == 0 and "anomaly" in info.output
     for task in TASKS:
         assert TASKS[task].name == task
+
+
+def test_public_functions_are_not_shadowed_by_modules():
+    import brainae.cli  # noqa: F401 - imports every stage module
+    import brainae.slice_anomaly  # noqa: F401
+
+    assert callable(brainae.anomaly) and callable(brainae.denoise) and callable(brainae.inpaint)

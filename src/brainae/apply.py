@@ -15,7 +15,7 @@ What the model does not touch (decisions, reported in :class:`Result`):
   same measure, computed the same way, kept when strictly above the same threshold); the other slices are
   passed through unchanged (``Result.processed`` is False for them). The default is the ``brain-mask``
   method with the thesis's threshold (brain fraction above 3000 / 256^2);
-  :func:`brainae.anomaly.selection_from` reads the selection a checkpoint recorded. ``selection=None`` (or
+  :func:`brainae.slice_anomaly.selection_from` reads the selection a checkpoint recorded. ``selection=None`` (or
   ``0``) processes every slice and needs no brain mask.
 - **Voxels outside the field of view** (when the checkpoint's ``fov_mm`` is smaller than the slice) keep the
   input's value (``Result.inside`` is False there).
@@ -158,8 +158,8 @@ def load_applicable(path: str | os.PathLike, device: str | object = "cpu"):
 
         model, _ = import_keras(path)
         return model.to(dev).eval(), Preprocessing.from_dict(THESIS_PREPROCESSING), None
-    from brainae.anomaly import check_normative
     from brainae.checkpoint import load_checkpoint
+    from brainae.slice_anomaly import check_normative
 
     model, ckpt = load_checkpoint(path, dev)
     check_normative(ckpt.normative, path.name)

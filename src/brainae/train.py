@@ -886,7 +886,7 @@ def _check_split(images: np.ndarray, split: str, dataset: Path) -> None:
 
 def _normative(model: torch.nn.Module, ds: Any, device: torch.device) -> dict | None:
     try:
-        from brainae.anomaly import normative_statistics
+        from brainae.slice_anomaly import normative_statistics
     except ImportError:
         return None
     try:

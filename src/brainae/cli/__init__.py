@@ -14,7 +14,14 @@ import importlib
 
 from brainae.cli._app import app, main
 
-for _stage in ("data", "models", "volumetric", "evaluation", "apply", "demo"):  # pipeline order is --help's order
+for _stage in (
+    "data",
+    "models",
+    "volumetric",
+    "evaluation",
+    "apply",
+    "demo",
+):  # pipeline order is --help's order
     importlib.import_module(f"brainae.cli.{_stage}")
 
 __all__ = ["app", "main"]

@@ -170,10 +170,10 @@ def _selection(min_brain_frac: float | None, mask_method: str | None, normative:
     import dataclasses
     import warnings
 
-    from brainae.anomaly import selection_from
     from brainae.apply import Selection
     from brainae.brainmask import deepbet_available
     from brainae.errors import BrainaeWarning
+    from brainae.slice_anomaly import selection_from
 
     sel = selection_from(normative)
     if min_brain_frac is not None:
@@ -516,9 +516,9 @@ def _slice_anomaly(
 ):
     import warnings
 
-    from brainae.anomaly import anomaly
     from brainae.errors import BrainaeWarning
     from brainae.io import load_volume
+    from brainae.slice_anomaly import anomaly
 
     model_, prep, normative = loaded
     if not normative or normative.get("std") is None:

@@ -1,4 +1,4 @@
-"""Stage 10: anomaly maps and per-volume anomaly scores against a normative distribution.
+"""Stage 10 for slice autoencoders: anomaly maps and per-volume anomaly scores against a normative distribution.
 
 Definitions (one implementation, used for NIfTI scans and for the prepared dataset alike):
 

@@ -7,12 +7,12 @@ shipped default by task name) into a :class:`VolumetricModel`; the functions bel
 :class:`brainae.io.Volume` and return arrays on the input's grid. The input is never modified.
 
 - :func:`denoise_volume`: normalise, estimate the noise level from the volume itself
-  (:func:`brainae.tasks.estimate_noise_sd`, given to the model as a second channel), run the model on the input's own grid,
-  keep the share of its change that the checkpoint's blend table gives for that noise level
-  (:func:`calibrate_denoise`: none for a scan that is already clean, all of it for a noisy one) (blocks of at most 128 voxels
-  per side with 16 voxels of overlap), undo the normalisation. Every voxel is denoised, background and edge
-  slices included; the result is the model's output (not a resampled one), so it keeps the input's
-  resolution.
+  (:func:`brainae.tasks.estimate_noise_sd`, given to the model as a second channel), run the model on the
+  input's own grid (blocks of at most 160 voxels per side with 16 voxels of overlap, about 1.7 GB for a
+  256 x 256 x 150 scan), keep the share of its change that the checkpoint's blend table gives for that noise
+  level (:func:`calibrate_denoise`: little for a scan that is already clean, most of it for a noisy one), undo
+  the normalisation. Every voxel is denoised, background and edge slices included; the result is computed
+  on the input's grid (nothing is resampled), so it keeps the input's resolution.
 - :func:`inpaint_volume`: the masked voxels are filled smoothly from their surroundings
   (:func:`brainae.tasks.smooth_fill`) and the model corrects that fill, from a box around the mask (3-D
   context, 40 mm of margin); only the masked voxels change.

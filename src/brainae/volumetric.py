@@ -197,7 +197,7 @@ def run_blocks(
     x: np.ndarray,
     *,
     device: str | object = "cpu",
-    block: int = 128,
+    block: int = 160,
     margin: int = 16,
 ):
     """Run a fully convolutional 3-D model on a (C, D, H, W) array in overlapping blocks; (C_out, D, H, W).

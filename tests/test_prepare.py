@@ -159,3 +159,32 @@ def test_no_brain_extraction_for_the_nonzero_methods(cohort, tmp_path):
     assert res.n_slices > 0 and sel["brain_frac"].isna().all() and not sel["keep_brain_mask"].any()
     with pytest.raises(BrainaeError, match="needs brain masks"):
         prepare(cohort, tmp_path / "bm", PrepareConfig(select="brain-mask", size=32, mask_method="none"))
+
+
+def test_skull_strip_zeroes_outside_the_brain_and_is_recorded(cohort, tmp_path):
+    import dataclasses
+
+    from brainae.apply import skull_strip_for
+    from brainae.io import load_volume
+    from brainae.volume import Preprocessing
+
+    base = dict(select="brain-mask", size=32, mask_method="threshold")
+    plain = prepare(cohort, tmp_path / "plain", PrepareConfig(**base))
+    stripped = prepare(cohort, tmp_path / "stripped", PrepareConfig(**base, skull_strip=True))
+    a, b = open_dataset(plain.path), open_dataset(stripped.path)
+    assert b.settings["preprocessing"]["skull_strip"] is True
+    assert a.settings["preprocessing"]["skull_strip"] is False
+    # the scalp shell is gone: fewer non-zero pixels in every kept slice
+    assert (np.asarray(b.slices) > 0).mean() < (np.asarray(a.slices) > 0).mean()
+    with pytest.raises(BrainaeError, match="--skull-strip needs brain masks"):
+        PrepareConfig(select="nonzero-mean", mask_method="none", skull_strip=True).check()
+
+    prep = Preprocessing.from_dict(b.settings["preprocessing"])
+    assert prep.skull_strip
+    vol = load_volume(sorted(cohort.glob("*.nii.gz"))[0])
+    out = skull_strip_for(vol, prep, brain_mask=vol.data >= 60)  # the synthetic brain, not its scalp
+    assert (out.data > 0).sum() < (vol.data > 0).sum()
+    assert out.data is not vol.data and vol.data.max() > 0  # input untouched
+    again = skull_strip_for(out, prep, method="threshold")  # small, constant background: taken as stripped
+    np.testing.assert_array_equal(again.data, out.data)  # an already stripped volume is used as it is
+    assert skull_strip_for(vol, dataclasses.replace(prep, skull_strip=False)) is vol

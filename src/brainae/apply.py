@@ -71,6 +71,7 @@ __all__ = [
     "reconstruct_volume",
     "resolve_device",
     "select_slices",
+    "skull_strip_for",
 ]
 
 DEFAULT_MIN_BRAIN_FRAC = 3000 / (256 * 256)
@@ -406,6 +407,23 @@ def calibrate_outputs(
     return (a * y + b).reshape(outputs.shape).astype(np.float32)
 
 
+def skull_strip_for(volume, prep: Preprocessing, brain_mask: np.ndarray | None = None, method: str = "auto"):
+    """The volume as the model expects it: skull-stripped when ``prep.skull_strip`` (unless it already is).
+
+    An already stripped volume (:func:`brainae.volumetric.looks_skull_stripped`) or a model trained with
+    skulls gets the volume back unchanged; otherwise everything outside ``brain_mask`` (computed with
+    :func:`brainae.brainmask.brain_mask` when not given) is set to the background. The input is not modified.
+    """
+    import dataclasses
+
+    from brainae.volumetric import strip
+
+    if not prep.skull_strip:
+        return volume
+    stripped, _, _ = strip(volume.data, volume.zooms, method=method, brain=brain_mask)
+    return dataclasses.replace(volume, data=stripped)
+
+
 def reconstruct(
     volume,
     model,
@@ -431,6 +449,7 @@ def reconstruct(
         >>> res.data.shape, res.n_processed
         ((8, 16, 16), 8)
     """
+    volume = skull_strip_for(volume, prep, brain_mask)
     keep, measure = select_slices(volume, prep, selection, brain_mask=brain_mask)
     return reconstruct_volume(
         volume,
@@ -501,6 +520,8 @@ def inpaint(
     """
     from brainae.volume import resample_slices
 
+    original = volume.data
+    volume = skull_strip_for(volume, prep)
     data = volume.data
     mask = np.asarray(mask_ras) != 0
     if mask.shape != data.shape:
@@ -526,7 +547,7 @@ def inpaint(
         residual=False,
     )
     fill = mask & res.inside
-    out = data.copy()
+    out = original.copy()
     out[fill] = res.data[fill]
     res.data = out
     res.inside = fill

@@ -159,6 +159,7 @@ class PrepareConfig:
     fov: str = "cohort"  # "cohort": the cohort's median extent; "slice": each slice's own (thesis)
     brain_fraction: float = DEFAULT_BRAIN_FRACTION
     mask_method: str = "auto"
+    skull_strip: bool = False
     demographics: str | None = None
     percentiles: tuple[float, float] = field(default=(0.5, 99.5))
 
@@ -177,6 +178,10 @@ class PrepareConfig:
         from brainae.brainmask import resolve_method
 
         if self.mask_method == "none":
+            if self.skull_strip:
+                raise BrainaeError(
+                    "--skull-strip needs brain masks; use --mask-method auto, deepbet or threshold"
+                )
             if self.select == "brain-mask":
                 raise BrainaeError(
                     "--select brain-mask needs brain masks; use --mask-method auto, deepbet or threshold "
@@ -312,6 +317,8 @@ def prepare(
             warnings.warn(f"skipped {exc}", BrainaeWarning, stacklevel=2)
             continue
         mask = None if mask_method == "none" else brain_mask(vol.data, vol.zooms, mask_method)
+        if config.skull_strip:
+            vol.data = np.where(mask, vol.data, vol.data.min()).astype(np.float32)
         view = to_view(vol.data, profile)
         m = slice_measures(np.asarray(view), None if mask is None else np.asarray(to_view(mask, profile)))
         h = headers[f]
@@ -349,6 +356,7 @@ def prepare(
         fov_mm=fov_mm,
         scaling=config.scaling,
         percentiles=tuple(config.percentiles),
+        skull_strip=config.skull_strip,
     )
 
     # 4. Volumes table, demographics, split.
@@ -401,6 +409,9 @@ def prepare(
         pos = 0
         for f in track(used, description="writing slices", total=len(used)):
             vol = load_volume(f)
+            if config.skull_strip:  # the same mask as in pass 1 (deterministic), not kept in memory
+                mask = brain_mask(vol.data, vol.zooms, mask_method)
+                vol.data = np.where(mask, vol.data, vol.data.min()).astype(np.float32)
             stack = volume_to_slices(vol.data, vol.zooms, prep)
             sel = selection[selection["_file"] == str(f)].sort_values("slice")
             keep = sel[keep_col].to_numpy()

@@ -51,6 +51,7 @@ class Preprocessing:
     fov_mm: float | None = None
     scaling: str = "slice-minmax"
     percentiles: tuple[float, float] = field(default=(0.5, 99.5))
+    skull_strip: bool = False  # the model was trained on skull-stripped volumes (prepare --skull-strip)
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -69,7 +70,11 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
-        known = {k: d[k] for k in ("profile", "size", "fov_mm", "scaling", "percentiles") if k in d}
+        known = {
+            k: d[k] for k in ("profile", "size", "fov_mm", "scaling", "percentiles", "skull_strip") if k in d
+        }
+        if "skull_strip" in known:
+            known["skull_strip"] = bool(known["skull_strip"])
         if "percentiles" in known:
             known["percentiles"] = tuple(float(p) for p in known["percentiles"])
         if "size" in known:

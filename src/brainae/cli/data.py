@@ -101,6 +101,14 @@ def prepare_cmd(
             help="Brain extraction: auto (deepbet if installed, else threshold), deepbet, threshold, none (nonzero-* only)."
         ),
     ] = "auto",
+    skull_strip: Annotated[
+        bool,
+        typer.Option(
+            "--skull-strip",
+            help="Set everything outside the brain mask to the background (as lesion data sets come); models "
+            "trained on the dataset record it and strip their inputs.",
+        ),
+    ] = False,
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing dataset made with other settings.")
     ] = False,
@@ -124,6 +132,7 @@ def prepare_cmd(
         fov_mm=fov_mm,
         brain_fraction=brain_fraction,
         mask_method=mask_method,
+        skull_strip=skull_strip,
         demographics=str(demographics) if demographics else None,
     )
     result = prepare(folder, out, config, force=force, track=track)

@@ -24,6 +24,7 @@ import argparse
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -90,19 +91,19 @@ def main() -> None:
         irr = irregular_mask(brain.shape, vol.zooms, rng, 10.0, brain_mask=brain)
         stripped = np.where(brain, vol.data, 0.0).astype(np.float32)
         b8 = brain.astype(np.uint8)
+        blanked_cube = np.where(cube, 0.0, vol.data).astype(np.float32)
+        blanked_irr = np.where(irr, 0.0, vol.data).astype(np.float32)
         calls = {
-            "denoise": lambda: brainae.denoise((noisy, aff), model=models["denoise"]),
-            "inpaint_cube": lambda: brainae.inpaint(
-                (np.where(cube, 0.0, vol.data).astype(np.float32), aff),
-                (cube.astype(np.uint8), aff),
-                model=models["inpaint"],
+            "denoise": partial(brainae.denoise, (noisy, aff), model=models["denoise"]),
+            "inpaint_cube": partial(
+                brainae.inpaint, (blanked_cube, aff), (cube.astype(np.uint8), aff), model=models["inpaint"]
             ),
-            "inpaint_irregular": lambda: brainae.inpaint(
-                (np.where(irr, 0.0, vol.data).astype(np.float32), aff),
-                (irr.astype(np.uint8), aff),
-                model=models["inpaint"],
+            "inpaint_irregular": partial(
+                brainae.inpaint, (blanked_irr, aff), (irr.astype(np.uint8), aff), model=models["inpaint"]
             ),
-            "anomaly": lambda: brainae.anomaly((stripped, aff), model=models["anomaly"], brain_mask=(b8, aff)),
+            "anomaly": partial(
+                brainae.anomaly, (stripped, aff), model=models["anomaly"], brain_mask=(b8, aff)
+            ),
         }
         row = {
             "shape": list(vol.data.shape),

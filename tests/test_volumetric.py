@@ -259,3 +259,18 @@ def test_public_functions_are_not_shadowed_by_modules():
     import brainae.slice_anomaly  # noqa: F401
 
     assert callable(brainae.anomaly) and callable(brainae.denoise) and callable(brainae.inpaint)
+
+
+def test_background_noise_reads_the_noise_level_whatever_the_voxel_size():
+    from brainae.volumetric import background_noise_sd
+
+    vol = load_volume(TEST_VOLUME)
+    x = fit_intensity(vol.data).forward(vol.data)
+    rng = np.random.default_rng(0)
+    noisy = x + rng.normal(0, 0.06, x.shape).astype(np.float32)
+    assert background_noise_sd(noisy, vol.zooms) == pytest.approx(0.06, rel=0.2)
+    rician = np.sqrt((x + rng.normal(0, 0.06, x.shape)) ** 2 + rng.normal(0, 0.06, x.shape) ** 2)
+    assert background_noise_sd(rician.astype(np.float32), vol.zooms) == pytest.approx(0.06, rel=0.2)
+    brain = np.zeros(x.shape, bool)
+    brain[30:60, 35:85, 35:85] = True
+    assert background_noise_sd(np.where(brain, noisy, 0), vol.zooms) is None  # skull-stripped: no air

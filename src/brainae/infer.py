@@ -36,7 +36,7 @@ import numpy as np
 
 from brainae.errors import BrainaeError, BrainaeWarning
 from brainae.tasks import Task, get_task
-from brainae.volumetric import fit_intensity, from_grid, run_blocks, strip, to_grid
+from brainae.volumetric import background_noise_sd, fit_intensity, from_grid, run_blocks, strip, to_grid
 
 __all__ = [
     "AnomalyMaps",
@@ -147,20 +147,36 @@ def denoise_volume(volume, vm: VolumetricModel, *, device: str | object = "cpu")
     x = norm.forward(data)
     est = float(estimate_noise_sd(torch.from_numpy(x)[None, None])[0])
     y = run_blocks(vm.model, np.stack([x, np.full_like(x, est)]), device=device)[0]
-    alpha = blend_weight(vm.preprocessing.get("blend"), est)
+    alpha = blend_weight(vm.preprocessing.get("blend"), est, background_noise_sd(x, volume.zooms))
     out = norm.inverse(x + alpha * (y - x))
     return np.maximum(out, norm.lo).astype(np.float32)
 
 
-def blend_weight(blend: dict | None, noise_estimate: float) -> float:
-    """How much of the denoiser's change to keep for a volume with this noise estimate (1 without a table).
+def blend_weight(blend: dict | None, noise_estimate: float, background_sd: float | None = None) -> float:
+    """How much of the denoiser's change to keep for a volume (1 without a table).
 
-    The table (``preprocessing["blend"]`` of a denoise checkpoint, from :func:`calibrate_denoise`) maps the
-    noise estimate to the weight that minimised the head error on healthy validation volumes.
+    The tables (``preprocessing["blend"]`` of a denoise checkpoint, from :func:`calibrate_denoise`) give the
+    weight that minimised the head error on healthy validation volumes, as a function of the noise read in
+    the background (:func:`brainae.volumetric.background_noise_sd`: the same for any voxel size) when the
+    volume has one, else of the in-head estimate (:func:`brainae.tasks.estimate_noise_sd`).
     """
     if not blend:
         return 1.0
+    if background_sd is not None and blend.get("background_sd"):
+        return float(
+            np.clip(np.interp(background_sd, blend["background_sd"], blend["alpha_background"]), 0, 1)
+        )
     return float(np.clip(np.interp(noise_estimate, blend["noise_estimate"], blend["alpha"]), 0.0, 1.0))
+
+
+def _table(pairs: list[tuple[float, float]], k: int = 4) -> tuple[list[float], list[float]]:
+    """Running means of (x, alpha) pairs sorted by x, in bins of ``k``; alpha made non-decreasing."""
+    pairs = sorted(pairs)
+    xs = np.array([p[0] for p in pairs])
+    alpha = np.array([p[1] for p in pairs])
+    centres = [float(xs[i : i + k].mean()) for i in range(0, len(xs), k)]
+    means = np.maximum.accumulate([float(alpha[i : i + k].mean()) for i in range(0, len(alpha), k)])
+    return centres, [float(a) for a in means]
 
 
 def calibrate_denoise(
@@ -171,8 +187,9 @@ def calibrate_denoise(
     Each healthy validation volume gets Gaussian and Rician noise at 0, 1, 2, 3, 4, 6, 8, 10 and 12 % of its
     intensity reference; for each, the least-squares weight ``alpha = <f - x, c - x> / <f - x, f - x>``
     over the head (``c`` clean, ``x`` noisy, ``f`` the model's output), clipped to [0, 1], is paired with the
-    volume's noise estimate. The table is the running mean of ``alpha`` over the sorted estimates (bins of
-    4 cases), made non-decreasing. Blending ``x + alpha (f - x)`` keeps a scan that is already clean (or
+    volume's noise estimates: the in-head one (:func:`brainae.tasks.estimate_noise_sd`) and the one read in
+    the background (:func:`brainae.volumetric.background_noise_sd`), giving two tables (running means of
+    ``alpha`` over the sorted estimates, bins of 4 cases, made non-decreasing). Blending ``x + alpha (f - x)`` keeps a scan that is already clean (or
     cleaner than the model can make it) as it is, instead of making it worse.
     """
     import torch
@@ -180,7 +197,8 @@ def calibrate_denoise(
     from brainae.tasks import estimate_noise_sd
 
     rng = np.random.default_rng(seed)
-    pairs = []
+    pairs: list[tuple[float, float]] = []
+    bg_pairs: list[tuple[float, float]] = []
     for vol in volumes:
         norm = fit_intensity(vol.data)
         clean = norm.forward(vol.data)
@@ -200,13 +218,14 @@ def calibrate_denoise(
                 denom = float((d * d).sum())
                 alpha = float(np.clip((d * t).sum() / denom, 0.0, 1.0)) if denom > 0 else 0.0
                 pairs.append((est, alpha))
-    pairs.sort()
-    est = np.array([p[0] for p in pairs])
-    alpha = np.array([p[1] for p in pairs])
-    k = 4
-    centres = [float(est[i : i + k].mean()) for i in range(0, len(est), k)]
-    means = np.maximum.accumulate([float(alpha[i : i + k].mean()) for i in range(0, len(alpha), k)])
-    return {"noise_estimate": centres, "alpha": [float(a) for a in means], "cases": len(pairs)}
+                bg = background_noise_sd(noisy, vol.zooms)
+                if bg is not None:
+                    bg_pairs.append((bg, alpha))
+    centres, alphas = _table(pairs)
+    table = {"noise_estimate": centres, "alpha": alphas, "cases": len(pairs)}
+    if len(bg_pairs) == len(pairs):
+        table["background_sd"], table["alpha_background"] = _table(bg_pairs)
+    return table
 
 
 # --------------------------------------------------------------------------------------------- inpaint

@@ -32,6 +32,7 @@ from brainae.errors import BrainaeError
 
 __all__ = [
     "Intensity",
+    "background_noise_sd",
     "STRIPPED_MAX_ML",
     "background_value",
     "fit_intensity",
@@ -152,6 +153,33 @@ def strip(
     if not mask.any():
         raise BrainaeError("brain extraction found no brain; is this a T1-weighted head scan?")
     return np.where(mask, data, lo).astype(np.float32), mask, False
+
+
+def background_noise_sd(
+    x: np.ndarray, zooms: tuple[float, float, float], *, min_voxels: int = 10_000
+) -> float | None:
+    """The noise sd read from the air around the head of an intensity-normalised volume.
+
+    Background = voxels farther than 3 voxels from the head (where a 5-voxel box mean exceeds 0.25, holes
+    filled). Noise
+    there is Gaussian around 0 (when more than 10 % of it is negative: sd = root mean square) or the magnitude
+    of complex noise, Rayleigh (sd = root mean square / sqrt 2); a background set to a constant reads 0. This
+    does not depend on the voxel size or on the anatomy, unlike an estimate made inside the head. Returns None
+    for a volume without enough background (a tight crop) or a skull-stripped one (its background says
+    nothing about the noise inside the brain).
+    """
+    from scipy import ndimage
+
+    x = np.asarray(x, dtype=np.float32)
+    if looks_skull_stripped(x, zooms):
+        return None
+    head = ndimage.binary_fill_holes(ndimage.uniform_filter(x, 5) > 0.25)
+    head = ndimage.binary_dilation(head, iterations=3)
+    bg = x[~head]
+    if bg.size < min_voxels:
+        return None
+    ms = float(np.mean(bg.astype(np.float64) ** 2))
+    return float(np.sqrt(ms)) if np.mean(bg < 0) > 0.1 else float(np.sqrt(ms / 2.0))
 
 
 def _grid_shape(shape: tuple[int, ...], zooms: tuple[float, ...], grid_mm: float) -> tuple[int, int, int]:

@@ -243,9 +243,16 @@ def test_cli_refuses_to_overwrite_without_force(vol_path: Path, ckpt: Path, tmp_
     assert "already exists" in r.stderr and "--force" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.output
     assert out.read_bytes() == b"keep me"
-    r = run("denoise", vol_path, out, "--model", ckpt, "--force")
+    r = run("denoise", vol_path, out, "--model", ckpt, "--force")  # --force never replaces a file of yours
+    assert r.exit_code == 1 and "not written by brainae" in r.stderr
+    assert out.read_bytes() == b"keep me"
+    out.unlink()
+    assert run("denoise", vol_path, out, "--model", ckpt).exit_code == 0
+    first = np.asarray(nib.load(out).dataobj)
+    r = run("denoise", vol_path, out, "--model", ckpt, "--force")  # replaces brainae's own output
     assert r.exit_code == 0, r.output
     assert nib.load(out).shape == (24, 32, 32)
+    np.testing.assert_array_equal(np.asarray(nib.load(out).dataobj), first)
     r = run("denoise", vol_path, vol_path, "--model", ckpt, "--force")
     assert r.exit_code == 1 and "input" in r.stderr
 

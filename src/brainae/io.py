@@ -245,10 +245,37 @@ def save_like(
     import nibabel as nib
 
     out = image_like(data_ras, like, dtype=dtype)
+    mark_as_brainae(out)
     path = Path(path)
     with atomic_path(path) as tmp:
         nib.save(out, str(tmp))
     return path
+
+
+BRAINAE_MARK = b"brainae"
+"""Start of the NIfTI header's ``descrip`` field in every volume a brainae command writes (see
+:func:`written_by_brainae`: ``--force`` replaces only such files)."""
+
+
+def mark_as_brainae(img) -> None:
+    """Set the header's ``descrip`` to ``brainae <version>`` (headers without that field are left alone)."""
+    from brainae import __version__
+
+    try:
+        img.header["descrip"] = BRAINAE_MARK + f" {__version__}".encode()
+    except (KeyError, ValueError, TypeError):
+        pass
+
+
+def written_by_brainae(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a NIfTI whose header carries brainae's mark (a file a brainae command wrote)."""
+    import nibabel as nib
+
+    try:
+        descrip = bytes(np.asarray(nib.load(str(path)).header["descrip"]).tobytes())
+    except Exception:  # unreadable, not NIfTI, no descrip field: not ours
+        return False
+    return descrip.startswith(BRAINAE_MARK)
 
 
 def image_like(data_ras: np.ndarray, like: Volume, *, dtype: str | None = None):

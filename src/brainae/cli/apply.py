@@ -73,7 +73,7 @@ def _job_model(model: str | None, task: str, device: str):
 
 def _check_output(out: Path, inputs: list[Path], force: bool) -> None:
     from brainae.errors import BrainaeError
-    from brainae.io import is_nifti
+    from brainae.io import is_nifti, written_by_brainae
 
     if not is_nifti(out):
         raise BrainaeError(f"{out}: outputs are NIfTI files; end the name with .nii.gz or .nii")
@@ -84,6 +84,11 @@ def _check_output(out: Path, inputs: list[Path], force: bool) -> None:
             )
     if out.exists() and not force:
         raise BrainaeError(f"{out}: already exists; add --force to overwrite it or choose another output")
+    if out.exists() and not written_by_brainae(out):
+        raise BrainaeError(
+            f"{out}: exists and was not written by brainae (no brainae mark in its header); --force replaces "
+            "only brainae's own outputs: choose another output, or move the file away yourself"
+        )
 
 
 def _pairs(inp: Path, out: Path, force: bool) -> list[tuple[Path, Path]]:

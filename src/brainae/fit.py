@@ -43,6 +43,11 @@ __all__ = [
 ]
 
 SPLIT_FILE = Path(__file__).resolve().parent / "pretrained" / "ixi-split.json"
+INPUTS = {
+    "denoise": ["image", "noise-level estimate"],
+    "inpaint": ["image with its holes smoothly filled", "hole mask"],
+}
+"""The model input channels of each task, as recorded in the checkpoint card (default: the image alone)."""
 
 
 @dataclass
@@ -403,7 +408,7 @@ def fit_folder(
         "voxel_mm": list(task.voxel_mm),
         "reference": task.reference,
         "skull_stripped": task.stripped >= 1,
-        "inputs": ["image", "hole mask"] if task.in_channels == 2 else ["image"],
+        "inputs": INPUTS.get(task.name, ["image"]),
     }
     training = {
         "recipe": config.to_dict(),

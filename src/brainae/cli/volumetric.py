@@ -145,6 +145,10 @@ def info_command(
             f"normative    {norm.get('n')} healthy volumes: score mean {norm.get('mean')}, sd {std}"
             + (f"; voxel calibration from {norm['voxels']} brain voxels" if norm.get("voxels") else "")
         )
+    elif prep.get("kind") == "volumetric" and prep.get("task") not in ("anomaly", "plain-ae"):
+        blend = prep.get("blend")
+        if blend:
+            lines.append(f"calibration  blend table from {blend.get('cases')} noisy validation cases")
     else:
         lines.append("normative    none (anomaly z-scores not available)")
     lines.append(f"source       {json.dumps(source)}")

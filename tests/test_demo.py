@@ -22,6 +22,10 @@ def test_demo_runs_end_to_end_in_quick_mode(tmp_path):
     assert noisy.shape == den.shape == (120, 120, 90) and np.allclose(noisy.affine, den.affine)
     facts = json.loads((out / "demo.json").read_text())
     assert facts["quick"] and facts["denoise"]["slices_processed"] > 0
+    assert (
+        facts["denoise"]["psnr_denoised_db"] > facts["denoise"]["psnr_noisy_db"]
+    )  # brainae's denoiser helps
+    assert (out / "denoise/denoised_run.nii.gz").is_file()
     # a second run into the same demo folder replaces it; a foreign folder is refused
     other = tmp_path / "mine"
     other.mkdir()

@@ -274,3 +274,11 @@ def test_background_noise_reads_the_noise_level_whatever_the_voxel_size():
     brain = np.zeros(x.shape, bool)
     brain[30:60, 35:85, 35:85] = True
     assert background_noise_sd(np.where(brain, noisy, 0), vol.zooms) is None  # skull-stripped: no air
+
+
+def test_anomaly_on_a_scan_with_skull_needs_a_real_brain_mask(monkeypatch):
+    import brainae.brainmask
+
+    monkeypatch.setattr(brainae.brainmask, "deepbet_available", lambda: False)
+    with pytest.raises(BrainaeError, match="has its skull and deepbet is not installed"):
+        anomaly_volume(load_volume(TEST_VOLUME), load_volumetric(None, task="anomaly"))

@@ -36,7 +36,15 @@ import numpy as np
 
 from brainae.errors import BrainaeError, BrainaeWarning
 from brainae.tasks import Task, get_task
-from brainae.volumetric import background_noise_sd, fit_intensity, from_grid, run_blocks, strip, to_grid
+from brainae.volumetric import (
+    background_noise_sd,
+    fit_intensity,
+    from_grid,
+    looks_skull_stripped,
+    run_blocks,
+    strip,
+    to_grid,
+)
 
 __all__ = [
     "AnomalyMaps",
@@ -304,6 +312,16 @@ def _working_residual(
 
     prep = vm.preprocessing
     data, zooms = volume.data, volume.zooms
+    if brain is None and mask_method == "auto" and not looks_skull_stripped(data, zooms):
+        from brainae.brainmask import deepbet_available
+
+        if not deepbet_available():
+            raise BrainaeError(
+                f"{getattr(volume, 'path', 'scan')}: has its skull and deepbet is not installed; anomaly maps need "
+                "a real brain mask: pip install 'brainae[brainmask]', give a brain mask (--brain-mask), or pass "
+                "--mask-method threshold to accept the rough threshold mask (it keeps non-brain tissue, which "
+                "shows up as anomalies)"
+            )
     stripped, brain_in, was_stripped = strip(data, zooms, method=mask_method, brain=brain)
     grid = prep.get("grid_mm")
     img = to_grid(stripped, zooms, grid)

@@ -45,7 +45,8 @@ MaskMethodOpt = Annotated[
     str | None,
     typer.Option(
         "--mask-method",
-        help="Brain mask for slice selection: threshold, deepbet or auto (default: as the dataset).",
+        help="Brain mask: threshold, deepbet or auto. Slice autoencoders: for slice selection (default: as "
+        "their dataset); brainae's anomaly model: for skull stripping (default: deepbet).",
     ),
 ]
 

@@ -47,33 +47,10 @@ import dataclasses
 import json
 import sys
 import time
-import types
-import zlib
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "ixi-t1-2mm"
-SPLIT = ROOT / "src" / "brainae" / "pretrained" / "ixi-split.json"
-
-
-def split_files(name: str = "test") -> list[Path]:
-    """The volumes of one split of ``ixi-split.json`` (in the file's order)."""
-    ids = json.loads(SPLIT.read_text())[name]
-    return [DATA / f"{i}.nii.gz" for i in ids]
-
-
-def brainae_api(name: str):
-    """The public ``brainae.<name>`` function, or None while it does not exist (never a submodule)."""
-    import brainae
-
-    try:
-        fn = getattr(brainae, name, None)
-    except Exception as exc:  # the API module exists but does not import: report it as pending
-        print(f"[{Path(__file__).stem}] brainae.{name}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return None
-    return fn if callable(fn) and not isinstance(fn, types.ModuleType) else None
+from _common import Pending, api_call, brainae_api, emit, mean, seed_for, split_files
 
 
 def image_data(img) -> np.ndarray:
@@ -85,10 +62,6 @@ class Context:
     vol: object  # brainae.io.Volume (RAS+), clean
     sigma: float
     args: argparse.Namespace
-
-
-class Pending(Exception):
-    """The method is not available yet (reported, not fatal)."""
 
 
 _CACHE: dict = {}
@@ -122,16 +95,6 @@ def run_brainae(x: np.ndarray, ctx: Context) -> np.ndarray:
     return out
 
 
-def api_call(fn, *args, **kwargs):
-    """Call a brainae API function; a BrainaeError (e.g. its default model not shipped yet) means pending."""
-    from brainae.errors import BrainaeError
-
-    try:
-        return fn(*args, **kwargs)
-    except BrainaeError as exc:
-        raise Pending(f"brainae API raised: {exc}") from None
-
-
 def run_nlm(x: np.ndarray, ctx: Context) -> np.ndarray:
     from brainae.baselines import nlm_denoise
 
@@ -145,10 +108,6 @@ METHODS = [
     ("brainae", run_brainae),
 ]
 MODELS = ("thesis", "brainae")  # also run on clean inputs
-
-
-def seed_for(*parts) -> int:
-    return zlib.crc32("/".join(map(str, parts)).encode())
 
 
 def measure(fn, x, ctx, clean, head, zooms) -> dict:
@@ -187,11 +146,6 @@ def upsample_1mm(vol):
     shift[:3, 3] = -0.25  # voxel centres of the fine grid inside the coarse voxels
     zooms = tuple(z / 2 for z in vol.zooms)
     return dataclasses.replace(vol, data=data, zooms=zooms, affine=vol.affine @ shift)
-
-
-def mean(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return round(float(np.mean(values)), 3) if values else None
 
 
 def main() -> None:
@@ -339,10 +293,7 @@ def main() -> None:
         "per_volume": rows,
         "clean_per_volume": clean_rows,
     }
-    text = json.dumps(report, indent=2, allow_nan=False)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -40,57 +40,22 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
-import types
-import zlib
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "ixi-t1-2mm"
-SPLIT = ROOT / "src" / "brainae" / "pretrained" / "ixi-split.json"
-MASK_CACHE = Path("/tmp/brainae-bench-masks")
-
-
-def split_files(name: str = "test") -> list[Path]:
-    """The volumes of one split of ``ixi-split.json``."""
-    return [DATA / f"{i}.nii.gz" for i in json.loads(SPLIT.read_text())[name]]
-
-
-def brainae_api(name: str):
-    """The public ``brainae.<name>`` function, or None while it does not exist (never a submodule)."""
-    import brainae
-
-    try:
-        fn = getattr(brainae, name, None)
-    except Exception as exc:  # the API module exists but does not import: report it as pending
-        print(f"[{Path(__file__).stem}] brainae.{name}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return None
-    return fn if callable(fn) and not isinstance(fn, types.ModuleType) else None
-
-
-def cached_brain_mask(vol, cache: Path = MASK_CACHE, method: str = "deepbet") -> np.ndarray:
-    """The volume's brain mask (deepbet), cached as ``<cache>/<id>.<method>.npy``."""
-    from brainae.brainmask import brain_mask
-
-    cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"{vol.id}.{method}.npy"
-    if path.exists():
-        m = np.load(path)
-        if m.shape == vol.data.shape:
-            return m
-    m = brain_mask(vol.data, vol.zooms, method=method)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npy")
-    np.save(tmp, m)
-    os.replace(tmp, path)  # atomic: benchmarks running side by side share the cache
-    return m
-
-
-class Pending(Exception):
-    """The method is not available yet (reported, not fatal)."""
+from _common import (
+    MASK_CACHE,
+    Pending,
+    api_call,
+    brainae_api,
+    cached_brain_mask,
+    emit,
+    seed_for,
+    split_files,
+)
 
 
 @dataclasses.dataclass
@@ -129,16 +94,6 @@ def run_brainae(x: np.ndarray, mask: np.ndarray, ctx: Context) -> np.ndarray:
     return out
 
 
-def api_call(fn, *args, **kwargs):
-    """Call a brainae API function; a BrainaeError (e.g. its default model not shipped yet) means pending."""
-    from brainae.errors import BrainaeError
-
-    try:
-        return fn(*args, **kwargs)
-    except BrainaeError as exc:
-        raise Pending(f"brainae API raised: {exc}") from None
-
-
 def run_biharmonic(x: np.ndarray, mask: np.ndarray, ctx: Context) -> np.ndarray:
     from brainae.baselines import biharmonic_inpaint
 
@@ -151,10 +106,6 @@ METHODS = [
     ("thesis", run_thesis),
     ("brainae", run_brainae),
 ]
-
-
-def seed_for(*parts) -> int:
-    return zlib.crc32("/".join(map(str, parts)).encode())
 
 
 def make_masks(brain, zooms, rng, args) -> list[tuple[str, str, np.ndarray]]:
@@ -291,10 +242,7 @@ def main() -> None:
         "comparisons": comparisons,
         "per_mask": rows,
     }
-    text = json.dumps(report, indent=2, allow_nan=False)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

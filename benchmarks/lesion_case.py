@@ -28,45 +28,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
-import types
 from pathlib import Path
 
 import numpy as np
+
+from _common import Pending, _arr, api_call, brainae_api, emit
 
 ROOT = Path(__file__).resolve().parents[1]
 CASE = ROOT.parent / "shared" / "data" / "lesion-dev"
 
 
-def brainae_api(name: str):
-    """The public ``brainae.<name>`` function, or None while it does not exist (never a submodule)."""
-    import brainae
-
-    try:
-        fn = getattr(brainae, name, None)
-    except Exception as exc:  # the API module exists but does not import: report it as pending
-        print(f"[{Path(__file__).stem}] brainae.{name}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return None
-    return fn if callable(fn) and not isinstance(fn, types.ModuleType) else None
-
-
 API_ANOMALY = brainae_api("anomaly")  # before the brainae.anomaly submodule is imported
-
-
-class Pending(Exception):
-    """The method is not available yet (reported, not fatal)."""
-
-
-def api_call(fn, *args, **kwargs):
-    """Call a brainae API function; a BrainaeError (e.g. its default model not shipped yet) means pending."""
-    from brainae.errors import BrainaeError
-
-    try:
-        return fn(*args, **kwargs)
-    except BrainaeError as exc:
-        raise Pending(f"brainae API raised: {exc}") from None
 
 
 @dataclasses.dataclass
@@ -77,10 +51,6 @@ class Context:
 
 
 _CACHE: dict = {}
-
-
-def _arr(img) -> np.ndarray:
-    return np.asarray(img.dataobj, dtype=np.float32)
 
 
 def _api(x, ctx, model, prefix):
@@ -220,10 +190,7 @@ def main() -> None:
         "pending": pending,
         "results": results,
     }
-    text = json.dumps(report, indent=2, allow_nan=False)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

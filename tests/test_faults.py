@@ -152,9 +152,7 @@ def test_force_never_replaces_inputs_or_foreign_folders(cohort, prepared, tmp_pa
 
 
 def test_import_keras_force_does_not_overwrite_other_files(tmp_path):
-    h5 = SEED_WEIGHTS / "skip_con_cae_MSE_AUG_NoKReg_LRPlat.h5"
-    if not h5.is_file():
-        pytest.skip("shared seed weights not present")
+    h5 = SEED_WEIGHTS / "skip_con_cae_MSE_AUG_NoKReg_LRPlat.h5"  # the shared data is required, as elsewhere
     target = tmp_path / "notes.safetensors"
     target.write_text("not a checkpoint")
     one_error_line(cli("import-keras", h5, "--out", target, "--force"), "not a brainae checkpoint")
@@ -162,10 +160,9 @@ def test_import_keras_force_does_not_overwrite_other_files(tmp_path):
 
 
 def test_nan_kernels_in_h5_are_refused(tmp_path):
-    h5py = pytest.importorskip("h5py")
+    import h5py  # a dependency of brainae (Keras import)
+
     src = SEED_WEIGHTS / "skip_con_cae_MSE_AUG_NoKReg_LRPlat.h5"
-    if not src.is_file():
-        pytest.skip("shared seed weights not present")
     bad = tmp_path / "nan.h5"
     bad.write_bytes(src.read_bytes())
     with h5py.File(bad, "r+") as f:

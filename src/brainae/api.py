@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from brainae.errors import BrainaeError
+from brainae.io import check_same_grid
 
 __all__ = ["AnomalyOutput", "anomaly", "as_volume", "denoise", "inpaint", "to_image"]
 
@@ -75,7 +76,7 @@ def inpaint(img, mask, *, model=None, device: str = "cpu"):
 
     vol = as_volume(img)
     m = as_volume(mask, name="mask")
-    _check_grid(m, vol, "mask")
+    check_same_grid(m, vol, "mask")
     vm = _model(model, "inpaint", device)
     return to_image(inpaint_volume(vol, m.data != 0, vm, device=device), vol)
 
@@ -125,7 +126,7 @@ def anomaly(
     brain = None
     if brain_mask is not None:
         b = as_volume(brain_mask, name="brain_mask")
-        _check_grid(b, vol, "brain mask")
+        check_same_grid(b, vol, "brain mask")
         brain = b.data != 0
     vm = _model(model, "anomaly", device)
     res = anomaly_volume(vol, vm, brain=brain, device=device, mask_method=mask_method, fpr=fpr)
@@ -138,11 +139,3 @@ def anomaly(
         z=res.z,
         stripped_input=res.stripped_input,
     )
-
-
-def _check_grid(other, vol, what: str) -> None:
-    if other.data.shape != vol.data.shape or not np.allclose(other.affine, vol.affine, atol=1e-3):
-        raise BrainaeError(
-            f"{other.path}: {what} grid {other.header.shape} does not match the scan's {vol.header.shape} "
-            "(shape and affine must agree); resample it onto the scan's grid"
-        )

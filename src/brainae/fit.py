@@ -148,17 +148,14 @@ def load_training_volumes(
     given, else are computed with :func:`brainae.brainmask.brain_mask` (``mask_method``).
     """
     from brainae.brainmask import brain_mask
-    from brainae.io import load_volume
+    from brainae.io import check_same_grid, load_volume
 
     out = []
     for i, f in enumerate(files):
         vol = load_volume(f)
         if masks is not None:
             mvol = load_volume(Path(masks) / f.name)
-            if mvol.data.shape != vol.data.shape or not np.allclose(mvol.affine, vol.affine, atol=1e-3):
-                raise BrainaeError(
-                    f"{mvol.path}: mask grid differs from {f.name}'s; give masks on the volumes' grids"
-                )
+            check_same_grid(mvol, vol, "mask")
             mask = mvol.data > 0
         else:
             mask = brain_mask(vol.data, vol.zooms, method=mask_method)

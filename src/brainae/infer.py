@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from brainae.errors import BrainaeError, BrainaeWarning
+from brainae.slice_anomaly import volume_score
 from brainae.tasks import Task, get_task
 from brainae.volumetric import (
     background_noise_sd,
@@ -301,7 +302,6 @@ class AnomalyMaps:
     z: float | None
     stripped_input: bool
     threshold: float | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def _working_residual(
@@ -339,14 +339,6 @@ def _working_residual(
     return res.astype(np.float32), bw, brain_in, was_stripped
 
 
-def _top_mean(values: np.ndarray, fraction: float = TOP_FRACTION) -> float:
-    flat = np.asarray(values, dtype=np.float32).ravel()
-    if flat.size == 0:
-        return float("nan")
-    k = max(1, int(math.ceil(fraction * flat.size)))
-    return float(np.partition(flat, flat.size - k)[flat.size - k :].astype(np.float64).mean())
-
-
 def _levels(normative: dict, residual: np.ndarray) -> np.ndarray:
     """``-log10`` tail probability of each residual under the stored healthy distribution."""
     thresholds = np.asarray(normative["thresholds"], dtype=np.float64)
@@ -369,7 +361,7 @@ def anomaly_volume(
     res_w, brain_w, brain_in, was_stripped = _working_residual(
         volume, vm, brain=brain, device=device, mask_method=mask_method
     )
-    score = _top_mean(res_w[brain_w])
+    score = volume_score(res_w[brain_w], TOP_FRACTION)
     residual = np.where(brain_in, from_grid(res_w, volume.data.shape), 0.0).astype(np.float32)
     cal = vm.normative if vm.normative and vm.normative.get("thresholds") else None
     if cal is None:
@@ -400,7 +392,7 @@ def calibrate(vm: VolumetricModel, volumes: list, brains: list, *, device: str |
         res, bw, _, _ = _working_residual(vol, vm, brain=b, device=device, mask_method="auto")
         values = res[bw]
         pooled.append(values)
-        scores[getattr(vol, "id", str(len(scores)))] = _top_mean(values)
+        scores[getattr(vol, "id", str(len(scores)))] = volume_score(values, TOP_FRACTION)
     allv = np.sort(np.concatenate(pooled).astype(np.float64))
     n = allv.size
     kmax = min(MAX_LEVEL, math.log10(n) - 1.0)

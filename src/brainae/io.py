@@ -529,6 +529,15 @@ def relation(out: str | os.PathLike, inp: str | os.PathLike) -> str | None:
     return None
 
 
+def check_same_grid(other: Volume, volume: Volume, what: str = "mask") -> None:
+    """Refuse ``other`` (e.g. a mask) unless it lies on ``volume``'s grid: same shape and affine (1e-3)."""
+    if other.data.shape != volume.data.shape or not np.allclose(other.affine, volume.affine, atol=1e-3):
+        raise BrainaeError(
+            f"{other.path}: {what} grid {other.header.shape} does not match {volume.path.name} "
+            f"{volume.header.shape} (shape and affine must agree); resample the {what} onto the volume's grid"
+        )
+
+
 def check_not_input(out: str | os.PathLike, inputs: list, what: str = "output") -> None:
     """Refuse an output path that is, contains or lies inside one of ``inputs``."""
     for inp in inputs:

@@ -295,17 +295,11 @@ def reconstruct_cmd(
 
 
 def _load_mask(mask_path: Path, vol):
-    import numpy as np
 
-    from brainae.errors import BrainaeError
-    from brainae.io import load_volume
+    from brainae.io import check_same_grid, load_volume
 
     mask = load_volume(mask_path)
-    if mask.data.shape != vol.data.shape or not np.allclose(mask.affine, vol.affine, atol=1e-3):
-        raise BrainaeError(
-            f"{mask_path}: mask grid {mask.header.shape} does not match the volume {vol.path.name} "
-            f"{vol.header.shape} (shape and affine must agree); resample the mask onto the volume's grid"
-        )
+    check_same_grid(mask, vol, "mask")
     return mask.data != 0
 
 

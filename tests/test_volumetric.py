@@ -121,6 +121,10 @@ def test_unknown_task_and_wrong_task_checkpoint_are_one_line(tmp_path):
     res = runner.invoke(app, ["fit", "segment", str(IXI_2MM), "--out", str(tmp_path / "x.safetensors")])
     assert res.exit_code == 1
     assert "unknown task 'segment'" in res.output and "Traceback" not in res.output
+    mine = tmp_path / "notes.safetensors"
+    mine.write_text("mine")
+    res = runner.invoke(app, ["fit", "denoise", str(IXI_2MM), "--out", str(mine), "--force"])
+    assert res.exit_code == 1 and "not a brainae checkpoint" in res.output and mine.read_text() == "mine"
     res = runner.invoke(app, ["denoise", str(TEST_VOLUME), str(tmp_path / "o.nii.gz"), "--model", "inpaint"])
     assert res.exit_code == 1
     assert "trained for 'inpaint', not 'denoise'" in res.output

@@ -230,6 +230,23 @@ def save_checkpoint(
     return path
 
 
+def check_checkpoint_output(out: str | os.PathLike, inputs: list, force: bool) -> None:
+    """Refuse ``--out`` for a checkpoint when it is (or lies in) an input, a folder, an existing file without
+    ``--force``, or an existing file that is not a brainae checkpoint (``--force`` replaces only those)."""
+    from brainae.io import check_not_input
+
+    out = Path(out)
+    check_not_input(out, inputs, "checkpoint")
+    if out.is_dir():
+        raise BrainaeError(f"{out}: is a folder; --out names the .safetensors file to write")
+    if out.exists() and not force:
+        raise BrainaeError(f"{out}: already exists; add --force to overwrite it or choose another --out")
+    if out.exists() and not is_checkpoint(out):
+        raise BrainaeError(
+            f"{out}: exists and is not a brainae checkpoint, so --force will not overwrite it; choose another --out"
+        )
+
+
 def is_checkpoint(path: str | os.PathLike) -> bool:
     """True for a safetensors file with brainae's description (what ``--force`` may overwrite)."""
     from safetensors import safe_open

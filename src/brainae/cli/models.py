@@ -26,19 +26,9 @@ def import_keras_command(
     ] = False,
 ) -> None:
     """Import one of the thesis's trained Keras models into a brainae checkpoint (no TensorFlow needed)."""
-    from brainae.checkpoint import is_checkpoint
-    from brainae.errors import BrainaeError
-    from brainae.io import check_not_input
+    from brainae.checkpoint import check_checkpoint_output
 
-    check_not_input(out, [file], "checkpoint")
-    if out.is_dir():
-        raise BrainaeError(f"{out}: is a folder; --out names the .safetensors file to write")
-    if out.exists() and not force:
-        raise BrainaeError(f"{out} exists; pass --force to overwrite it or choose another --out")
-    if out.exists() and not is_checkpoint(out):
-        raise BrainaeError(
-            f"{out}: exists and is not a brainae checkpoint, so --force will not overwrite it; choose another --out"
-        )
+    check_checkpoint_output(out, [file], force)
 
     from brainae.checkpoint import save_checkpoint
     from brainae.models.keras_import import THESIS_PREPROCESSING, import_keras

@@ -55,22 +55,12 @@ def fit_command(
     """
     import dataclasses
 
-    from brainae.checkpoint import is_checkpoint
-    from brainae.errors import BrainaeError
+    from brainae.checkpoint import check_checkpoint_output
     from brainae.fit import RECIPES, fit_folder
-    from brainae.io import check_not_input
     from brainae.tasks import get_task
 
     get_task(task)
-    check_not_input(out, [data, masks], "checkpoint")
-    if out.is_dir():
-        raise BrainaeError(f"{out}: is a folder; --out names the .safetensors file to write")
-    if out.exists() and not force:
-        raise BrainaeError(f"{out}: already exists; add --force to overwrite it or choose another --out")
-    if out.exists() and not is_checkpoint(out):
-        raise BrainaeError(
-            f"{out}: exists and is not a brainae checkpoint, so --force will not overwrite it; choose another --out"
-        )
+    check_checkpoint_output(out, [data, masks], force)
     config = RECIPES[task]
     changes = {
         k: v

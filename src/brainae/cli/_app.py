@@ -16,10 +16,106 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
+from typer.core import TyperArgument, TyperCommand, TyperGroup
+
+#: Width of ``--help`` when stdout is not a terminal (a log, a pipe): wide enough that option help and paths
+#: are not split at 80 columns.
+HELP_WIDTH_NOT_TTY = 120
+
+
+def _reflow(text: str | None) -> str | None:
+    """Join the lines of each paragraph of a docstring or help string and escape rich markup.
+
+    Help strings are plain text: ``[default: 100]`` or ``*.nii[.gz]`` must show literally, not be read as rich
+    markup (which silently drops them and leaves stray text such as "epochs ; with").
+    """
+    if not text:
+        return text
+    head, sep, tail = text.partition("\f")
+    paragraphs = [" ".join(line.strip() for line in p.splitlines()) for p in head.strip().split("\n\n")]
+    return escape("\n\n".join(p for p in paragraphs if p)) + sep + tail
+
+
+def _tidy_params(params: list[Any]) -> None:
+    """Help rendering fixes for one command's parameters (in place).
+
+    - a flag (``--force``, ``--augment/--no-augment``) shows no ``<bool>`` value placeholder: it takes none;
+    - an argument is named in capitals (``FOLDER``), as in the usage line;
+    - help strings are plain text (see :func:`_reflow`).
+    """
+    for param in params:
+        if getattr(param, "is_flag", False) and getattr(param, "metavar", None) is None:
+            param.metavar = ""
+        if isinstance(param, TyperArgument) and param.metavar is None and param.name:
+            param.metavar = param.name.upper()
+        if getattr(param, "help", None):
+            param.help = _reflow(param.help)
+
+
+class _HelpWidth:
+    """Typer's help console is 80 columns wide when stdout is not a terminal; widen it there."""
+
+    def __enter__(self) -> None:
+        from typer import rich_utils
+
+        self._old = rich_utils.MAX_WIDTH
+        if rich_utils.MAX_WIDTH is None and not sys.stdout.isatty():
+            rich_utils.MAX_WIDTH = HELP_WIDTH_NOT_TTY
+
+    def __exit__(self, *exc: object) -> None:
+        from typer import rich_utils
+
+        rich_utils.MAX_WIDTH = self._old
+
+
+class BrainaeCommand(TyperCommand):
+    """A typer command whose ``--help`` has no placeholders on flags, capitalised arguments, plain help text."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = _reflow(self.help)
+        _tidy_params(self.params)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = param.metavar or (param.name or "").upper()
+                name = name if param.required else f"[{name}]"
+                pieces.append(name + ("..." if param.nargs != 1 else ""))
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        with _HelpWidth():
+            super().format_help(ctx, formatter)
+
+
+class BrainaeGroup(TyperGroup):
+    """The ``brainae`` group: the same help fixes as :class:`BrainaeCommand` for ``brainae --help``."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        with _HelpWidth():
+            super().format_help(ctx, formatter)
+
 
 app = typer.Typer(
+    cls=BrainaeGroup,
     name="brainae",
     help="Normative convolutional autoencoders for T1-weighted brain MRI: prepare, train, evaluate, apply.",
     no_args_is_help=True,
@@ -36,8 +132,24 @@ def _root() -> None:
 
 # markup is off by default: file names such as "sub-01 [bold]run1.nii.gz" are printed literally; the few
 # styled lines pass markup=True and escape what they interpolate.
-err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
-console = Console(highlight=False, markup=False)
+#: Width of tables printed into a log or a pipe (rich's default there is 80 columns, which splits paths).
+LOG_WIDTH = 1000
+
+
+class _Console(Console):
+    """A rich console that does not wrap at 80 columns when it writes to a log or a pipe."""
+
+    def _size(self) -> ConsoleDimensions:
+        dims = Console.size.fget(self)
+        if self._width is None and "COLUMNS" not in self._environ and not self.is_terminal:
+            return ConsoleDimensions(LOG_WIDTH, dims.height)
+        return dims
+
+    size = property(_size, Console.size.fset)
+
+
+err_console = _Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+console = _Console(highlight=False, soft_wrap=True, markup=False)
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -103,6 +215,7 @@ def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
             finally:
                 warnings.showwarning = old
 
+        kwargs.setdefault("cls", BrainaeCommand)
         app.command(*args, **kwargs)(wrapper)
         return func
 

@@ -30,7 +30,14 @@ JobModelOpt = Annotated[
         "defaults) or thesis (the thesis's slice autoencoder). Default: brainae's model for this job.",
     ),
 ]
-DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto (CUDA when available).")]
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N. (train and grid take Lightning's "
+        "--accelerator/--devices instead.)",
+    ),
+]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Slices per forward pass.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
 FracOpt = Annotated[

@@ -19,7 +19,9 @@ def demo_cmd(
     epochs: Annotated[
         int, typer.Option(min=1, help="Training epochs (a short run: the point is the pipeline).")
     ] = 4,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    device: Annotated[
+        str, typer.Option(help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
+    ] = "auto",
     quick: Annotated[
         bool, typer.Option("--quick", help="A tiny run (4 volumes, 32 x 32) to check the install.")
     ] = False,

@@ -30,7 +30,9 @@ def evaluate_command(
     ] = DEFAULT_CONDITIONS,
     seed: Annotated[int, typer.Option(help="Corruption seed (see brainae.evaluate).")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Slices per batch.")] = 64,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    device: Annotated[
+        str, typer.Option(help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps.")
+    ] = "auto",
     baselines: Annotated[
         str, typer.Option(help="Baselines: identity, nlm, biharmonic (comma-separated), or none.")
     ] = "identity,nlm,biharmonic",

@@ -1,0 +1,71 @@
+"""The command line as a newcomer reads it: help texts without placeholders or stray text, no 80-column wrap."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from brainae.cli import app
+
+
+def _command_names() -> list[str]:
+    group = typer.main.get_command(app)
+    return sorted(group.commands)
+
+
+def _help(*args: str) -> str:
+    result = CliRunner().invoke(app, [*args, "--help"])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_every_command_is_listed() -> None:
+    names = _command_names()
+    for expected in ("inspect", "prepare", "train", "evaluate", "stats", "report", "denoise", "demo"):
+        assert expected in names
+
+
+@pytest.mark.parametrize("name", [None, *_command_names()])
+def test_help_has_no_placeholders_or_stray_text(name: str | None) -> None:
+    text = _help(*([name] if name else []))
+    assert "<bool>" not in text  # a flag takes no value
+    assert "{" not in text and "}" not in text  # arguments are FOLDER, not {folder}
+    # markup eaten by rich leaves a space before punctuation ("epochs ; with", "Run folder .")
+    assert not re.search(r"\w \.(\s|$)", text), text
+    assert not re.search(r"\w ;", text), text
+    assert "Usage: brainae" in text
+
+
+def test_flags_take_no_value_and_help_says_so() -> None:
+    text = _help("prepare")
+    line = next(ln for ln in text.splitlines() if "--force" in ln)
+    assert "<" not in line  # no value placeholder on the flag
+    result = CliRunner().invoke(app, ["prepare", "x", "--out", "y", "--force", "true"])
+    assert result.exit_code != 0  # "--force true" is not a thing: the help must not suggest it
+
+
+def test_defaults_and_literal_brackets_are_shown() -> None:
+    text = _help("prepare")
+    assert "[default: 128]" in text  # --size
+    assert "*.nii[.gz]" in text  # brackets in help strings are text, not rich markup
+    assert "FOLDER" in text.split("\n", 3)[1] + text  # the usage line names the argument
+
+
+def test_help_is_not_wrapped_at_80_columns_in_a_log() -> None:
+    lines = _help("prepare").splitlines()
+    assert max(len(ln) for ln in lines) > 80
+    docstring = (
+        "selection.csv, split.csv, settings.json"  # one docstring sentence, not broken at a source line
+    )
+    assert any(docstring in ln for ln in lines)
+
+
+def test_long_paths_in_output_are_not_split(tmp_path) -> None:
+    missing = tmp_path / ("a-long-folder-name-" * 8) / "scans"
+    result = CliRunner().invoke(app, ["inspect", str(missing), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    error = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert len(error) == 1 and str(missing) in error[0], result.output

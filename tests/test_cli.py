@@ -69,3 +69,36 @@ def test_long_paths_in_output_are_not_split(tmp_path) -> None:
     assert result.exit_code == 1
     error = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
     assert len(error) == 1 and str(missing) in error[0], result.output
+
+
+# ------------------------------------------------------------------------------------------------ progress
+
+
+def test_progress_in_a_log_is_periodic_lines_with_time_left(cohort, tmp_path, monkeypatch) -> None:
+    import brainae.cli._app as cli_app
+
+    monkeypatch.setattr(cli_app, "LOG_EVERY_S", 0.0)  # a line after every volume instead of every 10 s
+    result = CliRunner().invoke(app, ["inspect", str(cohort), "--out", str(tmp_path / "inspect")])
+    assert result.exit_code == 0, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("inspecting: ")]
+    periodic = [
+        ln for ln in lines if re.fullmatch(r"inspecting: \d/8 \(\d+ %\), \d+ s so far, about \d+ s left", ln)
+    ]
+    assert len(periodic) == 7, result.output  # 1/8 .. 7/8
+    assert lines[-1].startswith("inspecting: 8/8 done in "), result.output
+    assert "\x1b[" not in result.output  # no terminal escapes in a log
+
+
+def test_progress_in_a_log_is_quiet_between_periods(cohort, tmp_path) -> None:
+    result = CliRunner().invoke(app, ["inspect", str(cohort), "--out", str(tmp_path / "inspect")])
+    assert result.exit_code == 0, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("inspecting: ")]
+    assert lines == [lines[-1]] and lines[-1].startswith("inspecting: 8/8 done in ")  # a fast step: one line
+
+
+def test_duration_reads_as_a_person_would_say_it() -> None:
+    from brainae.cli._app import duration
+
+    assert duration(8.4) == "8 s"
+    assert duration(75.3) == "1 min 15 s"
+    assert duration(3 * 3600 + 120) == "3 h 02 min"

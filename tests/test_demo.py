@@ -14,6 +14,9 @@ def test_demo_runs_end_to_end_in_quick_mode(tmp_path):
     r = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out), "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert "Report:" in r.output and "denoised" in r.output
+    # each long step reports its progress in a log (CliRunner is not a terminal) and says when it is done
+    for step in ("measuring slices: ", "evaluating: "):
+        assert any(ln.startswith(step) and " done in " in ln for ln in r.output.splitlines()), r.output
     html = (out / "report.html").read_text()
     assert "<section" in html and 'src="http' not in html
     for part in ("dataset/slices.npy", "run/best.safetensors", "eval/summary.csv", "stats/stats.csv"):

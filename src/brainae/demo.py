@@ -27,6 +27,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,18 @@ class DemoResult:
     facts: dict = field(default_factory=dict)
 
 
+Track = Callable[..., Iterator]
+
+
+def _no_track(iterable: Iterable, description: str = "", total: int | None = None) -> Iterator:
+    """The default ``track``: no progress shown."""
+    yield from iterable
+
+
+def _quiet(message: str) -> None:
+    """The default ``log``: library code does not print."""
+
+
 def _psnr_volume(clean: np.ndarray, other: np.ndarray, mask: np.ndarray) -> float:
     """PSNR (dB) inside ``mask`` with the clean volume's maximum as peak."""
     peak = float(clean.max())
@@ -62,9 +75,21 @@ def run_demo(
     force: bool = False,
     device: str = "auto",
     progress: bool = True,
-    log=print,
+    log: Callable[[str], None] = _quiet,
+    track: Track = _no_track,
 ) -> DemoResult:
     """Run the whole pipeline on the embedded sample; see the module doc.
+
+    Args:
+        out: the demo folder (replaced when it is an earlier demo folder).
+        epochs: training epochs of the short run.
+        quick: the tiny install check (see the module doc).
+        force: kept for compatibility; changes nothing.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        progress: show the training progress bar.
+        log: called with one line as each step starts (the CLI prints it; default: nothing).
+        track: wraps the long loops (inspect, prepare, evaluate) as ``track(iterable, description, total)``,
+            e.g. a progress bar; default: no progress.
 
     Raises:
         BrainaeError: ``out`` exists and is not an earlier demo folder (``force`` does not change that: a
@@ -125,6 +150,7 @@ def run_demo(
                     test=0.15,
                 ),
                 force=True,
+                track=track,
             )
     facts["slices"] = prep.n_slices
     facts["splits"] = prep.splits
@@ -164,6 +190,7 @@ def run_demo(
         seed=0,
         device=device,
         force=True,
+        progress=lambda batches, total: track(batches, "evaluating", total),
     )
     run_stats(out / "eval", metrics=("mse", "psnr"), out=out / "stats")
 

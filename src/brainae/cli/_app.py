@@ -222,11 +222,79 @@ def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
     return decorate
 
 
-def track(iterable: Iterable[T], description: str = "working", total: int | None = None) -> Iterator[T]:
-    """A rich progress bar over ``iterable`` on stderr (hidden when stderr is not a terminal)."""
-    from rich.progress import track as rich_track
+#: In a log (stderr not a terminal), a progress line at most this often (seconds), and one when a step ends.
+LOG_EVERY_S = 10.0
 
-    yield from rich_track(iterable, description=description, total=total, console=err_console, transient=True)
+
+def duration(seconds: float) -> str:
+    """``75.3`` -> ``"1 min 15 s"``; ``8.2`` -> ``"8 s"``."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, sec = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {sec:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def _log_lines(iterable: Iterable[T], description: str, total: int | None) -> Iterator[T]:
+    """Periodic one-line progress for a log: ``evaluating: 12/40 (30 %), 45 s so far, about 1 min 45 s left``."""
+    import time
+
+    start = last = time.monotonic()
+    done = 0
+    for item in iterable:
+        yield item
+        done += 1
+        now = time.monotonic()
+        if now - last >= LOG_EVERY_S and (total is None or done < total):
+            last = now
+            elapsed = now - start
+            if total:
+                left = elapsed / done * (total - done)
+                err_console.print(
+                    f"{description}: {done}/{total} ({100 * done // total} %), {duration(elapsed)} so far, "
+                    f"about {duration(left)} left"
+                )
+            else:
+                err_console.print(f"{description}: {done} done, {duration(elapsed)} so far")
+    err_console.print(
+        f"{description}: {done}" + (f"/{total}" if total else "") + f" done in "
+        f"{duration(time.monotonic() - start)}"
+    )
+
+
+def track(iterable: Iterable[T], description: str = "working", total: int | None = None) -> Iterator[T]:
+    """Progress over ``iterable`` on stderr, with an estimate of the time left.
+
+    On a terminal a rich progress bar (removed when done); in a log or a pipe one line every
+    :data:`LOG_EVERY_S` seconds and one when the step ends.
+    """
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)  # type: ignore[arg-type]
+    if not err_console.is_terminal:
+        yield from _log_lines(iterable, description, total)
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        yield from progress.track(iterable, total=total, description=description)
 
 
 def main() -> None:

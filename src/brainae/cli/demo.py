@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from brainae.cli._app import command, console
+from brainae.cli._app import command, console, track
 
 
 @command("demo")
@@ -49,6 +49,7 @@ def demo_cmd(
         force=force,
         device=device,
         log=lambda msg: console.print(f"[bold]{escape(str(msg))}[/bold]", markup=True),
+        track=track,
     )
     console.print()
     table = Table(title="test split: mean per model and condition (vs the clean target)")

@@ -10,7 +10,18 @@ import torch
 from skimage.metrics import structural_similarity
 
 from brainae.errors import BrainaeError
-from brainae.metrics import METRICS, cap_psnr, dssim, make_loss, mse, per_image, psnr, ssim
+from brainae.metrics import (
+    METRICS,
+    PSNR_CAP_DB,
+    cap_psnr,
+    dssim,
+    make_loss,
+    mse,
+    per_image,
+    psnr,
+    psnr_from_mse,
+    ssim,
+)
 
 
 def _skimage_ssim(a: np.ndarray, b: np.ndarray) -> float:
@@ -141,3 +152,41 @@ def test_make_loss_rejects_bad_specs(spec: object) -> None:
 def test_unknown_loss_names_the_valid_ones() -> None:
     with pytest.raises(BrainaeError, match="valid losses: dssim, mse"):
         make_loss("huber")
+
+
+# ------------------------------------------------------------------------------------- the metric registry
+
+
+def test_registry_rows_say_direction_label_cap_and_scale() -> None:
+    assert list(METRICS) == ["mse", "dssim", "psnr"]  # table order
+    assert [m.higher_is_better for m in METRICS.values()] == [False, False, True]
+    assert METRICS["psnr"].cap == PSNR_CAP_DB and METRICS["mse"].cap is None
+    assert METRICS["mse"].log_scale and not METRICS["psnr"].log_scale
+    assert METRICS["psnr"].label == "PSNR (dB)" and METRICS["psnr"].short == "PSNR"
+    x = torch.rand(2, 1, 16, 16)
+    assert torch.isinf(METRICS["psnr"](x, x)).all()  # calling a row is its function (uncapped)
+    assert METRICS["psnr"].capped([np.inf, 30.0]).tolist() == [PSNR_CAP_DB, 30.0]
+    assert METRICS["mse"].capped([1e9]).tolist() == [1e9]
+    assert METRICS["psnr"].best([20.0, np.nan, 31.0]) == 2 and METRICS["mse"].best([0.2, 0.1, np.nan]) == 1
+    assert METRICS["mse"].format(float("nan")) == ""
+
+
+def test_psnr_is_one_formula_for_tensors_arrays_and_floats() -> None:
+    from brainae.scoring import psnr as volume_psnr
+
+    err = torch.tensor([0.01, 0.0, 1e-4])
+    assert psnr_from_mse(err).tolist() == pytest.approx([20.0, math.inf, 40.0])
+    assert psnr_from_mse(err.numpy().astype(np.float64)).tolist() == pytest.approx([20.0, math.inf, 40.0])
+    assert psnr_from_mse(0.01) == pytest.approx(20.0) and psnr_from_mse(0.0) == math.inf
+    assert psnr_from_mse(1.0, peak=10.0) == pytest.approx(20.0)
+    assert volume_psnr(1.0, 10.0) == psnr_from_mse(1.0, 10.0) and volume_psnr(0.0, 1.0) == math.inf
+    x, y = torch.rand(3, 1, 8, 8), torch.rand(3, 1, 8, 8)
+    assert torch.allclose(psnr(x, y), psnr_from_mse(mse(x, y)))
+
+
+def test_stats_and_evaluation_read_the_registry() -> None:
+    from brainae.evaluate import METRIC_NAMES
+    from brainae.stats import HIGHER_IS_BETTER
+
+    assert METRIC_NAMES == tuple(METRICS)
+    assert HIGHER_IS_BETTER == {n: m.higher_is_better for n, m in METRICS.items()}

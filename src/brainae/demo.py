@@ -60,13 +60,6 @@ def _quiet(message: str) -> None:
     """The default ``log``: library code does not print."""
 
 
-def _psnr_volume(clean: np.ndarray, other: np.ndarray, mask: np.ndarray) -> float:
-    """PSNR (dB) inside ``mask`` with the clean volume's maximum as peak."""
-    peak = float(clean.max())
-    mse = float(np.mean((clean[mask] - other[mask]) ** 2))
-    return 10 * np.log10(peak**2 / mse) if mse > 0 else float("inf")
-
-
 def run_demo(
     out: str | Path = "brainae-demo",
     *,
@@ -102,6 +95,7 @@ def run_demo(
     from brainae.pretrained import THESIS_RES_UNET
     from brainae.report import build_report
     from brainae.sample import PARTICIPANTS, SAMPLE_DIR, sample_files
+    from brainae.scoring import masked_psnr
     from brainae.stats import run_stats
     from brainae.train import TrainConfig, fit
 
@@ -229,13 +223,14 @@ def run_demo(
 
     ours = denoise_volume(noisy, load_volumetric(None, task="denoise", device=device), device=device)
     denoised_path = save_like(den_dir / "denoised.nii.gz", ours, noisy)
+    peak = float(clean.data.max())  # PSNR over the processed voxels, the clean volume's maximum as peak
     facts["denoise"] = {
         "volume": held_out["file"],
         "model": "brainae-denoise.safetensors (the default of brainae denoise)",
-        "psnr_noisy_db": round(_psnr_volume(clean.data, noisy_data, brain), 2),
-        "psnr_denoised_db": round(_psnr_volume(clean.data, ours, brain), 2),
+        "psnr_noisy_db": round(masked_psnr(clean.data, noisy_data, brain, peak), 2),
+        "psnr_denoised_db": round(masked_psnr(clean.data, ours, brain, peak), 2),
         "slice_model": model_path.name,
-        "psnr_slice_model_db": round(_psnr_volume(clean.data, result.data, brain), 2),
+        "psnr_slice_model_db": round(masked_psnr(clean.data, result.data, brain, peak), 2),
         "slices_processed": int(result.n_processed),
     }
     summary = pd.read_csv(out / "eval" / "summary.csv")

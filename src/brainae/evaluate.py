@@ -85,6 +85,7 @@ from typing import Any
 import numpy as np
 
 from brainae.errors import BrainaeError, BrainaeWarning
+from brainae.metrics import METRICS
 
 __all__ = [
     "BASELINES",
@@ -106,7 +107,8 @@ __all__ = [
     "sha256_file",
 ]
 
-METRIC_NAMES = ("mse", "dssim", "psnr")
+METRIC_NAMES = tuple(METRICS)
+"""The columns of the tables: every metric of :data:`brainae.metrics.METRICS`, in its order."""
 BASELINES = ("identity", "nlm", "biharmonic")
 DEFAULT_EXAMPLE_CONDITION = "blur+noise-0.04+dropout-0.05+blank-40"
 NLM_PARAMETERS: dict[str, Any] = {
@@ -613,11 +615,10 @@ def _run_model(model: Any, x: Any, device: str) -> Any:
 
 
 def _scores(output: Any, target: Any) -> dict[str, np.ndarray]:
-    from brainae.metrics import PSNR_CAP_DB, per_image
+    from brainae.metrics import per_image
 
     values = per_image(output, target, METRIC_NAMES)
-    values["psnr"] = np.minimum(values["psnr"], PSNR_CAP_DB)
-    return values
+    return {name: METRICS[name].capped(v) for name, v in values.items()}  # PSNR: identical images 100 dB
 
 
 def evaluate(

@@ -12,10 +12,15 @@ the same functions, so a DSSIM reported in a table is exactly the DSSIM that was
   ``torch.autocast``.
 - :func:`dssim` is ``(1 - SSIM) / 2`` (thesis 5.4.5.1), in [0, 1].
 - :func:`mse` is the per-image mean squared error.
-- :func:`psnr` is ``10 log10(peak^2 / MSE)`` per image (the thesis reports per-image values; pooling the MSE
+- :func:`psnr` is ``10 log10(peak^2 / MSE)`` per image (the formula lives in :func:`psnr_from_mse`, which
+  whole-volume scores reuse) (the thesis reports per-image values; pooling the MSE
   over a batch first gives a different, smaller number). Identical images have MSE 0 and PSNR ``+inf``:
   :func:`psnr` keeps ``inf`` by default (it is the honest value); code that averages or plots PSNR should pass
   ``cap=PSNR_CAP_DB`` (100 dB, i.e. MSE 1e-10 at peak 1) or cap with :func:`cap_psnr`, and say so.
+
+:data:`METRICS` is the one table of evaluation metrics: name -> :class:`Metric` (the function, its label,
+whether higher is better, its cap, its number format and axis scale). The evaluation tables, the paired
+tests, the report and the demo read names, directions, labels and caps from it; a new metric is one row.
 
 Example:
     >>> import torch
@@ -33,6 +38,8 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,6 +53,7 @@ __all__ = [
     "METRICS",
     "PSNR_CAP_DB",
     "Loss",
+    "Metric",
     "cap_psnr",
     "dssim",
     "gaussian_kernel1d",
@@ -54,6 +62,7 @@ __all__ = [
     "parse_loss",
     "per_image",
     "psnr",
+    "psnr_from_mse",
     "ssim",
 ]
 
@@ -245,9 +254,31 @@ def psnr(
         >>> psnr(x, x + 0.1).round().tolist()
         [20.0]
     """
-    err = mse(x, y)
-    value = 10.0 * torch.log10(peak**2 / err)
+    value = psnr_from_mse(mse(x, y), peak)
     return value if cap is None else cap_psnr(value, cap)
+
+
+def psnr_from_mse(err: Any, peak: float = 1.0) -> Any:
+    """``10 log10(peak^2 / err)`` in dB: the one PSNR formula (``+inf`` for a zero error).
+
+    Args:
+        err: mean squared error(s): a tensor, a numpy array or a float.
+        peak: maximum possible intensity.
+
+    Returns:
+        The same kind as ``err`` (a float for a float).
+
+    Example:
+        >>> psnr_from_mse(0.01)
+        20.0
+        >>> psnr_from_mse(0.0)
+        inf
+    """
+    if isinstance(err, Tensor):
+        return 10.0 * torch.log10(peak**2 / err)
+    with np.errstate(divide="ignore"):
+        value = 10.0 * np.log10(peak**2 / np.asarray(err, dtype=np.float64))
+    return float(value) if np.ndim(value) == 0 else value
 
 
 def cap_psnr(values: Tensor, cap: float = PSNR_CAP_DB) -> Tensor:
@@ -255,8 +286,63 @@ def cap_psnr(values: Tensor, cap: float = PSNR_CAP_DB) -> Tensor:
     return torch.clamp(values, max=cap)
 
 
-METRICS: dict[str, Callable[..., Tensor]] = {"mse": mse, "dssim": dssim, "psnr": psnr}
-"""Evaluation metrics by name: ``f(x, y) -> Tensor[N]`` (one value per image)."""
+@dataclass(frozen=True)
+class Metric:
+    """One evaluation metric: its function and how tables, tests and figures read it.
+
+    Calling it computes the per-image values (``Tensor[N]``, uncapped). ``cap`` is applied by code that
+    averages, tests or plots (:meth:`capped`), which must say that it did.
+
+    Example:
+        >>> m = METRICS["psnr"]
+        >>> m.label, m.higher_is_better, m.cap
+        ('PSNR (dB)', True, 100.0)
+        >>> m.format(31.456), METRICS["mse"].format(0.00123)
+        ('31.46', '1.23e-03')
+    """
+
+    name: str
+    fn: Callable[..., Tensor]
+    label: str
+    higher_is_better: bool
+    cap: float | None = None
+    log_scale: bool = False
+    fmt: str = ".2e"
+
+    def __call__(self, x: Tensor | np.ndarray, y: Tensor | np.ndarray) -> Tensor:
+        return self.fn(x, y)
+
+    @property
+    def short(self) -> str:
+        """The label without its unit: ``"PSNR"``."""
+        return self.label.split(" (")[0]
+
+    def capped(self, values: Any) -> np.ndarray:
+        """``values`` as float64 numpy, above-cap values (``+inf`` PSNR of identical images) set to the cap."""
+        arr = np.asarray(values, dtype=np.float64)
+        return arr if self.cap is None else np.minimum(arr, self.cap)
+
+    def format(self, value: float) -> str:
+        """One number as tables show it (empty for a missing value)."""
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return ""
+        return format(float(value), self.fmt)
+
+    def best(self, values: Any) -> int:
+        """Position of the best of ``values`` (NaN ignored)."""
+        arr = np.asarray(values, dtype=np.float64)
+        return int(np.nanargmax(arr) if self.higher_is_better else np.nanargmin(arr))
+
+
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric("mse", mse, "MSE", higher_is_better=False, log_scale=True),
+        Metric("dssim", dssim, "DSSIM", higher_is_better=False, log_scale=True),
+        Metric("psnr", psnr, "PSNR (dB)", higher_is_better=True, cap=PSNR_CAP_DB, fmt=".2f"),
+    )
+}
+"""Evaluation metrics by name, in table order; ``METRICS[name](x, y) -> Tensor[N]`` (one value per image)."""
 
 
 def per_image(

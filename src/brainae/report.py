@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 
 from brainae.errors import BrainaeError, BrainaeWarning
+from brainae.metrics import METRICS as _REGISTRY
+from brainae.metrics import psnr_from_mse
 
 __all__ = ["SECTIONS", "Inputs", "build_report", "classify"]
 
@@ -51,8 +53,9 @@ SECTIONS = {
 }
 """Section id -> heading, in report order."""
 
-METRICS = ("mse", "dssim", "psnr")
-LABEL = {"mse": "MSE", "dssim": "DSSIM", "psnr": "PSNR (dB)"}
+METRICS = tuple(_REGISTRY)
+"""The metrics shown, in table order (:data:`brainae.metrics.METRICS`)."""
+LABEL = {name: m.label for name, m in _REGISTRY.items()}
 BASELINE_NAMES = ("identity", "nlm", "biharmonic")
 
 
@@ -185,12 +188,12 @@ def _table(df: Any, *, bold: dict[tuple[int, str], bool] | None = None, index: b
 
 
 def _fmt(metric: str, mean: float, std: float | None = None) -> str:
+    m = _REGISTRY[metric]
     if mean is None or (isinstance(mean, float) and np.isnan(mean)):
         return ""
-    f = (lambda v: f"{v:.2f}") if metric == "psnr" else (lambda v: f"{v:.2e}")
     if std is None or (isinstance(std, float) and np.isnan(std)):
-        return f(mean)
-    return f"{f(mean)} ± {f(std)}"
+        return m.format(mean)
+    return f"{m.format(mean)} ± {m.format(std)}"
 
 
 def _read_json(path: Path) -> dict:
@@ -355,7 +358,7 @@ def _results_table(summary: Any, prov: dict, condition: str) -> str:
     for m in METRICS:
         vals = sub[f"{m}_mean"].where(sub["kind"] == "model")
         if vals.notna().any():
-            best = int(vals.idxmax() if m == "psnr" else vals.idxmin())
+            best = int(vals.index[_REGISTRY[m].best(vals.to_numpy())])
             bold[(best, LABEL[m])] = True
     return _table(table, bold=bold)
 
@@ -385,7 +388,7 @@ def _bar_charts(summary: Any, name: str) -> str:
         ax.bar(range(len(sub)), sub[f"{m}_mean"], yerr=sub[f"{m}_std"], color=colours, capsize=2)
         ax.set_xticks(range(len(sub)), sub["model"], rotation=60, ha="right", fontsize=7)
         ax.set_title(f"{LABEL[m]} on {first}")
-        if m != "psnr":
+        if _REGISTRY[m].log_scale:
             ax.set_yscale("log")
     fig.suptitle(f"{name}: test metrics (mean ± sd over slices; grey = baselines)")
     fig.tight_layout()
@@ -400,7 +403,7 @@ def _bar_charts(summary: Any, name: str) -> str:
                 ax.bar(np.arange(len(conds)) + k * width, s[f"{m}_mean"], width, label=model)
             ax.set_xticks(np.arange(len(conds)) + 0.4 - width / 2, conds, rotation=30, ha="right", fontsize=8)
             ax.set_title(f"{LABEL[m]} per condition (corrupted input vs clean target)")
-            if m == "mse":
+            if _REGISTRY[m].log_scale:
                 ax.set_yscale("log")
         axes[1].legend(fontsize=6, ncol=2)
         fig.tight_layout()
@@ -434,9 +437,7 @@ def _example_grids(path: Path) -> str:
                 ax.set_yticks([])
                 if title not in ("target",):
                     mse = float(np.mean((img - target[r]) ** 2))
-                    ax.set_xlabel(
-                        f"{10 * np.log10(1 / mse):.1f} dB" if mse > 1e-10 else "identical", fontsize=6
-                    )
+                    ax.set_xlabel(f"{psnr_from_mse(mse):.1f} dB" if mse > 1e-10 else "identical", fontsize=6)
                 if r == 0:
                     ax.set_title(title, fontsize=7)
         fig.suptitle(f"{cond}" + ("" if evaluated[ci] else " (custom corruption, examples only)"), fontsize=9)

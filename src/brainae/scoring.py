@@ -83,10 +83,10 @@ def head_mask(clean: np.ndarray) -> np.ndarray:
 
 
 def psnr(mse: float, peak: float) -> float:
-    """``10 log10(peak^2 / mse)`` in dB; ``inf`` for a zero error."""
-    if mse <= 0:
-        return float("inf")
-    return float(10.0 * np.log10(peak**2 / mse))
+    """``10 log10(peak^2 / mse)`` in dB; ``inf`` for a zero error (:func:`brainae.metrics.psnr_from_mse`)."""
+    from brainae.metrics import psnr_from_mse
+
+    return float(psnr_from_mse(max(float(mse), 0.0), float(peak)))
 
 
 def masked_psnr(clean: np.ndarray, test: np.ndarray, mask: np.ndarray, peak: float | None = None) -> float:

@@ -17,7 +17,13 @@ the capped ones of the evaluation tables (identical images: 100 dB).
 ``stats.csv`` columns: ``metric, condition, model_a, model_b, n_slices, n_volumes, mean_a, mean_b,
 diff`` (a - b), ``better`` (the model with the better mean: lower MSE/DSSIM, higher PSNR), ``t_slice,
 p_slice, p_slice_holm, w_volume, p_volume, p_volume_holm, significant_slice, significant_volume`` (Holm p <
-``alpha``).
+``alpha``), ``p_volume_min`` (the smallest Holm-corrected per-volume p-value that this many volumes and pairs
+can give at all: ``pairs x 2 / 2**n_volumes``, capped at 1) and ``volume_can_reach`` (``p_volume_min <
+alpha``: False means the per-volume test has too few volumes to find any difference significant, whatever the
+data).
+
+Metric names, directions (lower MSE/DSSIM, higher PSNR is better) and PSNR's cap come from
+:data:`brainae.metrics.METRICS`.
 
 Example:
     >>> table = paired_tests(pd.read_csv("eval/slices.csv"), "mse")   # doctest: +SKIP
@@ -33,10 +39,20 @@ from typing import Any
 import numpy as np
 
 from brainae.errors import BrainaeError
+from brainae.metrics import METRICS
 
-__all__ = ["HIGHER_IS_BETTER", "holm", "paired_tests", "pvalue_matrix", "plot_pvalue_matrix", "run_stats"]
+__all__ = [
+    "HIGHER_IS_BETTER",
+    "holm",
+    "min_volume_p",
+    "paired_tests",
+    "pvalue_matrix",
+    "plot_pvalue_matrix",
+    "run_stats",
+]
 
-HIGHER_IS_BETTER = {"mse": False, "dssim": False, "psnr": True}
+HIGHER_IS_BETTER = {name: m.higher_is_better for name, m in METRICS.items()}
+"""Direction of each metric, from :data:`brainae.metrics.METRICS`."""
 ALPHA = 0.05
 
 
@@ -86,7 +102,7 @@ def paired_tests(slices: Any, metric: str = "mse", *, alpha: float = ALPHA) -> A
 
     Args:
         slices: the evaluation's per-slice table (``slices.csv``).
-        metric: ``mse``, ``dssim`` or ``psnr``.
+        metric: a name from :data:`brainae.metrics.METRICS` (``mse``, ``dssim``, ``psnr``).
         alpha: family-wise significance level after Holm correction.
 
     Returns:
@@ -145,6 +161,9 @@ def paired_tests(slices: Any, metric: str = "mse", *, alpha: float = ALPHA) -> A
             for r, p in zip(block, adj, strict=True):
                 r[f"p_{key}_holm"] = float(p)
                 r[f"significant_{key}"] = bool(p < alpha)
+        for r in block:
+            r["p_volume_min"] = min_volume_p(r["n_volumes"], len(block))
+            r["volume_can_reach"] = bool(r["p_volume_min"] < alpha)
     columns = [
         "metric",
         "condition",
@@ -164,8 +183,26 @@ def paired_tests(slices: Any, metric: str = "mse", *, alpha: float = ALPHA) -> A
         "p_volume_holm",
         "significant_slice",
         "significant_volume",
+        "p_volume_min",
+        "volume_can_reach",
     ]
     return pd.DataFrame.from_records(records, columns=columns)
+
+
+def min_volume_p(n_volumes: int, n_pairs: int = 1) -> float:
+    """The smallest Holm-corrected p-value a two-sided Wilcoxon signed-rank test on ``n_volumes`` paired
+    volumes can give in a family of ``n_pairs`` tests: ``n_pairs * 2 / 2**n_volumes`` (capped at 1).
+
+    When it is not below alpha, no difference can be found significant per volume, however large: the test
+    has too few volumes, and its p-values say nothing about the models.
+
+    Example:
+        >>> min_volume_p(1), min_volume_p(4), min_volume_p(8, n_pairs=6)
+        (1.0, 0.125, 0.046875)
+    """
+    if n_volumes < 1:
+        return 1.0
+    return float(min(1.0, max(n_pairs, 1) * 2.0 / 2.0**n_volumes))
 
 
 def pvalue_matrix(table: Any, condition: str, *, level: str = "volume", holm_adjusted: bool = True) -> Any:
@@ -217,7 +254,12 @@ def plot_pvalue_matrix(table: Any, condition: str, path: str | os.PathLike, *, m
     n = len(mats[0])
     size = max(4.0, 0.55 * n + 2.0)
     fig, axes = plt.subplots(1, 2, figsize=(2 * size, size), constrained_layout=True)
-    titles = ("per slice: paired t-test (Holm)", "per volume: Wilcoxon signed-rank (Holm)")
+    titles = ["per slice: paired t-test (Holm)", "per volume: Wilcoxon signed-rank (Holm)"]
+    sub = table[table["condition"] == condition]
+    if "volume_can_reach" in sub and len(sub) and not sub["volume_can_reach"].any():
+        n_vol = int(sub["n_volumes"].max())
+        titles[1] += f"\ntoo few volumes ({n_vol}) to reach significance: smallest possible p "
+        titles[1] += f"{float(sub['p_volume_min'].min()):.2f}"
     for ax, mat, title in zip(axes, mats, titles, strict=True):
         values = mat.to_numpy(float)
         ax.imshow(np.nan_to_num(values, nan=1.0), cmap=cmap, norm=norm)
@@ -241,7 +283,8 @@ def plot_pvalue_matrix(table: Any, condition: str, path: str | os.PathLike, *, m
                     )
     handles = [Patch(color=c, label=lab) for c, lab in zip(_BIN_COLOURS, _BIN_LABELS, strict=True)]
     fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=8)
-    fig.suptitle(f"{metric.upper()} paired comparisons, condition {condition}".strip())
+    label = METRICS[metric].short if metric in METRICS else metric.upper()
+    fig.suptitle(f"{label} paired comparisons, condition {condition}".strip())
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

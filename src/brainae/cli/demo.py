@@ -41,6 +41,7 @@ def demo_cmd(
     from rich.table import Table
 
     from brainae.demo import run_demo
+    from brainae.metrics import METRICS
 
     res = run_demo(
         out,
@@ -53,15 +54,13 @@ def demo_cmd(
     )
     console.print()
     table = Table(title="test split: mean per model and condition (vs the clean target)")
-    for col in ("model", "condition", "MSE", "DSSIM", "PSNR dB"):
+    for col in ("model", "condition", *(m.label for m in METRICS.values())):
         table.add_column(col)
     for row in res.facts.get("evaluation", []):
         table.add_row(
             str(row.get("model")),
             str(row.get("condition")),
-            f"{row.get('mse_mean', float('nan')):.2e}",
-            f"{row.get('dssim_mean', float('nan')):.2e}",
-            f"{row.get('psnr_mean', float('nan')):.2f}",
+            *(m.format(row.get(f"{name}_mean", float("nan"))) for name, m in METRICS.items()),
         )
     console.print(table)
     d = res.facts["denoise"]

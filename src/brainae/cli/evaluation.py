@@ -47,6 +47,7 @@ def evaluate_command(
     import pandas as pd
 
     from brainae.evaluate import evaluate
+    from brainae.metrics import METRICS
 
     chosen = [] if baselines.strip().lower() in ("", "none") else [b.strip() for b in baselines.split(",")]
     out_dir = evaluate(
@@ -69,10 +70,8 @@ def evaluate_command(
     console.print(f"wrote {out_dir}/ (slices.csv, volumes.csv, summary.csv, provenance.json, examples.npz)")
     first = summary[summary["condition"] == summary["condition"].iloc[0]]
     for _, r in first.iterrows():
-        console.print(
-            f"  {r['model']:<28} {r['condition']:<12} MSE {r['mse_mean']:.3e}  "
-            f"DSSIM {r['dssim_mean']:.3e}  PSNR {r['psnr_mean']:.2f} dB"
-        )
+        scores = "  ".join(f"{m.label} {m.format(r[f'{name}_mean'])}" for name, m in METRICS.items())
+        console.print(f"  {r['model']:<28} {r['condition']:<12} {scores}")
 
 
 @command("stats")

@@ -19,7 +19,17 @@ def test_demo_runs_end_to_end_in_quick_mode(tmp_path):
         assert any(ln.startswith(step) and " done in " in ln for ln in r.output.splitlines()), r.output
     html = (out / "report.html").read_text()
     assert "<section" in html and 'src="http' not in html
-    for part in ("dataset/slices.npy", "run/best.safetensors", "eval/summary.csv", "stats/stats.csv"):
+    assert (
+        "No inspect.csv" not in html and "Inspected volumes" in html
+    )  # the demo makes what its report reads
+    assert "demo-skip-cae-mse-1-epoch" in html and "too few volumes" in html.lower()  # 1 test volume
+    for part in (
+        "dataset/slices.npy",
+        "demo-skip-cae-mse-1-epoch/best.safetensors",
+        "inspect/inspect.csv",
+        "eval/summary.csv",
+        "stats/stats.csv",
+    ):
         assert (out / part).is_file(), part
     noisy, den = nib.load(str(out / "denoise/noisy.nii.gz")), nib.load(str(out / "denoise/denoised.nii.gz"))
     assert noisy.shape == den.shape == (120, 120, 90) and np.allclose(noisy.affine, den.affine)

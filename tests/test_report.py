@@ -79,3 +79,101 @@ def test_cli_report(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["report", str(runs), "-o", str(tmp_path / "r.html")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "r.html").is_file()
+
+
+# ------------------------------------------------------------------- what a reader needs (issue 11)
+
+
+def _section(text: str, sid: str) -> str:
+    return re.search(rf'<section id="{sid}">(.*?)</section>', text, re.S).group(1)
+
+
+@pytest.fixture(scope="module")
+def demo_like(tmp_path_factory) -> tuple[Path, str]:
+    """A report of a dataset, a run (nested config.json, as train writes it), an inspect folder, an evaluation
+    of two checkpoints and baselines on 3 test volumes, and its stats."""
+    import json
+
+    from brainae.prepare import write_inspect
+    from conftest import synthetic_head, write_volume
+
+    tmp = tmp_path_factory.mktemp("report")
+    scans = tmp / "scans"
+    scans.mkdir()
+    for i in range(2):
+        write_volume(scans / f"IXI{i:03d}-HH-1-T1.nii.gz", synthetic_head(seed=i))
+    write_inspect(scans, tmp / "inspect")
+    data = make_dataset(tmp / "data")
+    run = _run(tmp, "res-unet_mse_l2_aug")
+    cfg = {"arch": "res-unet", "loss": "mse", "l2": 1e-5, "augment": False}
+    (run / "config.json").write_text(json.dumps({"config": cfg, "dataset": str(data)}))
+    good = make_checkpoint(run / "best.safetensors")
+    other = make_checkpoint(tmp / "other" / "weak.safetensors", seed=1)
+    ev = evaluate([good, other], data, tmp / "eval", conditions="clean,noise-0.04,blank-20", n_examples=2)
+    run_stats(ev, metrics=("mse", "psnr"))
+    out = build_report([tmp / "inspect", data, run, ev], tmp / "report.html")
+    return ev, out.read_text()
+
+
+def test_report_leads_with_the_answer(demo_like) -> None:
+    ev, text = demo_like
+    sections = re.findall(r'<section id="([a-z]+)">', text)
+    assert sections[0] == "headline" and list(SECTIONS)[0] == "headline"
+    head = _section(text, "headline")
+    summary = pd.read_csv(ev / "summary.csv")
+    for cond in ("clean", "noise-0.04", "blank-20"):
+        sub = summary[
+            (summary["condition"] == cond) & ~((summary["model"] == "identity") & (cond == "clean"))
+        ]
+        best = sub.loc[sub["psnr_mean"].idxmax(), "model"]
+        assert re.search(rf"<b>{re.escape(cond)}</b>: <b>{re.escape(best)}</b> is best", head), (cond, best)
+    assert "95 % CI" in head and "over volumes" in head  # 3 test volumes: intervals over volumes
+    # identity on clean input is the target itself (capped 100 dB): never "best"
+    assert "<b>clean</b>: <b>identity</b>" not in head
+    # 3 volumes, 2+ pairs: the per-volume Wilcoxon cannot reach 0.05, and the report says so
+    assert "too few volumes (3) to reach significance" in head
+    assert "Too few volumes to reach significance" in _section(text, "stats")
+
+
+def test_every_figure_has_alt_text_and_a_caption(demo_like) -> None:
+    import base64
+    import io
+
+    import matplotlib.image as mpimg
+
+    _, text = demo_like
+    figures = re.findall(r"<figure>(.*?)</figure>", text, re.S)
+    images = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,([^"]+)">', text)
+    assert len(images) >= 8 and len(figures) == len(images)
+    for alt, data in images:
+        assert len(alt) > 30 and alt.lower() not in ("figure",) and not alt.endswith(".png"), alt
+        pixels = mpimg.imread(io.BytesIO(base64.b64decode(data)), format="png")
+        assert pixels.ndim == 3 and pixels.shape[0] > 50 and pixels.std() > 0  # decodes, not blank
+    for fig in figures:
+        caption = re.search(r"<figcaption>(.*?)</figcaption>", fig, re.S).group(1)
+        assert len(caption) > 40 and ".png" not in caption, caption
+
+
+def test_training_table_and_models_are_named(demo_like) -> None:
+    _, text = demo_like
+    training = _section(text, "training")
+    row = re.search(r"<tr><td>res-unet_mse_l2_aug</td>(.*?)</tr>", training).group(1)
+    cells = re.findall(r"<td>(.*?)</td>", row)
+    assert cells[:4] == ["res-unet", "mse", "1e-05", "no"]  # arch, loss, L2, augment from the nested config
+
+
+def test_bar_charts_and_baselines_explain_identity_and_do_not_repeat(demo_like) -> None:
+    _, text = demo_like
+    charts = _section(text, "charts")
+    assert "identity is left out" in charts and "95 % confidence intervals" in charts
+    baselines = _section(text, "baselines")
+    corrupted = _section(text, "corrupted")
+    assert "<h4>MSE</h4>" in corrupted and "<h4>" not in baselines  # no repeated metric tables
+    assert "best baseline" in baselines and "non-local means" in baselines
+
+
+def test_inspect_folder_feeds_the_data_section(demo_like) -> None:
+    _, text = demo_like
+    data = _section(text, "data")
+    assert "Inspected volumes (2" in data and "No inspect.csv" not in data
+    assert "2 usable, 0 not" in data

@@ -82,3 +82,29 @@ def test_run_stats_files(tmp_path: Path) -> None:
         run_stats(ev, metrics=["ssim2"])
     with pytest.raises(BrainaeError, match="slices.csv"):
         run_stats(tmp_path)
+
+
+def test_too_few_volumes_is_flagged_and_many_are_not() -> None:
+    from brainae.stats import min_volume_p
+
+    assert min_volume_p(1) == 1.0 and min_volume_p(5) == pytest.approx(0.0625)
+    assert min_volume_p(6, n_pairs=3) == pytest.approx(3 * 2 / 64)
+    few = paired_tests(_table(n_vol=3), "mse")  # 3 pairs, 3 volumes: smallest possible Holm p 0.75
+    assert not few["volume_can_reach"].any() and (few["p_volume_min"] == 0.75).all()
+    assert not few["significant_volume"].any()  # and indeed nothing is significant per volume
+    many = paired_tests(_table(n_vol=12), "mse")
+    assert many["volume_can_reach"].all()
+    assert many.set_index(["model_a", "model_b"]).loc[("good", "bad"), "significant_volume"].all()
+
+
+def test_mean_ci_uses_volumes_when_there_are_enough() -> None:
+    from brainae.stats import mean_ci
+
+    rng = np.random.default_rng(0)
+    values = rng.normal(10.0, 1.0, 60)
+    volumes = np.repeat([f"v{i}" for i in range(6)], 10)
+    mean, lo, hi, unit = mean_ci(values, volumes)
+    assert unit == "volumes" and lo < mean < hi and mean == pytest.approx(values.mean())
+    mean2, lo2, hi2, unit2 = mean_ci(values[:20], volumes[:20])  # 2 volumes: over slices, and says so
+    assert unit2 == "slices" and lo2 < mean2 < hi2
+    assert np.isnan(mean_ci([1.0], ["a"])[1])  # one number: no interval

@@ -2,11 +2,13 @@
 
 Steps (all outputs under ``out``):
 
-1. ``dataset/``: :func:`brainae.prepare.prepare` on the 8 embedded IXI volumes (``brainae/sample``) with their
-   ages and sexes, brain-mask selection with the threshold brain mask (fast, no optional package), 128 x 128,
-   split 5 / 2 / 1 volumes (train / val / test) so that the normative statistics have two validation volumes;
-2. ``run/``: :func:`brainae.train.fit` of a Residual U-Net with the thesis's settings (MSE, augmentation) for a
-   few epochs on the CPU — a short training, to show the machinery, not a converged model;
+1. ``inspect/`` (:func:`brainae.prepare.write_inspect`) and ``dataset/``: :func:`brainae.prepare.prepare` on
+   the 8 embedded IXI volumes (``brainae/sample``) with their ages and sexes, brain-mask selection with the
+   threshold brain mask (fast, no optional package), 128 x 128, split 5 / 2 / 1 volumes (train / val / test)
+   so that the normative statistics have two validation volumes;
+2. ``demo-res-unet-mse-N-epochs/``: :func:`brainae.train.fit` of a Residual U-Net with the thesis's settings
+   (MSE, augmentation) for a few epochs on the CPU — a short training, to show the machinery, not a converged
+   model;
 3. ``eval/``: :func:`brainae.evaluate.evaluate` of that model and of the thesis's own trained Residual U-Net
    (shipped in ``brainae/pretrained``) on the test volume, clean and corrupted inputs, with the identity,
    non-local-means and biharmonic baselines; ``stats/`` the paired tests;
@@ -91,7 +93,7 @@ def run_demo(
     from brainae.apply import denoise
     from brainae.evaluate import evaluate
     from brainae.io import load_volume, read_marker, save_like, write_marker
-    from brainae.prepare import PrepareConfig, prepare
+    from brainae.prepare import PrepareConfig, prepare, write_inspect
     from brainae.pretrained import THESIS_RES_UNET
     from brainae.report import build_report
     from brainae.sample import PARTICIPANTS, SAMPLE_DIR, sample_files
@@ -146,6 +148,7 @@ def run_demo(
                 force=True,
                 track=track,
             )
+        write_inspect(source, out / "inspect", track=track)  # what the report's Data section shows first
     facts["slices"] = prep.n_slices
     facts["splits"] = prep.splits
 
@@ -162,8 +165,10 @@ def run_demo(
         max_steps_per_epoch=2 if quick else None,
         bn_momentum=0.1,  # a few dozen steps: the thesis's Keras momentum would leave eval-mode BN unsettled
     )
-    log(f"2/5 train: {arch}, MSE, augmentation, {config.epochs} epoch(s) -> {out / 'run'}")
-    best = fit(out / "dataset", out / "run", config, progress=progress, force=True)
+    # named after what it is, so that tables and the report say which model is the demo's short run
+    run_dir = out / f"demo-{arch}-mse-{config.epochs}-epoch{'s' if config.epochs != 1 else ''}"
+    log(f"2/5 train: {arch}, MSE, augmentation, {config.epochs} epoch(s) -> {run_dir}")
+    best = fit(out / "dataset", run_dir, config, progress=progress, force=True)
 
     # 3. evaluate + stats
     checkpoints = [best] if quick else [best, THESIS_RES_UNET]
@@ -192,7 +197,9 @@ def run_demo(
     report = out / "report.html"
     log(f"4/5 report -> {report}")
     build_report(
-        [out / "dataset", out / "run", out / "eval", out / "stats"], report, title="brainae demo: IXI sample"
+        [out / "inspect", out / "dataset", run_dir, out / "eval", out / "stats"],
+        report,
+        title="brainae demo: IXI sample",
     )
 
     # 5. denoise a held-out volume

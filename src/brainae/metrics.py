@@ -317,6 +317,11 @@ class Metric:
         """The label without its unit: ``"PSNR"``."""
         return self.label.split(" (")[0]
 
+    @property
+    def unit(self) -> str:
+        """The unit in the label's parentheses (``"dB"``), or ``""``."""
+        return self.label.partition(" (")[2].rstrip(")")
+
     def capped(self, values: Any) -> np.ndarray:
         """``values`` as float64 numpy, above-cap values (``+inf`` PSNR of identical images) set to the cap."""
         arr = np.asarray(values, dtype=np.float64)

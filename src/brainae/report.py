@@ -40,6 +40,7 @@ from brainae.metrics import psnr_from_mse
 __all__ = ["SECTIONS", "Inputs", "build_report", "classify"]
 
 SECTIONS = {
+    "headline": "The answer",
     "overview": "Overview",
     "data": "Data",
     "training": "Training curves",
@@ -67,6 +68,7 @@ class Inputs:
     runs: list[Path] = field(default_factory=list)
     evals: list[Path] = field(default_factory=list)
     stats: list[Path] = field(default_factory=list)
+    inspects: list[Path] = field(default_factory=list)
     unknown: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -99,6 +101,8 @@ def _kind(path: Path) -> str | None:
         return "datasets"
     if (path / "metrics.csv").is_file():
         return "runs"
+    if {"file", "status"} <= _csv_columns(path / "inspect.csv"):
+        return "inspects"
     return None
 
 
@@ -112,7 +116,9 @@ def classify(paths: list[str | os.PathLike]) -> Inputs:
     for raw in paths:
         p = Path(raw)
         if not p.exists():
-            raise BrainaeError(f"{p}: no such folder; give run, evaluation, stats or dataset folders")
+            raise BrainaeError(
+                f"{p}: no such folder; give run, evaluation, stats, dataset or inspect folders"
+            )
         if p.is_file():
             p = p.parent
         kind = _kind(p)
@@ -126,7 +132,9 @@ def classify(paths: list[str | os.PathLike]) -> Inputs:
         targets = [(c, k) for c, k in targets if k and k != "grid"]
         if not targets:
             warnings.warn(
-                f"{p}: not a run, evaluation, stats or dataset folder; skipped", BrainaeWarning, stacklevel=2
+                f"{p}: not a run, evaluation, stats, dataset or inspect folder; skipped",
+                BrainaeWarning,
+                stacklevel=2,
             )
             found.unknown.append(p)
         for c, k in targets:
@@ -150,17 +158,57 @@ def _note(text: str) -> str:
     return f'<p class="note">{_esc(text)}</p>'
 
 
-def _png(fig: Any) -> str:
+def _png_bytes(fig: Any) -> bytes:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
-    return _img(buf.getvalue())
+    return buf.getvalue()
 
 
-def _img(data: bytes, alt: str = "figure") -> str:
+def _img(data: bytes, alt: str) -> str:
     return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}">'
+
+
+def _figure(image: Any, alt: str, caption: str) -> str:
+    """One figure: a matplotlib figure or PNG bytes, embedded, with alt text and a caption (plain text)."""
+    data = image if isinstance(image, bytes) else _png_bytes(image)
+    return f"<figure>{_img(data, alt)}<figcaption>{_esc(caption)}</figcaption></figure>"
+
+
+FIGURE_TEXT = {
+    "inspect": (
+        "Bar charts of volumes per shape, voxel size and orientation, and histograms of each volume's maximum "
+        "and mean intensity.",
+        "What brainae inspect found: how many volumes share each shape, voxel size and orientation, and the "
+        "spread of their maximum and mean intensities.",
+    ),
+    "selection_counts": (
+        "Histograms of each slice's brain fraction, nonzero fraction and nonzero mean with the threshold of "
+        "each selection method, and a bar chart of slices kept per volume by each method.",
+        "Relevant-slice selection: the per-slice measure each method thresholds (red line: its threshold) and "
+        "the slices each method keeps per volume.",
+    ),
+    "selection_montage": (
+        "Grid of every third slice of two volumes, one row per selection method, framed green where the "
+        "method keeps the slice and red where it discards it.",
+        "Which slices each selection method keeps (green) and discards (red), for two volumes.",
+    ),
+    "split": (
+        "Bar charts of volumes per split and of the sex, age-group and ethnicity fractions in each split.",
+        "The subject-level split: volumes per split and how sex, age group and ethnicity are distributed "
+        "over train, validation and test ('unknown' where the demographics give none).",
+    ),
+}
+"""Known figure file stems -> (alt text, caption)."""
+
+
+def _file_figure(path: Path) -> str:
+    alt, caption = FIGURE_TEXT.get(
+        path.stem, (f"Figure {path.stem.replace('_', ' ')}", f"{path.name} from {path.parent}")
+    )
+    return _figure(path.read_bytes(), alt, caption)
 
 
 def _plt() -> Any:
@@ -215,10 +263,39 @@ def _read_csv(path: Path) -> Any:
 # ---------------------------------------------------------------------------------------------- data
 
 
-def _data_section(datasets: list[Path]) -> str:
-    if not datasets:
-        return _note("No dataset folder given (pass the prepared dataset folder to include its summary).")
+def _inspect_part(folder: Path, inspect: Any) -> str:
+    parts = [f"<h4>Inspected volumes ({len(inspect)}, {folder})</h4>"]
+    if "status" in inspect:
+        bad = inspect[inspect["status"].astype(str) != "ok"]
+        listed = "; ".join(f"{r['file']} ({r['status']})" for _, r in bad.head(10).iterrows())
+        parts.append(
+            f"<p>{len(inspect) - len(bad)} usable, {len(bad)} not"
+            + (f": {_esc(listed)}" if listed else "")
+            + ".</p>"
+        )
+    cols = [c for c in ("shape", "zooms", "axcodes", "dtype") if c in inspect]
+    for c in cols:
+        vc = inspect[c].astype(str).value_counts().rename("volumes").to_frame()
+        vc.index.name = c
+        parts.append(_table(vc.head(10), index=True))
+    if not cols:
+        parts.append(_table(inspect.head(20)))
+    if (folder / "inspect.png").is_file():
+        parts.append(_file_figure(folder / "inspect.png"))
+    return "".join(parts)
+
+
+def _data_section(datasets: list[Path], inspects: list[Path] | None = None) -> str:
+    inspects = list(inspects or [])
     parts = []
+    for folder in inspects:
+        table = _read_csv(folder / "inspect.csv")
+        if table is not None:
+            parts.append(f"<h3>{_esc(folder.name)}</h3>" + _inspect_part(folder, table))
+    if not datasets:
+        return "".join(parts) or _note(
+            "No dataset folder given (pass the prepared dataset folder to include its summary)."
+        )
     for d in datasets:
         parts.append(f"<h3>{_esc(d.name)}</h3>")
         settings = _read_json(d / "settings.json")
@@ -235,16 +312,14 @@ def _data_section(datasets: list[Path]) -> str:
             parts.append("<h4>Split sizes</h4>" + _table(counts, index=True))
         inspect = _read_csv(d / "inspect.csv")
         if inspect is not None:
-            parts.append(f"<h4>Inspected volumes ({len(inspect)})</h4>")
-            cols = [c for c in ("shape", "zooms", "axcodes", "dtype") if c in inspect]
-            for c in cols:
-                vc = inspect[c].astype(str).value_counts().rename("volumes").to_frame()
-                vc.index.name = c
-                parts.append(_table(vc.head(10), index=True))
-            if not cols:
-                parts.append(_table(inspect.head(20)))
-        else:
-            parts.append(_note("No inspect.csv in the dataset folder (brainae inspect writes one)."))
+            parts.append(_inspect_part(d, inspect))
+        elif not inspects:
+            parts.append(
+                _note(
+                    "No inspect.csv: pass the folder that `brainae inspect FOLDER --out INSPECT` wrote to "
+                    "include what it found."
+                )
+            )
         sel = _read_csv(d / "selection.csv")
         if sel is not None:
             keep = [c for c in sel.columns if c.startswith("keep_")]
@@ -261,9 +336,7 @@ def _data_section(datasets: list[Path]) -> str:
             parts.append("<h4>Split distribution</h4>" + _table(split))
         figs = sorted((d / "figures").glob("*.png")) if (d / "figures").is_dir() else []
         for f in figs:
-            parts.append(
-                f"<figure>{_img(f.read_bytes(), f.stem)}<figcaption>{_esc(f.name)}</figcaption></figure>"
-            )
+            parts.append(_file_figure(f))
     return "".join(parts)
 
 
@@ -290,16 +363,22 @@ def _training_section(runs: list[Path]) -> str:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
+    figure = _figure(
+        fig,
+        "Line charts of training and validation loss per epoch, log scale, one line per run.",
+        "Training and validation loss per epoch (log scale; thesis Figs 5.18 / 5.21). The validation loss "
+        "includes the L2 penalty where one was used.",
+    )
     rows = []
     for run in runs:
         df = frames.get(run.name)
-        cfg = _read_json(run / "config.json")
+        cfg = _run_config(run)
         row = {
             "run": run.name,
             "arch": cfg.get("arch", ""),
             "loss": cfg.get("loss", ""),
-            "L2": cfg.get("l2", ""),
-            "augment": cfg.get("augment", ""),
+            "L2": _l2_text(cfg.get("l2")),
+            "augment": {True: "yes", False: "no"}.get(cfg.get("augment"), ""),
         }
         if df is not None and "val_loss" in df and len(df):
             best = df.loc[df["val_loss"].idxmin()]
@@ -315,7 +394,19 @@ def _training_section(runs: list[Path]) -> str:
         rows.append(row)
     import pandas as pd
 
-    return _png(fig) + _table(pd.DataFrame(rows))
+    return figure + _table(pd.DataFrame(rows))
+
+
+def _l2_text(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "" if value is None else str(value)
+    return f"{value:g}" if value > 0 else "none"
+
+
+def _run_config(run: Path) -> dict:
+    """A run's training configuration from its config.json (flat, or under "config" as train writes it)."""
+    cfg = _read_json(run / "config.json")
+    return cfg["config"] if isinstance(cfg.get("config"), dict) else cfg
 
 
 # -------------------------------------------------------------------------------------------- results
@@ -376,39 +467,241 @@ def _wide(summary: Any, metric: str, models: list[str]) -> Any:
     return wide.fillna("")
 
 
-def _bar_charts(summary: Any, name: str) -> str:
+HEADLINE_METRIC = "psnr"
+"""The metric the headline ranks by (a name of :data:`brainae.metrics.METRICS`)."""
+
+
+def _is_target(model: str, condition: str) -> bool:
+    """identity on clean input returns the target itself: MSE 0, PSNR capped; not a competitor."""
+    return model == "identity" and condition == "clean"
+
+
+def _cis(slices: Any, metrics: tuple[str, ...] = METRICS) -> dict[tuple[str, str, str], tuple]:
+    """``{(model, condition, metric): (mean, low, high, unit)}``: 95 % CIs as :func:`brainae.stats.mean_ci`."""
+    from brainae.stats import mean_ci
+
+    out: dict[tuple[str, str, str], tuple] = {}
+    if slices is None:
+        return out
+    for (model, cond), g in slices.groupby(["model", "condition"], sort=False):
+        for m in metrics:
+            if m in g:
+                out[(str(model), str(cond), m)] = mean_ci(g[m].to_numpy(float), g["volume_id"].to_numpy())
+    return out
+
+
+def _ci_unit_note(cis: dict) -> str:
+    units = {v[3] for v in cis.values()}
+    if "slices" in units:
+        return (
+            "95 % confidence intervals over slices, because the split has fewer than 3 volumes: slices of one "
+            "volume are not independent, so these intervals are too narrow."
+        )
+    return "95 % confidence intervals over volumes (t-interval of the per-volume means)."
+
+
+def _error_bars(means: Any, keys: list[tuple[str, str, str]], cis: dict) -> np.ndarray | None:
+    """2 x N asymmetric error bars (mean - low, high - mean) from ``cis``; None when none is known."""
+    lo = np.array([means[i] - cis[k][1] if k in cis else np.nan for i, k in enumerate(keys)], float)
+    hi = np.array([cis[k][2] - means[i] if k in cis else np.nan for i, k in enumerate(keys)], float)
+    if np.isnan(lo).all():
+        return None
+    return np.nan_to_num(np.vstack([lo, hi]), nan=0.0)
+
+
+def _bar_charts(summary: Any, name: str, cis: dict | None = None) -> str:
     plt = _plt()
+    cis = cis or {}
     out = []
     conds = list(dict.fromkeys(summary["condition"]))
     first = "clean" if "clean" in conds else conds[0]
     sub = summary[summary["condition"] == first]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    sub = sub[[not _is_target(str(m), first) for m in sub["model"]]].reset_index(drop=True)
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(5 * len(METRICS), 4))
     colours = ["#4c72b0" if k == "model" else "#999999" for k in sub["kind"]]
-    for ax, m in zip(axes, METRICS, strict=True):
-        ax.bar(range(len(sub)), sub[f"{m}_mean"], yerr=sub[f"{m}_std"], color=colours, capsize=2)
+    for ax, m in zip(np.atleast_1d(axes), METRICS, strict=True):
+        means = sub[f"{m}_mean"].to_numpy(float)
+        keys = [(str(x), first, m) for x in sub["model"]]
+        ax.bar(range(len(sub)), means, yerr=_error_bars(means, keys, cis), color=colours, capsize=3)
         ax.set_xticks(range(len(sub)), sub["model"], rotation=60, ha="right", fontsize=7)
         ax.set_title(f"{LABEL[m]} on {first}")
         if _REGISTRY[m].log_scale:
             ax.set_yscale("log")
-    fig.suptitle(f"{name}: test metrics (mean ± sd over slices; grey = baselines)")
+    fig.suptitle(f"{name}: mean per model on {first} input (blue: models, grey: baselines)")
     fig.tight_layout()
-    out.append(_png(fig))
+    left_out = " identity is left out: on clean input it returns the target (MSE 0, PSNR capped at 100 dB)."
+    out.append(
+        _figure(
+            fig,
+            f"Bar charts of mean {', '.join(_REGISTRY[m].short for m in METRICS)} per model on {first} input, "
+            "with error bars.",
+            f"Mean of each metric per model on {first} input; lower MSE and DSSIM, higher PSNR is better; "
+            f"MSE and DSSIM on log scales. Error bars: {_ci_unit_note(cis) if cis else 'none (no slices.csv)'}"
+            + (left_out if first == "clean" and "identity" in set(summary["model"]) else ""),
+        )
+    )
     if len(conds) > 1:
         models = list(dict.fromkeys(summary["model"]))
-        fig, axes = plt.subplots(1, 2, figsize=(15, 4.5))
+        shown = ("mse", "psnr")
+        fig, axes = plt.subplots(1, len(shown), figsize=(15, 4.5))
         width = 0.8 / max(len(models), 1)
-        for ax, m in zip(axes, ("mse", "psnr"), strict=True):
+        for ax, m in zip(axes, shown, strict=True):
             for k, model in enumerate(models):
                 s = summary[summary["model"] == model].set_index("condition").reindex(conds)
-                ax.bar(np.arange(len(conds)) + k * width, s[f"{m}_mean"], width, label=model)
+                means = np.array(
+                    [
+                        np.nan if _is_target(model, c) else v
+                        for c, v in zip(conds, s[f"{m}_mean"], strict=True)
+                    ]
+                )
+                keys = [(model, c, m) for c in conds]
+                bars = _error_bars(means, keys, cis)
+                ax.bar(np.arange(len(conds)) + k * width, means, width, yerr=bars, capsize=2, label=model)
             ax.set_xticks(np.arange(len(conds)) + 0.4 - width / 2, conds, rotation=30, ha="right", fontsize=8)
             ax.set_title(f"{LABEL[m]} per condition (corrupted input vs clean target)")
             if _REGISTRY[m].log_scale:
                 ax.set_yscale("log")
         axes[1].legend(fontsize=6, ncol=2)
         fig.tight_layout()
-        out.append(_png(fig))
+        out.append(
+            _figure(
+                fig,
+                "Grouped bar charts of mean MSE (log scale) and PSNR per condition, one bar per model and "
+                "baseline, with error bars.",
+                "Each model's mean MSE and PSNR on every condition, scored against the clean target; 'identity' "
+                "is the corrupted input itself, the bar to beat. Error bars: "
+                + (_ci_unit_note(cis) if cis else "none (no slices.csv).")
+                + (
+                    " identity on clean input (MSE 0, PSNR capped at 100 dB) is not drawn."
+                    if "clean" in conds
+                    else ""
+                ),
+            )
+        )
     return "".join(out)
+
+
+def _pair_test(tests: Any, cond: str, a: str, b: str) -> Any:
+    if tests is None or tests.empty:
+        return None
+    hit = tests[
+        (tests["condition"].astype(str) == cond)
+        & (
+            ((tests["model_a"] == a) & (tests["model_b"] == b))
+            | ((tests["model_a"] == b) & (tests["model_b"] == a))
+        )
+    ]
+    return None if hit.empty else hit.iloc[0]
+
+
+def _significance(row: Any, alpha: float = 0.05) -> tuple[str, str]:
+    """(per-volume verdict, per-slice verdict) of one stats row, in words."""
+    if row is None:
+        return "not tested", "not tested"
+    slice_txt = f"Holm p = {row['p_slice_holm']:.2g}" + (" (significant)" if row["significant_slice"] else "")
+    n = int(row["n_volumes"])
+    can_reach = bool(row.get("volume_can_reach", True))
+    if not can_reach:
+        vol_txt = (
+            f"too few volumes ({n}) to reach significance: the smallest possible Holm p is "
+            f"{float(row.get('p_volume_min', 1.0)):.2f}"
+        )
+    else:
+        verdict = "significant" if row["significant_volume"] else "not significant"
+        vol_txt = f"{verdict} (Holm p = {row['p_volume_holm']:.2g}, {n} volumes)"
+    return vol_txt, slice_txt
+
+
+def _headline(e: Path, summary: Any, slices: Any, cis: dict) -> str:
+    """Per condition: the best entry by :data:`HEADLINE_METRIC`, its margin over the runner-up, CIs, tests."""
+    import pandas as pd
+
+    from brainae.stats import mean_ci, paired_tests
+
+    metric = _REGISTRY[HEADLINE_METRIC]
+    tests = (
+        paired_tests(slices, HEADLINE_METRIC) if slices is not None and HEADLINE_METRIC in slices else None
+    )
+    rows, sentences = [], []
+    for cond in dict.fromkeys(summary["condition"]):
+        sub = summary[(summary["condition"] == cond)]
+        sub = sub[[not _is_target(str(m), str(cond)) for m in sub["model"]]].reset_index(drop=True)
+        if sub.empty:
+            continue
+        means = sub[f"{HEADLINE_METRIC}_mean"].to_numpy(float)
+        order = sorted(range(len(sub)), key=lambda i: -means[i] if metric.higher_is_better else means[i])
+        best = str(sub["model"][order[0]])
+
+        def ci_text(model: str, cond: str = str(cond)) -> str:
+            c = cis.get((model, cond, HEADLINE_METRIC))
+            return "" if c is None or np.isnan(c[1]) else f" [{metric.format(c[1])}, {metric.format(c[2])}]"
+
+        row = {
+            "condition": cond,
+            "best": best,
+            f"best {metric.label} [95 % CI]": metric.format(means[order[0]]) + ci_text(best),
+        }
+        if len(order) > 1:
+            second = str(sub["model"][order[1]])
+            diff_txt = metric.format(means[order[0]] - means[order[1]])
+            if slices is not None:
+                pair = slices[slices["condition"].astype(str) == str(cond)]
+                wide = pair.pivot_table(index=["volume_id", "slice"], columns="model", values=HEADLINE_METRIC)
+                if best in wide and second in wide:
+                    both = wide[[best, second]].dropna()
+                    d = (both[best] - both[second]).to_numpy(float)
+                    mean, lo, hi, _ = mean_ci(d, both.index.get_level_values("volume_id"))
+                    diff_txt = metric.format(mean) + (
+                        "" if np.isnan(lo) else f" [{metric.format(lo)}, {metric.format(hi)}]"
+                    )
+            vol_txt, slice_txt = _significance(_pair_test(tests, str(cond), best, second))
+            row.update(
+                {
+                    "runner-up": second,
+                    f"runner-up {metric.label}": metric.format(means[order[1]]) + ci_text(second),
+                    "difference [95 % CI]": diff_txt,
+                    "per-volume test (Wilcoxon)": vol_txt,
+                    "per-slice test (t)": slice_txt,
+                }
+            )
+            unit = f" {metric.unit}" if metric.unit else ""
+            sentences.append(
+                f"<li><b>{_esc(cond)}</b>: <b>{_esc(best)}</b> is best, {_esc(metric.short)} "
+                f"{_esc(metric.format(means[order[0]]))}{_esc(unit)}, {'higher' if metric.higher_is_better else 'lower'} "
+                f"than the runner-up {_esc(second)} by {_esc(diff_txt)}{_esc(unit)}; "
+                f"per-volume test: {_esc(vol_txt)}.</li>"
+            )
+        else:
+            sentences.append(
+                f"<li><b>{_esc(cond)}</b>: only <b>{_esc(best)}</b> was scored "
+                f"({_esc(metric.short)} {_esc(metric.format(means[order[0]]))}{' ' + _esc(metric.unit) if metric.unit else ''}).</li>"
+            )
+        rows.append(row)
+    if not rows:
+        return _note(f"{e.name}: no condition to rank.")
+    n_vol = int(summary["n_volumes"].max()) if "n_volumes" in summary else 0
+    intro = (
+        f"<p>Ranked by mean {_esc(metric.label)} against the clean target ({'higher' if metric.higher_is_better else 'lower'} "
+        f"is better) on {n_vol} test volume(s); identity on clean input is left out (it is the target). "
+        f"{_esc(_ci_unit_note(cis)) if cis else ''} Per-volume Wilcoxon and per-slice t-tests are Holm-corrected "
+        "over the pairs of a condition; the per-volume test is the one to trust.</p>"
+    )
+    return intro + "<ul>" + "".join(sentences) + "</ul>" + _table(pd.DataFrame(rows))
+
+
+def _short_runs(prov: dict) -> str:
+    """A note for models trained for only a few epochs: what to expect of them."""
+    notes = []
+    for m in prov.get("models", []):
+        t = m.get("training") or {}
+        epochs = t.get("epochs_run", t.get("epochs"))
+        if isinstance(epochs, int) and epochs < 20 and not m.get("source"):
+            notes.append(
+                f"{m.get('name')} was trained for {epochs} epoch(s) (the thesis trains up to 100 with early "
+                "stopping): a short run shows the pipeline, not a converged model, so expect it to score well "
+                "below a fully trained one."
+            )
+    return "".join(_note(n) for n in notes)
 
 
 def _example_grids(path: Path) -> str:
@@ -443,15 +736,83 @@ def _example_grids(path: Path) -> str:
         fig.suptitle(f"{cond}" + ("" if evaluated[ci] else " (custom corruption, examples only)"), fontsize=9)
         fig.tight_layout()
         label = "" if evaluated[ci] else " (custom corruption, examples only)"
-        parts.append(f"<h4>{_esc(cond)}{label}</h4>{_png(fig)}")
+        names = ", ".join(models[mi] for mi in shown)
+        parts.append(
+            f"<h4>{_esc(cond)}{label}</h4>"
+            + _figure(
+                fig,
+                f"Grid of {k} example slices under {cond}: columns are the corrupted input, the outputs of "
+                f"{names}, and the clean target; PSNR under each panel.",
+                f"{cond}{label}: each row is one fixed slice; left the corrupted input, then each model's and "
+                f"baseline's output ({names}), right the clean target. Under each panel its PSNR against the "
+                "target ('identical' where it equals the target).",
+            )
+        )
     rows = ", ".join(f"{v} slice {s}" for v, s in zip(ex["volume_id"], ex["slice"], strict=True))
     return f"<p>Slices: {_esc(rows)}; PSNR of each panel against the target below it.</p>" + "".join(parts)
+
+
+BASELINE_TEXT = {
+    "identity": "the corrupted input itself, unchanged: the score to beat",
+    "nlm": "non-local means denoising (scikit-image), for the noise conditions",
+    "biharmonic": "biharmonic inpainting of the blanked pixels (scikit-image), for the blank/dropout conditions",
+}
+
+
+def _baselines_part(summary: Any, prov: dict, models: list[str]) -> str:
+    """What each baseline is, and per condition the best model against the best baseline (no table repeats)."""
+    import pandas as pd
+
+    base = [m for m in models if m in BASELINE_NAMES]
+    trained = [m for m in models if m not in BASELINE_NAMES]
+    params = prov.get("baselines", {})
+    txt = "<ul>" + "".join(
+        f"<li><b>{_esc(b)}</b>: {_esc(BASELINE_TEXT.get(b, ''))}"
+        + (
+            f" ({_esc(', '.join(f'{k}={v}' for k, v in params[b].items() if k != 'what'))})"
+            if isinstance(params.get(b), dict)
+            else ""
+        )
+        + "</li>"
+        for b in base
+    )
+    txt += "</ul>"
+    metric = _REGISTRY[HEADLINE_METRIC]
+    rows = []
+    for cond in dict.fromkeys(summary["condition"]):
+        sub = summary[summary["condition"] == cond].set_index("model")[f"{HEADLINE_METRIC}_mean"]
+        bs = [b for b in base if b in sub.index and not _is_target(b, str(cond))]
+        ms = [m for m in trained if m in sub.index]
+        if not bs or not ms:
+            continue
+        bb = bs[metric.best(sub[bs].to_numpy())]
+        bm = ms[metric.best(sub[ms].to_numpy())]
+        diff = float(sub[bm] - sub[bb])
+        wins = diff > 0 if metric.higher_is_better else diff < 0
+        rows.append(
+            {
+                "condition": cond,
+                "best model": bm,
+                "best baseline": bb,
+                f"model - baseline, {metric.label}": metric.format(diff),
+                "model beats the baseline": "yes" if wins else "no",
+            }
+        )
+    if rows:
+        txt += (
+            f"<p>Per condition, the best trained model against the best baseline that applies (mean "
+            f"{_esc(metric.label)}; the full tables are under Corrupted input).</p>"
+            + _table(pd.DataFrame(rows))
+        )
+    return txt
 
 
 def _eval_sections(evals: list[Path]) -> dict[str, str]:
     import pandas as pd
 
-    out = {k: [] for k in ("results", "corrupted", "baselines", "charts", "examples", "provenance")}
+    out = {
+        k: [] for k in ("headline", "results", "corrupted", "baselines", "charts", "examples", "provenance")
+    }
     for e in evals:
         summary = _read_csv(e / "summary.csv")
         prov = _read_json(e / "provenance.json")
@@ -465,6 +826,13 @@ def _eval_sections(evals: list[Path]) -> dict[str, str]:
         conds = list(dict.fromkeys(summary["condition"]))
         models = list(dict.fromkeys(summary["model"]))
         split = prov.get("split", "test")
+        slices = _read_csv(e / "slices.csv")
+        if slices is not None and not {"model", "condition", "volume_id", "slice"} <= set(slices.columns):
+            slices = None
+        if slices is not None:
+            slices["volume_id"] = slices["volume_id"].astype(str)
+        cis = _cis(slices)
+        out["headline"].append(head + _headline(e, summary, slices, cis) + _short_runs(prov))
         if "clean" in conds:
             out["results"].append(
                 head + f"<p>{_esc(split)} split, clean input; mean ± sd over slices (n = slices). Best "
@@ -484,26 +852,11 @@ def _eval_sections(evals: list[Path]) -> dict[str, str]:
             out["corrupted"].append(txt)
         else:
             out["corrupted"].append(head + _note("Only clean input was evaluated (use --conditions)."))
-        base = [m for m in models if m in BASELINE_NAMES]
-        if base:
-            params = prov.get("baselines", {})
-            txt = (
-                head
-                + "<ul>"
-                + "".join(
-                    f"<li><b>{_esc(b)}</b>: "
-                    f"{_esc(', '.join(f'{k}={v}' for k, v in params.get(b, {}).items()))}</li>"
-                    for b in base
-                )
-                + "</ul>"
-            )
-            best_model = [m for m in models if m not in BASELINE_NAMES]
-            for m in ("mse", "psnr"):
-                txt += f"<h4>{LABEL[m]}</h4>" + _table(_wide(summary, m, base + best_model), index=True)
-            out["baselines"].append(txt)
+        if any(m in BASELINE_NAMES for m in models):
+            out["baselines"].append(head + _baselines_part(summary, prov, models))
         else:
             out["baselines"].append(head + _note("No baselines in this evaluation."))
-        out["charts"].append(head + _bar_charts(summary, e.name))
+        out["charts"].append(head + _bar_charts(summary, e.name, cis))
         out["examples"].append(head + _example_grids(e / "examples.npz"))
         out["provenance"].append(head + _provenance(prov, e))
     del pd
@@ -567,9 +920,29 @@ def _stats_section(stats_dirs: list[Path]) -> str:
             "both Holm-corrected across the pairs of a condition. Slices of one volume are not independent: "
             "the per-volume test is the one to trust.</p>"
         )
-        for f in sorted(s.glob("pvalues_*.png")):
+        if "volume_can_reach" in table and not table["volume_can_reach"].astype(bool).all():
+            short = table[~table["volume_can_reach"].astype(bool)]
+            n_vol = sorted({int(v) for v in short["n_volumes"]})
             parts.append(
-                f"<figure>{_img(f.read_bytes(), f.stem)}<figcaption>{_esc(f.name)}</figcaption></figure>"
+                _note(
+                    f"Too few volumes to reach significance: with {', '.join(map(str, n_vol))} test volume(s) "
+                    f"the per-volume test cannot give a Holm-corrected p below alpha in {len(short)} of "
+                    f"{len(table)} comparisons (smallest possible p: {float(short['p_volume_min'].min()):.2f}), "
+                    "whatever the models do. Its p-values there say nothing about the models; evaluate on more "
+                    "volumes (at least 6 for a single pair at alpha 0.05)."
+                )
+            )
+        for f in sorted(s.glob("pvalues_*.png")):
+            metric, _, cond = f.stem.removeprefix("pvalues_").partition("_")
+            label = _REGISTRY[metric].short if metric in _REGISTRY else metric
+            parts.append(
+                _figure(
+                    f.read_bytes(),
+                    f"Two matrices of Holm-corrected p-values between every pair of models for {label} on "
+                    f"{cond}: per-slice t-test left, per-volume Wilcoxon right.",
+                    f"{label}, condition {cond}: p-value of each pair of models (thesis Fig 5.24), coloured by "
+                    "band (black p < 0.001, purple < 0.01, pink < 0.05, grey not significant).",
+                )
             )
         view = table.copy()
         view["survives at volume level"] = np.where(view["significant_volume"], "yes", "no")
@@ -660,7 +1033,7 @@ def build_report(
         f"<p>Built {time.strftime('%Y-%m-%d %H:%M')} by brainae {_esc(__version__)} from:</p><ul>",
         *(
             f"<li>{kind}: {_esc(p)}</li>"
-            for kind in ("datasets", "runs", "evals", "stats")
+            for kind in ("inspects", "datasets", "runs", "evals", "stats")
             for p in getattr(found, kind)
         ),
         "</ul>",
@@ -670,13 +1043,13 @@ def build_report(
     for note in found.notes:
         overview.append(_note(note))
     body["overview"] = "".join(overview)
-    body["data"] = _data_section(found.datasets)
+    body["data"] = _data_section(found.datasets, found.inspects)
     body["training"] = _training_section(found.runs)
     if found.evals:
         body.update(_eval_sections(found.evals))
     else:
         note = _note("No evaluation folder given (run `brainae evaluate CKPT... --data DATASET --out EVAL`).")
-        for k in ("results", "corrupted", "baselines", "charts", "examples", "provenance"):
+        for k in ("headline", "results", "corrupted", "baselines", "charts", "examples", "provenance"):
             body[k] = note
     body["stats"] = _stats_section(found.stats)
     nav = "".join(f'<a href="#{k}">{_esc(v)}</a>' for k, v in SECTIONS.items())

@@ -44,6 +44,7 @@ from brainae.metrics import METRICS
 __all__ = [
     "HIGHER_IS_BETTER",
     "holm",
+    "mean_ci",
     "min_volume_p",
     "paired_tests",
     "pvalue_matrix",
@@ -187,6 +188,49 @@ def paired_tests(slices: Any, metric: str = "mse", *, alpha: float = ALPHA) -> A
         "volume_can_reach",
     ]
     return pd.DataFrame.from_records(records, columns=columns)
+
+
+MIN_VOLUMES_FOR_CI = 3
+"""Fewer volumes than this: :func:`mean_ci` falls back to the slices (and says so)."""
+
+
+def mean_ci(values: Any, volumes: Any, *, level: float = 0.95) -> tuple[float, float, float, str]:
+    """Mean of per-slice ``values`` with a ``level`` confidence interval, and the unit it was computed over.
+
+    With at least :data:`MIN_VOLUMES_FOR_CI` volumes the interval is Student's t over the per-volume means
+    (volumes are the independent unit) and the unit is ``"volumes"``; with fewer it is over the slices,
+    unit ``"slices"``: slices of one volume are not independent, so that interval is too narrow, and callers
+    must say so. Paired differences work the same way (pass the per-slice differences).
+
+    Args:
+        values: one number per slice.
+        volumes: the volume of each slice (same length).
+        level: confidence level.
+
+    Returns:
+        ``(mean, low, high, unit)``; ``low``/``high`` are NaN when there are fewer than 2 units.
+
+    Example:
+        >>> m, lo, hi, unit = mean_ci([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], ["a", "a", "b", "b", "c", "c"])
+        >>> round(m, 2), unit, round(lo, 2), round(hi, 2)
+        (3.5, 'volumes', -1.47, 8.47)
+    """
+    import pandas as pd
+    from scipy.stats import t as student
+
+    df = pd.DataFrame({"v": np.asarray(values, dtype=np.float64), "g": np.asarray(volumes).astype(str)})
+    df = df[np.isfinite(df["v"])]
+    per_volume = df.groupby("g")["v"].mean()
+    if len(per_volume) >= MIN_VOLUMES_FOR_CI:
+        sample, unit = per_volume.to_numpy(), "volumes"
+    else:
+        sample, unit = df["v"].to_numpy(), "slices"
+    n = len(sample)
+    mean = float(df["v"].mean()) if unit == "slices" else float(sample.mean()) if n else float("nan")
+    if n < 2:
+        return mean, float("nan"), float("nan"), unit
+    half = float(student.ppf(0.5 + level / 2, n - 1) * sample.std(ddof=1) / np.sqrt(n))
+    return mean, mean - half, mean + half, unit
 
 
 def min_volume_p(n_volumes: int, n_pairs: int = 1) -> float:

@@ -401,3 +401,21 @@ def test_baseline_workers_give_identical_rows(tmp_path: Path) -> None:
     one = evaluate([], data, tmp_path / "e1", **kw)
     two = evaluate([], data, tmp_path / "e2", workers=2, **kw)
     pd.testing.assert_frame_equal(pd.read_csv(one / "slices.csv"), pd.read_csv(two / "slices.csv"))
+
+
+def test_progress_steps_are_batches_times_conditions_and_change_nothing(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "data")  # 3 test volumes x 4 slices
+    ck = make_checkpoint(tmp_path / "m.safetensors")
+    seen: list[int] = []
+
+    def progress(steps, total):
+        seen.append(total)
+        for step in steps:
+            seen.append(-1)
+            yield step
+
+    kw = dict(conditions="clean,noise-0.04", baselines=["identity"], n_examples=1)
+    a = evaluate([ck], data, tmp_path / "a", batch_size=5, progress=progress, **kw)
+    assert seen[0] == 3 * 2 and seen.count(-1) == 6  # ceil(12 / 5) batches x 2 conditions
+    b = evaluate([ck], data, tmp_path / "b", batch_size=12, **kw)
+    assert (a / "slices.csv").read_text() == (b / "slices.csv").read_text()

@@ -176,4 +176,4 @@ def test_inspect_folder_feeds_the_data_section(demo_like) -> None:
     _, text = demo_like
     data = _section(text, "data")
     assert "Inspected volumes (2" in data and "No inspect.csv" not in data
-    assert "2 usable, 0 not" in data
+    assert "2 usable, none unusable" in data

@@ -661,7 +661,8 @@ def evaluate(
         force: replace an existing ``out``.
         workers: processes for the NLM / biharmonic baselines (CPU-bound, about 40-100 ms per slice each);
             1 runs them in this process. Results do not depend on it.
-        progress: wraps the batch iterator (``progress(iterable, total)``), e.g. a progress bar.
+        progress: wraps the iterator of (batch, condition) steps (``progress(iterable, total)``), e.g. a
+            progress bar.
 
     Returns:
         The output folder.
@@ -709,29 +710,34 @@ def evaluate(
         with open(tmp / "slices.csv", "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(["model", "condition", "volume_id", "slice", "row", *METRIC_NAMES])
-            batches: Iterable[np.ndarray] = _batches(rows, batch_size)
+            # one step per (batch, condition), so that progress moves every few seconds even with few batches
+            steps: Iterable[tuple[np.ndarray, str]] = (
+                (batch_rows, cond) for batch_rows in _batches(rows, batch_size) for cond in conds
+            )
             if progress is not None:
-                batches = progress(batches, math.ceil(len(rows) / batch_size))
-            for batch_rows in batches:
-                clean = torch.from_numpy(np.asarray(ds.slices[batch_rows], dtype=np.float32)).unsqueeze(1)
-                target = clean.to(dev)
-                for cond in conds:
-                    corrupted, mask = corrupt_rows(cond, clean, batch_rows, seed=seed)
-                    for spec in specs:
-                        _write_rows(
-                            writer,
-                            spec.name,
-                            cond,
-                            batch_rows,
-                            vol_ids,
-                            slice_ids,
-                            _scores(_run_model(spec.model, corrupted, dev), target),
-                        )
-                    for b in baselines:
-                        if not baseline_applies(b, cond):
-                            continue
-                        res = torch.from_numpy(_run_baseline(b, corrupted.numpy(), mask, nlm_sigma, pool))
-                        _write_rows(writer, b, cond, batch_rows, vol_ids, slice_ids, _scores(res, clean))
+                steps = progress(steps, math.ceil(len(rows) / batch_size) * len(conds))
+            loaded: np.ndarray | None = None
+            for batch_rows, cond in steps:
+                if batch_rows is not loaded:
+                    loaded = batch_rows
+                    clean = torch.from_numpy(np.asarray(ds.slices[batch_rows], dtype=np.float32)).unsqueeze(1)
+                    target = clean.to(dev)
+                corrupted, mask = corrupt_rows(cond, clean, batch_rows, seed=seed)
+                for spec in specs:
+                    _write_rows(
+                        writer,
+                        spec.name,
+                        cond,
+                        batch_rows,
+                        vol_ids,
+                        slice_ids,
+                        _scores(_run_model(spec.model, corrupted, dev), target),
+                    )
+                for b in baselines:
+                    if not baseline_applies(b, cond):
+                        continue
+                    res = torch.from_numpy(_run_baseline(b, corrupted.numpy(), mask, nlm_sigma, pool))
+                    _write_rows(writer, b, cond, batch_rows, vol_ids, slice_ids, _scores(res, clean))
         _tables(tmp, names, conds)
         _examples(tmp, ds, rows, specs, baselines, conds, example_condition, seed, dev, nlm_sigma, n_examples)
         prov = _provenance(

@@ -269,8 +269,8 @@ def _inspect_part(folder: Path, inspect: Any) -> str:
         bad = inspect[inspect["status"].astype(str) != "ok"]
         listed = "; ".join(f"{r['file']} ({r['status']})" for _, r in bad.head(10).iterrows())
         parts.append(
-            f"<p>{len(inspect) - len(bad)} usable, {len(bad)} not"
-            + (f": {_esc(listed)}" if listed else "")
+            f"<p>{len(inspect) - len(bad)} usable"
+            + (f", {len(bad)} not: {_esc(listed)}" if listed else ", none unusable")
             + ".</p>"
         )
     cols = [c for c in ("shape", "zooms", "axcodes", "dtype") if c in inspect]
@@ -561,7 +561,9 @@ def _bar_charts(summary: Any, name: str, cis: dict | None = None) -> str:
             ax.set_title(f"{LABEL[m]} per condition (corrupted input vs clean target)")
             if _REGISTRY[m].log_scale:
                 ax.set_yscale("log")
-        axes[1].legend(fontsize=6, ncol=2)
+        axes[-1].legend(
+            fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0)
+        )  # beside, not over, the bars
         fig.tight_layout()
         out.append(
             _figure(
@@ -612,11 +614,27 @@ def _significance(row: Any, alpha: float = 0.05) -> tuple[str, str]:
     return vol_txt, slice_txt
 
 
+def _paired_difference(slices: Any, cond: str, a: str, b: str) -> str | None:
+    """Mean of ``a - b`` over the slices both were scored on, with its 95 % CI (None without slices)."""
+    from brainae.stats import mean_ci
+
+    if slices is None:
+        return None
+    metric = _REGISTRY[HEADLINE_METRIC]
+    pair = slices[slices["condition"].astype(str) == cond]
+    wide = pair.pivot_table(index=["volume_id", "slice"], columns="model", values=HEADLINE_METRIC)
+    if a not in wide or b not in wide:
+        return None
+    both = wide[[a, b]].dropna()
+    mean, lo, hi, _ = mean_ci((both[a] - both[b]).to_numpy(float), both.index.get_level_values("volume_id"))
+    return metric.format(mean) + ("" if np.isnan(lo) else f" [{metric.format(lo)}, {metric.format(hi)}]")
+
+
 def _headline(e: Path, summary: Any, slices: Any, cis: dict) -> str:
     """Per condition: the best entry by :data:`HEADLINE_METRIC`, its margin over the runner-up, CIs, tests."""
     import pandas as pd
 
-    from brainae.stats import mean_ci, paired_tests
+    from brainae.stats import paired_tests
 
     metric = _REGISTRY[HEADLINE_METRIC]
     tests = (
@@ -643,17 +661,9 @@ def _headline(e: Path, summary: Any, slices: Any, cis: dict) -> str:
         }
         if len(order) > 1:
             second = str(sub["model"][order[1]])
-            diff_txt = metric.format(means[order[0]] - means[order[1]])
-            if slices is not None:
-                pair = slices[slices["condition"].astype(str) == str(cond)]
-                wide = pair.pivot_table(index=["volume_id", "slice"], columns="model", values=HEADLINE_METRIC)
-                if best in wide and second in wide:
-                    both = wide[[best, second]].dropna()
-                    d = (both[best] - both[second]).to_numpy(float)
-                    mean, lo, hi, _ = mean_ci(d, both.index.get_level_values("volume_id"))
-                    diff_txt = metric.format(mean) + (
-                        "" if np.isnan(lo) else f" [{metric.format(lo)}, {metric.format(hi)}]"
-                    )
+            diff_txt = _paired_difference(slices, str(cond), best, second) or metric.format(
+                means[order[0]] - means[order[1]]
+            )
             vol_txt, slice_txt = _significance(_pair_test(tests, str(cond), best, second))
             row.update(
                 {
@@ -910,7 +920,7 @@ def _stats_section(stats_dirs: list[Path]) -> str:
     parts = []
     for s in stats_dirs:
         table = _read_csv(s / "stats.csv")
-        name = s.parent.name if s.name == "stats" else s.name
+        name = f"{s.parent.name}/{s.name}" if s.name == "stats" else s.name
         parts.append(f"<h3>{_esc(name)}</h3>")
         if table is None or table.empty:
             parts.append(_note(f"{s}: stats.csv is empty or unreadable."))

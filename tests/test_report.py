@@ -177,3 +177,33 @@ def test_inspect_folder_feeds_the_data_section(demo_like) -> None:
     data = _section(text, "data")
     assert "Inspected volumes (2" in data and "No inspect.csv" not in data
     assert "2 usable, none unusable" in data
+
+
+def test_report_html_is_well_formed_and_every_section_has_content(demo_like) -> None:
+    from html.parser import HTMLParser
+
+    _, text = demo_like
+    void = {"meta", "img", "br", "hr", "link", "input"}
+
+    class Checker(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stack: list[str] = []
+            self.errors: list[str] = []
+
+        def handle_starttag(self, tag, attrs):  # noqa: ANN001
+            if tag not in void:
+                self.stack.append(tag)
+
+        def handle_endtag(self, tag):  # noqa: ANN001
+            if not self.stack or self.stack[-1] != tag:
+                self.errors.append(f"</{tag}> closes <{self.stack[-1] if self.stack else None}>")
+            else:
+                self.stack.pop()
+
+    checker = Checker()
+    checker.feed(text)
+    assert not checker.errors and not checker.stack, (checker.errors[:5], checker.stack)
+    for sid in SECTIONS:
+        body = re.sub(r"<[^>]+>", "", _section(text, sid))
+        assert len(body.strip()) > len(SECTIONS[sid]) + 20, sid  # more than its heading

@@ -425,7 +425,8 @@ def _training_info(prov: dict, name: str) -> dict:
 def _results_table(summary: Any, prov: dict, condition: str) -> str:
     import pandas as pd
 
-    sub = summary[summary["condition"] == condition].reset_index(drop=True)
+    sub = summary[summary["condition"] == condition]
+    sub = sub[[not _is_target(str(m), condition) for m in sub["model"]]].reset_index(drop=True)
     rows = []
     for _, r in sub.iterrows():
         t = _training_info(prov, r["model"])
@@ -434,6 +435,7 @@ def _results_table(summary: Any, prov: dict, condition: str) -> str:
         rows.append(
             {
                 "Model": r["model"],
+                "trained": _origin(prov, str(r["model"]), str(r["kind"])),
                 "arch": next(
                     (m.get("arch") for m in prov.get("models", []) if m["name"] == r["model"]), r["kind"]
                 ),
@@ -454,10 +456,28 @@ def _results_table(summary: Any, prov: dict, condition: str) -> str:
     return _table(table, bold=bold)
 
 
+def _origin(prov: dict, name: str, kind: str) -> str:
+    """Where a model comes from, in a few words: trained here (and how long), imported, or a baseline."""
+    if kind == "baseline":
+        return "baseline"
+    m = next((m for m in prov.get("models", []) if m.get("name") == name), {})
+    source = m.get("source") or {}
+    if source:
+        return f"imported ({source.get('type', 'external')})" + (
+            f", {source['credit']}" if source.get("credit") else ""
+        )
+    t = m.get("training") or {}
+    epochs = t.get("epochs_run", t.get("epochs"))
+    return f"here, {epochs} epoch(s)" if epochs else "here"
+
+
 def _wide(summary: Any, metric: str, models: list[str]) -> Any:
     sub = summary[summary["model"].isin(models)].copy()
     sub["cell"] = [
-        _fmt(metric, a, b) for a, b in zip(sub[f"{metric}_mean"], sub[f"{metric}_std"], strict=True)
+        "= target" if _is_target(str(m), str(c)) else _fmt(metric, a, b)
+        for m, c, a, b in zip(
+            sub["model"], sub["condition"], sub[f"{metric}_mean"], sub[f"{metric}_std"], strict=True
+        )
     ]
     wide = sub.pivot(index="model", columns="condition", values="cell")
     wide = wide.reindex(
@@ -846,7 +866,8 @@ def _eval_sections(evals: list[Path]) -> dict[str, str]:
         if "clean" in conds:
             out["results"].append(
                 head + f"<p>{_esc(split)} split, clean input; mean ± sd over slices (n = slices). Best "
-                "per column in bold. Layout of thesis Tables 5.2 / 5.3.</p>"
+                "per column in bold. Layout of thesis Tables 5.2 / 5.3. identity is not listed: on clean "
+                "input it is the target itself (MSE 0, PSNR capped at 100 dB).</p>"
                 + _results_table(summary, prov, "clean")
             )
         else:
@@ -856,7 +877,7 @@ def _eval_sections(evals: list[Path]) -> dict[str, str]:
             txt = (
                 head + "<p>Each corrupted input scored against the clean target; 'identity' is the corrupted "
             )
-            txt += "input itself.</p>"
+            txt += "input itself ('= target' on clean input: MSE 0, PSNR capped at 100 dB).</p>"
             for m in METRICS:
                 txt += f"<h4>{LABEL[m]}</h4>" + _table(_wide(summary, m, models), index=True)
             out["corrupted"].append(txt)
@@ -954,7 +975,15 @@ def _stats_section(stats_dirs: list[Path]) -> str:
                     "band (black p < 0.001, purple < 0.01, pink < 0.05, grey not significant).",
                 )
             )
-        view = table.copy()
+        target = [
+            _is_target(str(a), str(c)) or _is_target(str(b), str(c))
+            for a, b, c in zip(table["model_a"], table["model_b"], table["condition"], strict=True)
+        ]
+        view = table[[not t for t in target]].copy()  # against the target itself: not a comparison
+        if any(target):
+            parts.append(
+                _note(f"{sum(target)} comparisons with identity on clean input (the target) not listed.")
+            )
         view["survives at volume level"] = np.where(view["significant_volume"], "yes", "no")
         view = view[
             [

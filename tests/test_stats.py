@@ -108,3 +108,19 @@ def test_mean_ci_uses_volumes_when_there_are_enough() -> None:
     mean2, lo2, hi2, unit2 = mean_ci(values[:20], volumes[:20])  # 2 volumes: over slices, and says so
     assert unit2 == "slices" and lo2 < mean2 < hi2
     assert np.isnan(mean_ci([1.0], ["a"])[1])  # one number: no interval
+
+
+def test_cli_stats_says_when_volumes_are_too_few(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from brainae.cli import app
+
+    ev = tmp_path / "eval"
+    ev.mkdir()
+    _table(n_vol=3).to_csv(ev / "slices.csv", index=False)
+    result = CliRunner().invoke(app, ["stats", str(ev), "--metric", "mse"])
+    assert result.exit_code == 0, result.output
+    assert "too few volumes (3) for the per-volume test to reach significance" in result.output
+    _table(n_vol=12).to_csv(ev / "slices.csv", index=False)
+    result = CliRunner().invoke(app, ["stats", str(ev), "--metric", "mse"])
+    assert result.exit_code == 0 and "too few volumes" not in result.output, result.output

@@ -94,6 +94,14 @@ def stats_command(
         f"(alpha {alpha}): {int(table['significant_slice'].sum())} per slice, "
         f"{int(table['significant_volume'].sum())} per volume"
     )
+    short = table[~table["volume_can_reach"].astype(bool)]
+    if len(short):
+        console.print(
+            f"note: {len(short)} of {len(table)} comparisons have too few volumes "
+            f"({', '.join(str(n) for n in sorted(set(short['n_volumes'])))}) for the per-volume test to reach "
+            f"significance at {alpha} (smallest possible Holm p {short['p_volume_min'].min():.2f}), whatever "
+            "the models do; evaluate on more volumes"
+        )
 
 
 @command("report")

@@ -18,7 +18,7 @@ Steps (all outputs under ``out``):
    by the thesis model (``denoised_thesis.nii.gz``), on the input's grid; PSNR of both against the clean
    volume (peak: its maximum; over the voxels the thesis model processed) in the summary.
 
-``quick=True`` (used by the tests) shrinks everything: 4 volumes, 32 x 32 slices, one short epoch of the
+``quick=True`` (used by the tests) shrinks everything: 5 volumes, 32 x 32 slices, one short epoch of the
 skip-connection CAE, no shipped model (it expects 128 x 128).
 """
 

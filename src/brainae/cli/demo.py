@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 
-from brainae.cli._app import command, console, track
+from brainae.cli._app import command, console, duration, track
 
 
 @command("demo")
@@ -23,7 +24,7 @@ def demo_cmd(
         str, typer.Option(help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
     ] = "auto",
     quick: Annotated[
-        bool, typer.Option("--quick", help="A tiny run (4 volumes, 32 x 32) to check the install.")
+        bool, typer.Option("--quick", help="A tiny run (5 volumes, 32 x 32) to check the install.")
     ] = False,
     force: Annotated[
         bool,
@@ -43,13 +44,17 @@ def demo_cmd(
     from brainae.demo import run_demo
     from brainae.metrics import METRICS
 
+    start = time.monotonic()
     res = run_demo(
         out,
         epochs=epochs,
         quick=quick,
         force=force,
         device=device,
-        log=lambda msg: console.print(f"[bold]{escape(str(msg))}[/bold]", markup=True),
+        log=lambda msg: console.print(
+            f"[bold]{escape(str(msg))}[/bold] [dim](at {duration(time.monotonic() - start)})[/dim]",
+            markup=True,
+        ),
         track=track,
     )
     console.print()

@@ -207,3 +207,17 @@ def test_report_html_is_well_formed_and_every_section_has_content(demo_like) -> 
     for sid in SECTIONS:
         body = re.sub(r"<[^>]+>", "", _section(text, sid))
         assert len(body.strip()) > len(SECTIONS[sid]) + 20, sid  # more than its heading
+
+
+def test_cli_report_shows_progress_in_a_log(tmp_path: Path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    import brainae.cli._app as cli_app
+    from brainae.cli import app
+
+    monkeypatch.setattr(cli_app, "LOG_EVERY_S", 0.0)
+    _run(tmp_path / "runs", "r1")
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "runs"), "-o", str(tmp_path / "r.html")])
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.startswith("building the report: ")]
+    assert len(lines) == 3 and lines[-1].startswith("building the report: 3/3 done in "), res.output

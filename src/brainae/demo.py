@@ -83,7 +83,7 @@ def run_demo(
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         progress: show the training progress bar.
         log: called with one line as each step starts (the CLI prints it; default: nothing).
-        track: wraps the long loops (inspect, prepare, evaluate) as ``track(iterable, description, total)``,
+        track: wraps the long loops (inspect, prepare, evaluate, report) as ``track(iterable, description, total)``,
             e.g. a progress bar; default: no progress.
 
     Raises:
@@ -200,6 +200,7 @@ def run_demo(
         [out / "inspect", out / "dataset", run_dir, out / "eval", out / "stats"],
         report,
         title="brainae demo: IXI sample",
+        track=track,
     )
 
     # 5. denoise a held-out volume

@@ -27,6 +27,7 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1033,6 +1034,7 @@ def build_report(
     *,
     title: str = "brainae report",
     force: bool = False,
+    track: Callable[..., Iterable] | None = None,
 ) -> Path:
     """Write one self-contained HTML report from dataset, run, evaluation and stats folders.
 
@@ -1041,6 +1043,8 @@ def build_report(
         out: the HTML file to write (atomically).
         title: the report's title.
         force: replace an existing ``out``, which must be a report that brainae wrote.
+        track: wraps the list of build steps (data, training, each evaluation, stats) as
+            ``track(steps, description, total)``, e.g. a progress bar; default: no progress.
 
     Returns:
         The path written.
@@ -1067,6 +1071,7 @@ def build_report(
                 "choose another -o"
             )
     found = classify(list(inputs))
+    track = track or (lambda steps, description="", total=None: steps)
     body: dict[str, str] = {}
     overview = [
         f"<p>Built {time.strftime('%Y-%m-%d %H:%M')} by brainae {_esc(__version__)} from:</p><ul>",
@@ -1082,15 +1087,19 @@ def build_report(
     for note in found.notes:
         overview.append(_note(note))
     body["overview"] = "".join(overview)
-    body["data"] = _data_section(found.datasets, found.inspects)
-    body["training"] = _training_section(found.runs)
-    if found.evals:
-        body.update(_eval_sections(found.evals))
-    else:
+    steps = [
+        lambda: {"data": _data_section(found.datasets, found.inspects)},
+        lambda: {"training": _training_section(found.runs)},
+        *(lambda e=e: _eval_sections([e]) for e in found.evals),
+        lambda: {"stats": _stats_section(found.stats)},
+    ]
+    for step in track(steps, "building the report", len(steps)):
+        for key, html_part in step().items():
+            body[key] = body.get(key, "") + html_part
+    if not found.evals:
         note = _note("No evaluation folder given (run `brainae evaluate CKPT... --data DATASET --out EVAL`).")
         for k in ("headline", "results", "corrupted", "baselines", "charts", "examples", "provenance"):
             body[k] = note
-    body["stats"] = _stats_section(found.stats)
     nav = "".join(f'<a href="#{k}">{_esc(v)}</a>' for k, v in SECTIONS.items())
     sections = "".join(
         f'<section id="{k}"><h2>{_esc(v)}</h2>{body.get(k) or _note("Nothing to show.")}</section>'

@@ -120,4 +120,4 @@ def report_command(
     """
     from brainae.report import build_report
 
-    console.print(f"wrote {build_report(inputs, out, title=title, force=force)}")
+    console.print(f"wrote {build_report(inputs, out, title=title, force=force, track=track)}")

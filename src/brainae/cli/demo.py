@@ -37,7 +37,8 @@ def demo_cmd(
 ) -> None:
     """Prepare the embedded IXI sample, train briefly, evaluate, report, and denoise a held-out volume.
 
-    About 1.5 minutes on a quiet 2-core CPU. Ends with where report.html and the denoised NIfTI are.
+    81-95 s measured on a quiet 2-core CPU (several minutes when other jobs share it; see the README). Ends with
+    where report.html and the denoised NIfTI are.
     """
     from rich.table import Table
 

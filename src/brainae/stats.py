@@ -302,14 +302,14 @@ def plot_pvalue_matrix(table: Any, condition: str, path: str | os.PathLike, *, m
     sub = table[table["condition"] == condition]
     if "volume_can_reach" in sub and len(sub) and not sub["volume_can_reach"].any():
         n_vol = int(sub["n_volumes"].max())
-        titles[1] += f"\ntoo few volumes ({n_vol}) to reach significance: smallest possible p "
+        titles[1] += f"\ntoo few volumes ({n_vol}) to reach significance:\nsmallest possible p "
         titles[1] += f"{float(sub['p_volume_min'].min()):.2f}"
     for ax, mat, title in zip(axes, mats, titles, strict=True):
         values = mat.to_numpy(float)
         ax.imshow(np.nan_to_num(values, nan=1.0), cmap=cmap, norm=norm)
         ax.set_xticks(range(n), mat.columns, rotation=60, ha="right", fontsize=8)
         ax.set_yticks(range(n), mat.index, fontsize=8)
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=10 if "\n" not in title else 9)
         if n <= 16:
             for i in range(n):
                 for j in range(n):

@@ -481,7 +481,7 @@ _APP = """
           base64: v.b64, name: v.file, colormap: v.colormap, opacity: v.opacity,
           cal_min: v.cal_min, cal_max: v.cal_max, trustCalMinMax: true,
         });
-        img.colorbarVisible = v.role === "overlay";
+        img.colorbarVisible = v.role === "overlay" && v.visible;
         nv.addVolume(img);
         delete v.b64;
       }
@@ -509,6 +509,7 @@ _APP = """
         vol.cal_min = t;
         vol.cal_max = Math.max(Number(thr.max), t + 1e-6);
         out.textContent = t.toPrecision(4);
+        vol.colorbarVisible = show.checked;
         nv0.setOpacity(vi, show.checked ? Number(opa.value) : 0);
         nv0.updateGLVolume();
       };

@@ -121,7 +121,8 @@ def test_page_is_self_contained_and_volumes_round_trip(tmp_path: Path) -> None:
         assert np.abs(back - clipped).max() <= step / 2 + 1e-4
 
 
-def test_overlay_keeps_map_at_16_bits_masks_at_8_and_thresholds(tmp_path: Path) -> None:
+@pytest.mark.parametrize("bits", [8, 16])
+def test_overlay_maps_keep_their_values_and_thresholds(tmp_path: Path, bits: int) -> None:
     vol = load_volume(_head(tmp_path))
     amap = _blob_map(vol.data.shape)
     mask = (amap > 10).astype(np.float32)
@@ -129,15 +130,20 @@ def test_overlay_keeps_map_at_16_bits_masks_at_8_and_thresholds(tmp_path: Path) 
         layer(vol),
         [layer(vol, "map", data=amap, threshold=20.0), layer(vol, "mask", data=mask, visible=False)],
         mode="overlay",
+        map_bits=bits,
     )
     data = _page_data(text)
     assert data["panes"] == [[0, 1, 2]]
     scan, m, k = data["volumes"]
     assert scan["role"] == "base" and m["role"] == "overlay" and k["role"] == "overlay"
-    assert _decode(m).get_data_dtype() == np.uint16 and m["cal_min"] == 20.0 and m["max"] == 50.5
+    assert _decode(m).get_data_dtype() == np.dtype(f"uint{bits}")
+    assert m["cal_min"] == 20.0 and m["max"] == 50.5 and m["bits"] == bits
     assert _decode(k).get_data_dtype() == np.uint8 and k["cal_min"] == 0.5 and k["opacity"] == 0.0
-    assert np.allclose(np.asarray(_decode(m).dataobj), amap, atol=50.5 / 65535)
+    step = 50.5 / (2**bits - 1)
+    assert np.abs(np.asarray(_decode(m).dataobj) - amap).max() <= step / 2 + 1e-6
     assert text.count('class="threshold"') == 2 and 'name="generator" content="brainae view"' in text
+    with pytest.raises(BrainaeError, match="8 or 16"):
+        build_page(layer(vol), [layer(vol, "map", data=amap)], mode="overlay", map_bits=12)
 
 
 def test_large_volume_is_reduced_and_the_page_says_so(tmp_path: Path) -> None:

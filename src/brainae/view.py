@@ -12,10 +12,12 @@ Each pane shows the three orthogonal slices and a 3-D volume rendering (a menu s
 The volumes travel inside the page as gzipped NIfTI (base64) with their affines, so NiiVue places them in
 world coordinates: scans are stored at 8 bits (the 0.1 % brightest voxels clipped; the header's scaling
 keeps the original intensity units, and all scans of a page share one intensity window unless their ranges
-differ by more than a factor 2), maps at 16 bits (8 bits when they hold small integers, e.g. a mask). A
+differ by more than a factor 2), maps at 8 bits over their full range (``map_bits=16`` for finer steps of
+the threshold and the values read at the cursor, at about twice the size). A
 volume with more than ``max_voxels`` voxels is reduced by 2 along its longest axis until it fits (block
 mean for scans, block maximum for non-negative maps, so that small hot spots stay visible); the page says
-so. A 1 mm scan of 256 x 256 x 150 voxels with one result beside it makes a page of about 15 MB.
+so. A noisy 1 mm scan of 256 x 256 x 150 voxels with one result beside it makes a page of about 18 MB
+(noise compresses badly; clean or skull-stripped scans give smaller pages).
 
 Example:
     >>> from brainae.io import load_volume
@@ -215,7 +217,9 @@ def _encode(data: np.ndarray, affine: np.ndarray, slope: float, inter: float) ->
     return base64.b64encode(nifti_gz_bytes(data, affine, slope=slope, inter=inter)).decode("ascii")
 
 
-def _prepare(layers: list[Layer], roles: list[str], max_voxels: int) -> tuple[list[dict], list[str]]:
+def _prepare(
+    layers: list[Layer], roles: list[str], max_voxels: int, map_bits: int = 8
+) -> tuple[list[dict], list[str]]:
     """One JSON-ready dict per layer (base64 NIfTI + display settings) and notes for the page."""
     notes: list[str] = []
     reduced = []
@@ -253,7 +257,7 @@ def _prepare(layers: list[Layer], roles: list[str], max_voxels: int) -> tuple[li
             spec = {"colormap": "gray", "cal_min": lo, "cal_max": hi, "opacity": 1.0, "bits": 8}
         else:
             lo, hi = min(0.0, float(small.min())), float(small.max())
-            dtype = "uint8" if _is_small_ints(small) else "uint16"
+            dtype = "uint16" if map_bits == 16 and not _is_small_ints(small) else "uint8"
             q, slope, inter = quantize(small, lo, hi, dtype)
             thr = lay.threshold if lay.threshold is not None else _default_threshold(small)
             thr = float(min(max(thr, lo), hi))
@@ -286,15 +290,18 @@ def build_page(
     mode: str = "beside",
     title: str | None = None,
     max_voxels: int = DEFAULT_MAX_VOXELS,
+    map_bits: int = 8,
 ) -> tuple[str, list[str]]:
     """The HTML page (a string) and its notes; see :func:`write_view`."""
     from importlib.resources import files
 
     if mode not in MODES:
         raise BrainaeError(f"unknown view mode {mode!r}; choose one of: {', '.join(MODES)}")
+    if map_bits not in (8, 16):
+        raise BrainaeError(f"map_bits must be 8 or 16, got {map_bits}")
     layers = [base, *others]
     roles = ["base", *(("overlay" if mode == "overlay" else "beside") for _ in others)]
-    specs, notes = _prepare(layers, roles, max_voxels)
+    specs, notes = _prepare(layers, roles, max_voxels, map_bits)
     panes = [[0, *range(1, len(specs))]] if mode == "overlay" else [[i] for i in range(len(specs))]
     payload = {"volumes": specs, "panes": panes, "expected": len(specs)}
     data_json = json.dumps(payload, allow_nan=False, separators=(",", ":")).replace("</", "<\\/")
@@ -344,7 +351,8 @@ def _bits_note(specs: list[dict]) -> str:
     maps = len(specs) - scans
     text = f"{scans} scan(s) stored at 8 bits (brightest 0.1 % clipped)"
     if maps:
-        text += f", {maps} map(s) at 16 bits (8 for masks)"
+        bits = sorted({s["bits"] for s in specs if s["role"] == "overlay"})
+        text += f", {maps} map(s) at {' or '.join(map(str, bits))} bits"
     return text
 
 
@@ -388,6 +396,7 @@ def write_view(
     mode: str = "beside",
     title: str | None = None,
     max_voxels: int = DEFAULT_MAX_VOXELS,
+    map_bits: int = 8,
 ) -> ViewSummary:
     """Write one self-contained HTML page with an interactive 3-D view of ``base`` and ``others`` (atomically).
 
@@ -399,6 +408,7 @@ def write_view(
         mode: "beside" or "overlay".
         title: the page's title (default: the base's name).
         max_voxels: voxels kept per volume (larger volumes are reduced, see the module notes).
+        map_bits: 8 or 16, the precision of overlay maps in the page.
 
     Returns:
         A :class:`ViewSummary`.
@@ -409,7 +419,7 @@ def write_view(
     """
     from brainae.io import atomic_path
 
-    page, notes = build_page(base, others, mode=mode, title=title, max_voxels=max_voxels)
+    page, notes = build_page(base, others, mode=mode, title=title, max_voxels=max_voxels, map_bits=map_bits)
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_text(page, encoding="utf-8")

@@ -55,13 +55,23 @@ def view_cmd(
             "they fit (the page says so).",
         ),
     ] = 256**3,
+    map_bits: Annotated[
+        int,
+        typer.Option(
+            "--map-bits",
+            min=8,
+            max=16,
+            help="Precision of the overlay maps in the page: 8 or 16 (finer threshold steps and cursor "
+            "values, about twice the size).",
+        ),
+    ] = 8,
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing page (only one that brainae view wrote).")
     ] = False,
 ) -> None:
     """Write one HTML page with an interactive 3-D viewer (NiiVue) of IN and other volumes.
 
-    The page is self-contained: the volumes (8-bit scans, 16-bit maps) and the viewer are embedded, so it
+    The page is self-contained: the volumes (at 8 bits) and the viewer are embedded, so it
     opens offline in any browser with WebGL2, with no server. Volumes are placed by their affines (world
     coordinates), so they need not share IN's grid.
     """
@@ -72,7 +82,9 @@ def view_cmd(
     check_view_output(out, [inp, *others], force=force)
     base = load_volume(inp)
     layers = [layer(load_volume(p), threshold=threshold) for p in others]
-    summary = write_view(out, layer(base), layers, mode=mode.value, title=title, max_voxels=max_voxels)
+    summary = write_view(
+        out, layer(base), layers, mode=mode.value, title=title, max_voxels=max_voxels, map_bits=map_bits
+    )
     for note in summary.notes:
         console.print(f"note: {note}")
     console.print(f"wrote {summary.path} ({summary.bytes / 1e6:.1f} MB, {len(summary.volumes)} volume(s))")

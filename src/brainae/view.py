@@ -16,8 +16,9 @@ differ by more than a factor 2), maps at 8 bits over their full range (``map_bit
 the threshold and the values read at the cursor, at about twice the size). A
 volume with more than ``max_voxels`` voxels is reduced by 2 along its longest axis until it fits (block
 mean for scans, block maximum for non-negative maps, so that small hot spots stay visible); the page says
-so. A noisy 1 mm scan of 256 x 256 x 150 voxels with one result beside it makes a page of about 18 MB
-(noise compresses badly; clean or skull-stripped scans give smaller pages).
+so. Measured (``benchmarks/view.py``): a 2 mm scan with a result beside it makes a page of about 5 MB; a
+256 x 256 x 150 scan with 2-4 % noise 22-23 MB with a result beside it, 19-20 MB with two maps on it (noise
+compresses badly; the viewer itself is 2.3 MB).
 
 Example:
     >>> from brainae.io import load_volume

@@ -274,3 +274,71 @@ def test_view_page_reports_a_volume_that_fails_to_load(tmp_path: Path) -> None:
     with open_page(broken, wait_for="document.body.dataset.status !== 'loading'") as pg:
         assert pg.evaluate("document.body.dataset.status") == "error"
         assert pg.evaluate("document.body.dataset.error")
+
+
+def _one_error(res, message: str) -> None:
+    assert res.exit_code == 1, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], res.output
+
+
+def test_denoise_inpaint_anomaly_write_view_pages(tmp_path: Path) -> None:
+    import torch
+
+    from brainae.checkpoint import save_checkpoint
+    from brainae.io import save_nifti
+    from brainae.models import build_model
+    from brainae.volume import Preprocessing
+
+    scan = _head(tmp_path)
+    runner = CliRunner()
+    # denoise with brainae's default denoiser: the page holds the scan and the written result
+    den, page = tmp_path / "den.nii.gz", tmp_path / "den.html"
+    res = runner.invoke(app, ["denoise", str(scan), str(den), "--device", "cpu", "--view", str(page)])
+    assert res.exit_code == 0, res.output
+    assert f"{page}: 3-D view" in res.output
+    specs = _page_data(page.read_text())["volumes"]
+    assert [s["role"] for s in specs] == ["base", "beside"]
+    shown = np.asarray(_decode(specs[1]).dataobj, dtype=np.float64)
+    written = load_volume(den).data
+    step = (specs[1]["cal_max"] - specs[1]["cal_min"]) / 255
+    inside = written < specs[1]["cal_max"]
+    assert np.abs(shown - written)[inside].max() <= step / 2 + 1e-3
+    # inpaint (classical fill: no model needed)
+    mask = np.zeros(synthetic_head().shape, np.uint8)
+    mask[18:22, 18:22, 12:16] = 1
+    mpath = write_volume(tmp_path / "mask.nii.gz", mask)
+    page2 = tmp_path / "inp.html"
+    args = ["inpaint", str(scan), str(mpath), str(tmp_path / "inp.nii.gz"), "--model", "biharmonic"]
+    res = runner.invoke(app, [*args, "--view", str(page2)])
+    assert res.exit_code == 0, res.output
+    assert [s["name"] for s in _page_data(page2.read_text())["volumes"]] == ["scan.nii.gz", "inpainted"]
+    # anomaly with a slice autoencoder: the map is an overlay on the scan
+    torch.manual_seed(0)
+    prep = Preprocessing(size=32)
+    normative = {"mean": 0.1, "std": 0.05, "n": 3, "definition": {"selection": {"threshold": 0.05}}}
+    ckpt = save_checkpoint(
+        tmp_path / "m.safetensors",
+        build_model("skip-cae", latent_channels=8),
+        preprocessing=prep.to_dict(),
+        normative=normative,
+    )
+    src = save_nifti(tmp_path / "a.nii.gz", synthetic_head(shape=(24, 32, 32)), AFFINE)
+    page3 = tmp_path / "an.html"
+    res = runner.invoke(
+        app, ["anomaly", str(src), "--model", str(ckpt), "--device", "cpu", "--view", str(page3)]
+    )
+    assert res.exit_code == 0, res.output
+    data = _page_data(page3.read_text())
+    assert data["panes"] == [[0, 1]] and data["volumes"][1]["role"] == "overlay"
+    # refused before any work: a folder IN, an existing page
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    _head(folder)
+    _one_error(
+        runner.invoke(app, ["denoise", str(folder), str(tmp_path / "o"), "--view", str(tmp_path / "f.html")]),
+        "one input file",
+    )
+    out = tmp_path / "never.nii.gz"
+    _one_error(runner.invoke(app, ["denoise", str(scan), str(out), "--view", str(page)]), "already exists")
+    assert not out.exists()

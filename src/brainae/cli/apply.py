@@ -381,6 +381,7 @@ def inpaint_cmd(
     device: DeviceOpt = "auto",
     batch_size: BatchOpt = 64,
     force: ForceOpt = False,
+    view: ViewOpt = None,
 ) -> None:
     """Fill the masked voxels; every other voxel stays exactly as in the input.
 
@@ -392,6 +393,7 @@ def inpaint_cmd(
     from brainae.infer import inpaint_volume
     from brainae.io import load_volume
 
+    _check_view(view, inp, force)
     pairs = _pairs(inp, out, force)
     masks = {}
     for src, _ in pairs:
@@ -408,19 +410,27 @@ def inpaint_cmd(
             if kind == "biharmonic":
                 from brainae.baselines import biharmonic_inpaint
 
-                outputs.save(dst, biharmonic_inpaint(vol.data, m), vol)
+                filled = biharmonic_inpaint(vol.data, m)
+                outputs.save(dst, filled, vol)
                 lines.append(f"{dst}: {int(m.sum())} voxels filled (biharmonic)")
                 continue
             if kind == "volumetric":
-                outputs.save(dst, inpaint_volume(vol, m, loaded, device=device), vol)
+                filled = inpaint_volume(vol, m, loaded, device=device)
+                outputs.save(dst, filled, vol)
                 lines.append(f"{dst}: {int(m.sum())} voxels filled with {loaded.name}")
                 continue
             model_, prep, _ = loaded
             res = inpaint(vol, m, model_, prep, batch_size=batch_size, device=device)
+            filled = res.data
             outputs.save(dst, res.data, vol)
             left = int(m.sum() - res.inside.sum())
             note = f", {left} outside the field of view kept" if left else ""
             lines.append(f"{dst}: {int(res.inside.sum())} voxels filled{note}")
+        if view is not None:
+            title = f"{src.name}: inpainted"
+            lines.append(
+                _write_view(view, vol, [("inpainted", filled, None, True)], mode="beside", title=title)
+            )
     for line in lines:
         console.print(line)
 

@@ -33,6 +33,16 @@ def chromium_path() -> str | None:
     return None
 
 
+def require_chromium() -> str:
+    """The Chromium binary; skips the calling test when none is installed (call it before costly set-up)."""
+    exe = chromium_path()
+    if exe is None:
+        pytest.skip(
+            "no Chromium installed (apt-get install chromium); needed to open pages in a real browser"
+        )
+    return exe
+
+
 class Page:
     """A loaded page: ``evaluate`` JavaScript, pictures as arrays, set a range input."""
 

@@ -12,7 +12,7 @@ from brainae.io import load_volume
 from brainae.report import SECTIONS, build_report
 from brainae.stats import run_stats
 from brainae.view import layer, write_view
-from browser import open_page
+from browser import open_page, require_chromium
 from conftest import synthetic_head, write_volume
 from test_evaluate import make_checkpoint, make_dataset
 from test_report import _run
@@ -46,6 +46,7 @@ def _report(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_report_sections_and_figures_render_in_chromium(tmp_path: Path) -> None:
+    require_chromium()
     report, view = _report(tmp_path)
     with open_page(report, wait_for="document.readyState === 'complete'") as pg:
         sections = pg.page.evaluate(SECTION_STATE)

@@ -243,6 +243,14 @@ def test_view_page_loads_in_chromium_beside(tmp_path: Path) -> None:
         for pane in ("#pane0", "#pane1"):
             pixels = pg.screenshot_array(pane)
             assert pixels[..., :3].std() > 10, f"{pane} looks blank"
+        before = pg.screenshot_array("#pane1")
+        pg.page.click("#pane0", position={"x": 60, "y": 60})  # move the crosshair in the first pane
+        pg.settle()
+        assert pg.evaluate("document.getElementById('loc0').textContent").strip(), "no location read-out"
+        after = pg.screenshot_array("#pane1")
+        assert np.abs(after.astype(int) - before.astype(int)).max() > 0, "the second pane did not follow"
+        pg.page.select_option("#layout", "4")  # 3-D only
+        assert pg.screenshot_array("#pane0")[..., :3].std() > 10, "the 3-D view looks blank"
 
 
 def test_view_page_overlay_threshold_slider_in_chromium(tmp_path: Path) -> None:

@@ -12,9 +12,9 @@ Pages (``brainae.view.write_view``, default settings):
 - ``overlay``: the noisy scan with two maps, the absolute residual ``|noisy - denoised|`` inside the head and
   a second map of the same density (what ``anomaly --view`` writes: residual and calibrated maps).
 
-Measured here (2 CPU cores, other jobs running): 2 mm pages 4.8-5.0 MB written in 0.6-0.9 s; 256 x 256 x 150
-pages, scan + denoised 21.8 MB (2 % noise) / 23.3 MB (4 %) in 4.4-4.7 s, scan + two maps 19.3 / 20.0 MB in
-6.3-6.6 s.
+Measured here (2 CPU cores, other jobs running): 2 mm pages 3.6-3.8 MB written in 0.5-1.1 s; 256 x 256 x 150
+pages, scan + denoised 20.6 MB (2 % noise) / 22.0 MB (4 %) in 3.3-4.2 s, scan + two maps 18.1 / 18.8 MB in
+5.3-5.5 s.
 
 Usage:
     python benchmarks/view.py --grids 2mm,1mm --noise 0.02,0.04 --out /tmp/bench/view.json

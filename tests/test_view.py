@@ -165,6 +165,23 @@ def test_large_volume_is_reduced_and_the_page_says_so(tmp_path: Path) -> None:
     assert float(np.asarray(img.dataobj).max()) == pytest.approx(50.5, abs=1e-2)  # the hot spot survives
 
 
+def test_signed_and_empty_maps_are_shown_with_a_note(tmp_path: Path) -> None:
+    vol = load_volume(_head(tmp_path))
+    signed = _blob_map(vol.data.shape) - 10.0
+    text, notes = build_page(
+        layer(vol),
+        [layer(vol, "signed", data=signed), layer(vol, "empty", data=np.zeros_like(vol.data))],
+        mode="overlay",
+    )
+    assert any("signed: negative values" in n for n in notes) and any(
+        "empty: every voxel is 0" in n for n in notes
+    )
+    specs = _page_data(text)["volumes"]
+    assert specs[1]["min"] == -10.0 and specs[1]["max"] == 40.5
+    assert np.allclose(np.asarray(_decode(specs[1]).dataobj), signed, atol=50.5 / 255)
+    assert not np.asarray(_decode(specs[2]).dataobj).any() and not specs[2]["visible"]
+
+
 def test_bad_inputs_are_refused(tmp_path: Path) -> None:
     vol = load_volume(_head(tmp_path))
     bad = vol.data.copy()

@@ -260,6 +260,12 @@ def _prepare(
             spec = {"colormap": "gray", "cal_min": lo, "cal_max": hi, "opacity": 1.0, "bits": 8}
         else:
             lo, hi = min(0.0, float(small.min())), float(small.max())
+            if lo < 0:
+                notes.append(
+                    f"{lay.name}: negative values are not coloured (the threshold applies to the positive ones)"
+                )
+            if not hi > lo:
+                notes.append(f"{lay.name}: every voxel is {hi:g}; nothing to colour")
             dtype = "uint16" if map_bits == 16 and not _is_small_ints(small) else "uint8"
             q, slope, inter = quantize(small, lo, hi, dtype)
             thr = lay.threshold if lay.threshold is not None else _default_threshold(small)
@@ -270,8 +276,8 @@ def _prepare(
                 "cal_max": hi if hi > thr else thr + 1e-6,
                 "min": lo,
                 "max": hi,
-                "opacity": 0.8 if lay.visible else 0.0,
-                "visible": bool(lay.visible),
+                "opacity": 0.8 if lay.visible and hi > lo else 0.0,
+                "visible": bool(lay.visible and hi > lo),  # an empty map starts hidden
                 "bits": 8 if dtype == "uint8" else 16,
             }
             k += 1

@@ -1,37 +1,66 @@
 #!/usr/bin/env bash
-# One-shot GPU check of training (run from the repository root on a lent H100/H200; under 5 minutes).
+# One-shot GPU check (run from the repository root on a lent H100/H200). Every step has its own time limit and
+# the limits add up to 230 s, so the whole script ends in under 4 minutes whatever happens; each step's JSON is
+# printed as soon as the step ends.
 #
-# Status: not yet run to completion. One attempt on an H200 (2026-11-26, wrapped with the demo, `python` being
-# /opt/torch/.venv/bin/python3 and nibabel carried as a wheel) ran past its 520 s limit and returned no output,
-# so which step was slow is unknown: run the steps one by one, each with its own limit, next time.
+# Status: not yet run on a GPU with this layout. One earlier, unbounded attempt on an H200 (2026-11-26) ran past
+# its 520 s limit and returned nothing; the steps are now bounded one by one. The script was run end to end on
+# the CPU (GPU_CHECK_ACCELERATOR=cpu, see below) to check that every step works.
 #
-# Expects an environment where `python` has torch (CUDA) plus brainae's dependencies (lightning,
-# torchmetrics, safetensors, ...); brainae itself is taken from ./src. Writes everything to $OUT:
+# Environment: `python` with torch (CUDA); brainae's other dependencies either installed or carried as wheels in
+# ./.whl (installed first into /tmp/site, see the device tool's README); brainae itself is taken from ./src.
+# GPU_CHECK_VOLUME: a 2 mm T1 NIfTI for the apply timing (default: the first held-out IXI volume in
+# ../shared/data/ixi-t1-2mm; the step is skipped when there is none). GPU_CHECK_ACCELERATOR=cpu runs the same
+# steps on the CPU with few steps (a smoke test of the script, not a measurement; GPU_CHECK_LIMIT_SCALE=N
+# multiplies every limit).
+# Writes everything to $OUT (default .bench/gpu):
 #   env.txt                      nvidia-smi + versions
-#   NAME.out / NAME.err          stdout / stderr of each step
-#   throughput_fp32_b32.json     all five archs, batch 32, fp32 (brainae vs plain-PyTorch reference)
-#   throughput_bf16_b256.json    res-unet, batch 256, bf16-mixed, channels-last
-#   throughput_bf16_b256_compile.json   same with torch.compile (skipped if compile fails / times out)
-#   train/                       a real `brainae train --accelerator gpu` run, 2 epochs, synthetic dataset
+#   NAME.out / NAME.err          stdout / stderr of each step; NAME.json its JSON line
+#   throughput_fp32_b32          all five archs, batch 32, fp32 (brainae vs a plain-PyTorch loop, same process)
+#   throughput_bf16_b256         res-unet, batch 256, bf16-mixed, channels-last
+#   throughput_bf16_b256_compile same with torch.compile
+#   train                        a real `brainae train` run, 2 epochs, synthetic 2,304-slice dataset
+#   apply_timing                 seconds per volume of denoise / inpaint / anomaly (benchmarks/timing.py)
 #   status.txt                   exit code and seconds of each step
 set -u
 OUT="${OUT:-$PWD/.bench/gpu}"
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
+ACC="${GPU_CHECK_ACCELERATOR:-gpu}"
+LIMIT_SCALE="${GPU_CHECK_LIMIT_SCALE:-1}"  # the CPU smoke test on a loaded machine needs longer limits
+if [[ "$ACC" == gpu ]]; then  # steps / warm-up steps / big batch / synthetic train slices / repeats / grids
+    DEVICE=cuda S32=40 W32=10 S256=30 W256=10 B256=256 NTRAIN=2048 REPEATS=3 GRIDS=2mm,1mm
+else
+    DEVICE=cpu S32=1 W32=1 S256=1 W256=1 B256=8 NTRAIN=256 REPEATS=1 GRIDS=2mm
+fi
+if [[ -d .whl ]] && ls .whl/*.whl > /dev/null 2>&1; then
+    timeout 30 python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
 STATUS="$OUT/status.txt"
 : > "$STATUS"
 
 step() {  # step NAME TIMEOUT_S COMMAND... ; stdout -> $OUT/NAME.json (or .log), stderr -> $OUT/NAME.err
-    local name=$1 limit=$2
+    local name=$1 limit=$(($2 * LIMIT_SCALE))
     shift 2
     local t0=$SECONDS
-    timeout "$limit" "$@" > "$OUT/$name.out" 2> "$OUT/$name.err"
+    timeout -k 5 "$limit" "$@" > "$OUT/$name.out" 2> "$OUT/$name.err"
     local rc=$?
     echo "$name rc=$rc seconds=$((SECONDS - t0))" | tee -a "$STATUS"
-    local last
-    last=$(tail -n 1 "$OUT/$name.out" 2>/dev/null)
-    if [[ "$last" == "{"* ]]; then echo "$last" > "$OUT/$name.json"; fi
+    # the JSON object a step printed (the last line that opens one, through the end of the output)
+    python - "$OUT/$name.out" "$OUT/$name.json" <<'PY' || true
+import json, sys
+text = open(sys.argv[1]).read()
+for start in [i for i, c in enumerate(text) if c == "{" and (i == 0 or text[i - 1] == "\n")]:
+    try:
+        obj = json.loads(text[start:])
+    except ValueError:
+        continue
+    json.dump(obj, open(sys.argv[2], "w"))
+    print(json.dumps(obj))
+    break
+PY
 }
 
 {
@@ -41,20 +70,21 @@ step() {  # step NAME TIMEOUT_S COMMAND... ; stdout -> $OUT/NAME.json (or .log),
 } > "$OUT/env.txt" 2>&1
 
 # 1. five archs, batch 32, fp32 (thesis settings)
-step throughput_fp32_b32 100 python benchmarks/train_throughput.py --accelerator gpu --batch 32 \
-    --precision 32 --steps 60 --warmup 15
+step throughput_fp32_b32 40 python benchmarks/train_throughput.py --accelerator "$ACC" --batch 32 \
+    --precision 32 --steps $S32 --warmup $W32
 
 # 2. res-unet, batch 256, bf16-mixed, channels-last
-step throughput_bf16_b256 60 python benchmarks/train_throughput.py --accelerator gpu --archs res-unet \
-    --batch 256 --precision bf16-mixed --channels-last --steps 40 --warmup 10
+step throughput_bf16_b256 30 python benchmarks/train_throughput.py --accelerator "$ACC" --archs res-unet \
+    --batch $B256 --precision bf16-mixed --channels-last --steps $S256 --warmup $W256
 
 # 3. the same compiled (first compile takes a while; bounded)
-step throughput_bf16_b256_compile 150 python benchmarks/train_throughput.py --accelerator gpu \
-    --archs res-unet --batch 256 --precision bf16-mixed --channels-last --compile --steps 40 --warmup 10
+step throughput_bf16_b256_compile 60 python benchmarks/train_throughput.py --accelerator "$ACC" \
+    --archs res-unet --batch $B256 --precision bf16-mixed --channels-last --compile \
+    --steps $S256 --warmup $W256
 
 # 4. a real training run through the CLI: synthetic prepared dataset (2,048 train / 256 val slices), 2 epochs
 DATA="$OUT/.synthetic-dataset"
-python - "$DATA" <<'EOF'
+python - "$DATA" "$NTRAIN" <<'EOF'
 import json, sys
 from pathlib import Path
 import numpy as np
@@ -62,7 +92,7 @@ import pandas as pd
 
 root = Path(sys.argv[1]); root.mkdir(parents=True, exist_ok=True)
 rng = np.random.default_rng(0)
-n_train, n_val, per_volume, size = 2048, 256, 64, 128
+n_train, n_val, per_volume, size = int(sys.argv[2]), 256, 64, 128
 yy, xx = np.mgrid[0:size, 0:size] / (size - 1) - 0.5
 imgs = []
 for _ in range(n_train + n_val):
@@ -83,8 +113,17 @@ pd.DataFrame({"volume_id": vols, "split": [v.rstrip("0123456789") for v in vols]
     "profile": "sagittal", "size": size, "fov_mm": None, "scaling": "slice-minmax",
     "percentiles": [0.5, 99.5]}, "select": {"min_brain_frac": 0.045}}))
 EOF
-step train 120 python -c 'import sys; from brainae.cli import main; sys.argv[0] = "brainae"; main()' \
-    train "$DATA" --arch res-unet --loss mse --augment --epochs 2 --batch-size 32 --accelerator gpu \
+step train 45 python -c 'import sys; from brainae.cli import main; sys.argv[0] = "brainae"; main()' \
+    train "$DATA" --arch res-unet --loss mse --augment --epochs 2 --batch-size 32 --accelerator "$ACC" \
     --precision 32 --out "$OUT/train/run" --force --no-progress
 rm -rf "$DATA" "$OUT/train/run/last.ckpt"
-cat "$STATUS"
+
+# 5. apply: seconds per volume of the three default models (2 mm and a 256 x 256 x 150 resample)
+VOLUME="${GPU_CHECK_VOLUME:-$(ls ../shared/data/ixi-t1-2mm/IXI212-*.nii.gz 2>/dev/null | head -n 1)}"
+if [[ -n "$VOLUME" ]]; then
+    step apply_timing 25 python benchmarks/timing.py --device "$DEVICE" --volume "$VOLUME" \
+        --mask-method threshold --mask-cache "$OUT/.masks" --repeats $REPEATS --grids $GRIDS
+else
+    echo "apply_timing skipped: no volume (set GPU_CHECK_VOLUME)" | tee -a "$STATUS"
+fi
+echo "total seconds=$SECONDS" | tee -a "$STATUS"

@@ -14,8 +14,11 @@ reported):
 - ``anomaly``: ``brainae.anomaly((stripped, affine), brain_mask=(brain, affine))`` on the skull-stripped
   volume (brain mask given: the time excludes brain extraction).
 
+Each call runs once untimed first (warm-up), then ``--repeats`` timed calls.
+
 Usage:
     python benchmarks/timing.py --threads 2 --out /tmp/bench/timing.json
+    python benchmarks/timing.py --device cuda --volume IXI.nii.gz --mask-method threshold   # on a GPU
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from inpaint import cached_brain_mask, seed_for, split_files  # noqa: E402
+from _common import MASK_CACHE, cached_brain_mask, seed_for, split_files  # noqa: E402
 
 NATIVE_SHAPE = (256, 256, 150)
 
@@ -66,6 +69,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--grids", default="2mm,1mm")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+    parser.add_argument(
+        "--volume", default=None, help="a 2 mm NIfTI instead of the first held-out test volume"
+    )
+    parser.add_argument("--mask-method", default="deepbet", choices=("deepbet", "threshold"))
+    parser.add_argument("--mask-cache", default=str(MASK_CACHE))
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
@@ -78,9 +87,10 @@ def main() -> None:
     from brainae.lesions import irregular_mask, random_cube_mask
     from brainae.scoring import add_noise
 
-    models = {t: load_volumetric(None, task=t) for t in ("denoise", "inpaint", "anomaly")}
-    vol2 = load_volume(split_files("test")[0])
-    brain2 = cached_brain_mask(vol2)
+    models = {t: load_volumetric(None, task=t, device=args.device) for t in ("denoise", "inpaint", "anomaly")}
+    vol2 = load_volume(args.volume or split_files("test")[0])
+    brain2 = cached_brain_mask(vol2, Path(args.mask_cache), method=args.mask_method)
+    dev = {"device": args.device}
     results: dict = {}
     for grid in [g for g in args.grids.split(",") if g]:
         vol, brain = (vol2, brain2) if grid == "2mm" else resample(vol2, brain2, NATIVE_SHAPE)
@@ -94,15 +104,23 @@ def main() -> None:
         blanked_cube = np.where(cube, 0.0, vol.data).astype(np.float32)
         blanked_irr = np.where(irr, 0.0, vol.data).astype(np.float32)
         calls = {
-            "denoise": partial(brainae.denoise, (noisy, aff), model=models["denoise"]),
+            "denoise": partial(brainae.denoise, (noisy, aff), model=models["denoise"], **dev),
             "inpaint_cube": partial(
-                brainae.inpaint, (blanked_cube, aff), (cube.astype(np.uint8), aff), model=models["inpaint"]
+                brainae.inpaint,
+                (blanked_cube, aff),
+                (cube.astype(np.uint8), aff),
+                model=models["inpaint"],
+                **dev,
             ),
             "inpaint_irregular": partial(
-                brainae.inpaint, (blanked_irr, aff), (irr.astype(np.uint8), aff), model=models["inpaint"]
+                brainae.inpaint,
+                (blanked_irr, aff),
+                (irr.astype(np.uint8), aff),
+                model=models["inpaint"],
+                **dev,
             ),
             "anomaly": partial(
-                brainae.anomaly, (stripped, aff), model=models["anomaly"], brain_mask=(b8, aff)
+                brainae.anomaly, (stripped, aff), model=models["anomaly"], brain_mask=(b8, aff), **dev
             ),
         }
         row = {
@@ -112,6 +130,7 @@ def main() -> None:
             "irregular_voxels": int(irr.sum()),
         }
         for name, fn in calls.items():
+            fn()  # warm-up (CUDA context, kernels, allocator): not timed
             med, all_t = timed(fn, args.repeats)
             row[name] = {"seconds_median": med, "seconds": all_t}
             print(f"[timing] {grid} {name}: {med} s {all_t}", file=sys.stderr)
@@ -120,6 +139,7 @@ def main() -> None:
         "benchmark": "timing",
         "volume": vol2.id,
         "threads": args.threads,
+        "device": args.device,
         "repeats": args.repeats,
         "models": {t: str(m.path.name) for t, m in models.items()},
         "results": results,

@@ -320,6 +320,25 @@ def save_nifti(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray) ->
     return path
 
 
+def nifti_gz_bytes(
+    data: np.ndarray, affine: np.ndarray, *, slope: float = 1.0, inter: float = 0.0, level: int = 6
+) -> bytes:
+    """A gzipped NIfTI-1 file of ``data`` (stored as its own dtype) as bytes, e.g. to embed in a web page.
+
+    ``slope`` and ``inter`` go into the header's ``scl_slope``/``scl_inter``: readers see
+    ``data * slope + inter`` (so an 8-bit copy can keep the original intensity units).
+    """
+    import gzip
+
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.asarray(data), np.asarray(affine, dtype=np.float64))
+    img.header.set_slope_inter(float(slope), float(inter))
+    img.header.set_xyzt_units("mm")
+    mark_as_brainae(img)
+    return gzip.compress(img.to_bytes(), compresslevel=level, mtime=0)
+
+
 # ------------------------------------------------------------------------------------ atomic outputs
 #
 # Temporary names carry the writer's process id (``.NAME.tmp-PID-xxxx``), so that the next writer of the

@@ -27,7 +27,7 @@ import json
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1034,6 +1034,7 @@ def build_report(
     *,
     title: str = "brainae report",
     force: bool = False,
+    views: Sequence[str | os.PathLike] = (),
     track: Callable[..., Iterable] | None = None,
 ) -> Path:
     """Write one self-contained HTML report from dataset, run, evaluation and stats folders.
@@ -1043,6 +1044,8 @@ def build_report(
         out: the HTML file to write (atomically).
         title: the report's title.
         force: replace an existing ``out``, which must be a report that brainae wrote.
+        views: 3-D view pages (``brainae view``, ``--view``) to link from the overview; view pages lying
+            directly in an input folder are linked too.
         track: wraps the list of build steps (data, training, each evaluation, stats) as
             ``track(steps, description, total)``, e.g. a progress bar; default: no progress.
 
@@ -1086,6 +1089,7 @@ def build_report(
         overview.append(_note("Skipped (not recognised): " + ", ".join(str(p) for p in found.unknown)))
     for note in found.notes:
         overview.append(_note(note))
+    overview.append(_view_links(out, list(views), list(inputs)))
     body["overview"] = "".join(overview)
     steps = [
         lambda: {"data": _data_section(found.datasets, found.inspects)},
@@ -1112,6 +1116,34 @@ def build_report(
     with atomic_path(out) as tmp:
         tmp.write_text(doc, encoding="utf-8")
     return out
+
+
+def _view_links(out: Path, views: list, inputs: list) -> str:
+    """Links (relative to the report) to the given 3-D view pages and those lying in the input folders."""
+    from urllib.parse import quote
+
+    from brainae.view import is_view_page
+
+    pages = [Path(v) for v in views]
+    for p in views:
+        if not is_view_page(p):
+            raise BrainaeError(
+                f"{p}: not a 3-D view page written by brainae view (or --view); check the path"
+            )
+    for folder in (Path(i) for i in inputs):
+        if folder.is_dir():
+            pages += [h for h in sorted(folder.glob("*.htm*")) if is_view_page(h)]
+    pages = list(dict.fromkeys(p.resolve() for p in pages))
+    if not pages:
+        return ""
+    base = out.resolve().parent
+    items = "".join(
+        f'<li><a href="{_esc(quote(Path(os.path.relpath(p, base)).as_posix()))}">{_esc(p.name)}</a></li>'
+        for p in pages
+    )
+    return (
+        f'<p>Interactive 3-D views (NiiVue; open in a browser with WebGL2):</p><ul class="views">{items}</ul>'
+    )
 
 
 GENERATOR = '<meta name="generator" content="brainae">'

@@ -5,6 +5,7 @@
 - :mod:`brainae.cli.volumetric`: ``fit``, ``info``
 - :mod:`brainae.cli.evaluation`: ``evaluate``, ``stats``, ``report``
 - :mod:`brainae.cli.apply`: ``denoise``, ``inpaint``, ``reconstruct``, ``anomaly``
+- :mod:`brainae.cli.view`: ``view``
 - :mod:`brainae.cli.demo`: ``demo``
 """
 
@@ -20,6 +21,7 @@ for _stage in (
     "volumetric",
     "evaluation",
     "apply",
+    "view",
     "demo",
 ):  # pipeline order is --help's order
     importlib.import_module(f"brainae.cli.{_stage}")

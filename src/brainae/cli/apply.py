@@ -40,6 +40,15 @@ DeviceOpt = Annotated[
 ]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Slices per forward pass.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
+ViewOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--view",
+        help="Also write an HTML page with an interactive 3-D view of IN and the result (as brainae view "
+        "does); one input file only.",
+        show_default=False,
+    ),
+]
 FracOpt = Annotated[
     float | None,
     typer.Option(
@@ -174,6 +183,31 @@ class _Outputs:
             raise exc
 
 
+def _check_view(view: Path | None, inp: Path, force: bool) -> None:
+    """Refuse a ``--view`` page before any work (a folder IN, a bad or existing path)."""
+    from brainae.errors import BrainaeError
+    from brainae.view import check_view_output
+
+    if view is None:
+        return
+    if inp.is_dir():
+        raise BrainaeError(
+            f"{inp}: --view shows one volume; give one input file, or run brainae view afterwards"
+        )
+    check_view_output(view, [inp], force=force)
+
+
+def _write_view(view: Path | None, vol, results: list, *, mode: str, title: str) -> str | None:
+    """Write the ``--view`` page of ``vol`` and ``results`` ((name, RAS array, threshold, visible)...)."""
+    if view is None:
+        return None
+    from brainae.view import layer, write_view
+
+    others = [layer(vol, name, data=data, threshold=thr, visible=vis) for name, data, thr, vis in results]
+    summary = write_view(view, layer(vol), others, mode=mode, title=title)
+    return f"{summary.path}: 3-D view ({summary.bytes / 1e6:.1f} MB)"
+
+
 def _iterate(pairs: list, what: str):
     return track(pairs, description=what) if len(pairs) > 1 else iter(pairs)
 
@@ -212,7 +246,9 @@ def _describe(sel) -> str:
     return "every slice" if sel is None else f"{sel.method} measure above {sel.threshold:.3g}"
 
 
-def _run_simple(kind: str, inp, out, loaded, device, batch_size, force, min_brain_frac, mask_method) -> None:
+def _run_simple(
+    kind: str, inp, out, loaded, device, batch_size, force, min_brain_frac, mask_method, view=None
+) -> None:
     """denoise / reconstruct with a slice autoencoder; ``loaded`` is (model, prep, normative)."""
     from brainae.apply import denoise, reconstruct
     from brainae.io import load_volume
@@ -231,6 +267,16 @@ def _run_simple(kind: str, inp, out, loaded, device, batch_size, force, min_brai
                 f"{dst}: {res.n_processed} slices through the model, {res.n_passed} passed through unchanged "
                 f"(selection: {_describe(sel)})"
             )
+        if view is not None:
+            lines.append(
+                _write_view(
+                    view,
+                    vol,
+                    [(kind + "d", res.data, None, True)],
+                    mode="beside",
+                    title=f"{src.name}: {kind}",
+                )
+            )
     for line in lines:
         console.print(line)
 
@@ -245,6 +291,7 @@ def denoise_cmd(
     force: ForceOpt = False,
     min_brain_frac: FracOpt = None,
     mask_method: MaskMethodOpt = None,
+    view: ViewOpt = None,
 ) -> None:
     """Denoise a T1 volume (Gaussian / Rician noise of any level; written on the input's grid and header).
 
@@ -254,17 +301,24 @@ def denoise_cmd(
     from brainae.infer import denoise_volume
     from brainae.io import load_volume
 
+    _check_view(view, inp, force)
     kind, loaded = _job_model(model, "denoise", device)
     if kind == "slice":
-        _run_simple("denoise", inp, out, loaded, device, batch_size, force, min_brain_frac, mask_method)
+        _run_simple("denoise", inp, out, loaded, device, batch_size, force, min_brain_frac, mask_method, view)
         return
     pairs = _pairs(inp, out, force)
     lines = []
     with _Outputs() as outputs:
         for src, dst in _iterate(pairs, "denoise"):
             vol = load_volume(src)
-            outputs.save(dst, denoise_volume(vol, loaded, device=device), vol)
+            result = denoise_volume(vol, loaded, device=device)
+            outputs.save(dst, result, vol)
             lines.append(f"{dst}: denoised with {loaded.name}")
+        if view is not None:
+            title = f"{src.name}: denoised with {loaded.name}"
+            lines.append(
+                _write_view(view, vol, [("denoised", result, None, True)], mode="beside", title=title)
+            )
     for line in lines:
         console.print(line)
 
@@ -334,6 +388,7 @@ def inpaint_cmd(
     device: DeviceOpt = "auto",
     batch_size: BatchOpt = 64,
     force: ForceOpt = False,
+    view: ViewOpt = None,
 ) -> None:
     """Fill the masked voxels; every other voxel stays exactly as in the input.
 
@@ -345,6 +400,7 @@ def inpaint_cmd(
     from brainae.infer import inpaint_volume
     from brainae.io import load_volume
 
+    _check_view(view, inp, force)
     pairs = _pairs(inp, out, force)
     masks = {}
     for src, _ in pairs:
@@ -361,19 +417,27 @@ def inpaint_cmd(
             if kind == "biharmonic":
                 from brainae.baselines import biharmonic_inpaint
 
-                outputs.save(dst, biharmonic_inpaint(vol.data, m), vol)
+                filled = biharmonic_inpaint(vol.data, m)
+                outputs.save(dst, filled, vol)
                 lines.append(f"{dst}: {int(m.sum())} voxels filled (biharmonic)")
                 continue
             if kind == "volumetric":
-                outputs.save(dst, inpaint_volume(vol, m, loaded, device=device), vol)
+                filled = inpaint_volume(vol, m, loaded, device=device)
+                outputs.save(dst, filled, vol)
                 lines.append(f"{dst}: {int(m.sum())} voxels filled with {loaded.name}")
                 continue
             model_, prep, _ = loaded
             res = inpaint(vol, m, model_, prep, batch_size=batch_size, device=device)
+            filled = res.data
             outputs.save(dst, res.data, vol)
             left = int(m.sum() - res.inside.sum())
             note = f", {left} outside the field of view kept" if left else ""
             lines.append(f"{dst}: {int(res.inside.sum())} voxels filled{note}")
+        if view is not None:
+            title = f"{src.name}: inpainted"
+            lines.append(
+                _write_view(view, vol, [("inpainted", filled, None, True)], mode="beside", title=title)
+            )
     for line in lines:
         console.print(line)
 
@@ -423,6 +487,15 @@ def anomaly_cmd(
     force: ForceOpt = False,
     min_brain_frac: FracOpt = None,
     mask_method: MaskMethodOpt = None,
+    view: Annotated[
+        Path | None,
+        typer.Option(
+            "--view",
+            help="Also write an HTML page with an interactive 3-D view of IN with the anomaly map as a colour "
+            "overlay and a threshold slider (as brainae view --mode overlay); one input file only.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Anomaly maps of a T1 scan and its anomaly score with a z-score against healthy volumes.
 
@@ -442,6 +515,7 @@ def anomaly_cmd(
         pairs = [(inp, None)]
     else:
         raise BrainaeError(f"{inp}: no such file or folder; check the path")
+    _check_view(view, inp, force)
     extra = {}
     for name, target in (("calibrated", calibrated), ("lesion", lesion_mask)):
         if target is not None:
@@ -453,11 +527,11 @@ def anomaly_cmd(
                 "--calibrated, --lesion-mask and --brain-mask need a brainae anomaly model, not a slice autoencoder"
             )
         rows, lines = _slice_anomaly(
-            inp, pairs, loaded, model, signed, device, batch_size, min_brain_frac, mask_method, as_json
+            inp, pairs, loaded, model, signed, device, batch_size, min_brain_frac, mask_method, as_json, view
         )
     else:
         rows, lines = _volumetric_anomaly(
-            inp, pairs, extra, loaded, brain_mask, fpr, device, mask_method, as_json
+            inp, pairs, extra, loaded, brain_mask, fpr, device, mask_method, as_json, view
         )
     for line in lines:
         console.print(line)
@@ -465,7 +539,7 @@ def anomaly_cmd(
         typer.echo(json.dumps(rows if inp.is_dir() else rows[0], allow_nan=False))
 
 
-def _volumetric_anomaly(inp, pairs, extra, vm, brain_mask, fpr, device, mask_method, as_json):
+def _volumetric_anomaly(inp, pairs, extra, vm, brain_mask, fpr, device, mask_method, as_json, view=None):
     import numpy as np
 
     from brainae.errors import BrainaeError
@@ -515,11 +589,18 @@ def _volumetric_anomaly(inp, pairs, extra, vm, brain_mask, fpr, device, mask_met
                 )
                 where = f" -> {dst}" if dst is not None else ""
                 lines.append(f"{src.name}: score {s_text}, z {z_text}{f_text}{where}")
+            if view is not None:
+                maps = [("anomaly map (residual)", res.residual, res.threshold, True)]
+                if res.calibrated is not None:
+                    maps.append(("calibrated map (-log10 p)", res.calibrated, -float(np.log10(fpr)), False))
+                page = _write_view(view, vol, maps, mode="overlay", title=f"{src.name}: anomaly map")
+                if not as_json:
+                    lines.append(page)
     return rows, lines
 
 
 def _slice_anomaly(
-    inp, pairs, loaded, model, signed, device, batch_size, min_brain_frac, mask_method, as_json
+    inp, pairs, loaded, model, signed, device, batch_size, min_brain_frac, mask_method, as_json, view=None
 ):
     import warnings
 
@@ -560,6 +641,11 @@ def _slice_anomaly(
                 s_text = "n/a" if score is None else f"{score:.4f}"
                 where = f" -> {dst}" if dst is not None else ""
                 lines.append(f"{src.name}: score {s_text}, z {z_text} ({res.n_slices} slices){where}")
+            if view is not None:
+                maps = [("anomaly map", res.map, None, True)]
+                page = _write_view(view, vol, maps, mode="overlay", title=f"{src.name}: anomaly map")
+                if not as_json:
+                    lines.append(page)
     return rows, lines
 
 

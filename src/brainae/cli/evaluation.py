@@ -112,6 +112,15 @@ def report_command(
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing report (only one that brainae wrote).")
     ] = False,
+    view: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--view",
+            help="A 3-D view page (from brainae view or --view) to link from the report; repeatable. Pages in "
+            "the input folders are linked too.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """One self-contained HTML report (figures embedded) from runs, evaluations and datasets.
 
@@ -120,4 +129,6 @@ def report_command(
     """
     from brainae.report import build_report
 
-    console.print(f"wrote {build_report(inputs, out, title=title, force=force, track=track)}")
+    console.print(
+        f"wrote {build_report(inputs, out, title=title, force=force, views=view or [], track=track)}"
+    )

@@ -102,3 +102,10 @@ def test_duration_reads_as_a_person_would_say_it() -> None:
     assert duration(8.4) == "8 s"
     assert duration(75.3) == "1 min 15 s"
     assert duration(3 * 3600 + 120) == "3 h 02 min"
+
+
+def test_help_text_is_reflowed_but_lists_keep_their_lines() -> None:
+    from brainae.cli._app import _reflow
+
+    text = "First line\n  continues [default: 1].\n\nList:\n- a b\n  c\n- d\n\fhidden"
+    assert _reflow(text) == "First line continues \\[default: 1].\n\nList:\n- a b c\n- d\fhidden"

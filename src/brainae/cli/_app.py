@@ -34,7 +34,16 @@ def _reflow(text: str | None) -> str | None:
     if not text:
         return text
     head, sep, tail = text.partition("\f")
-    paragraphs = [" ".join(line.strip() for line in p.splitlines()) for p in head.strip().split("\n\n")]
+    paragraphs = []
+    for paragraph in head.strip().split("\n\n"):
+        lines: list[str] = []
+        for line in paragraph.splitlines():
+            item = line.strip()
+            if lines and not item.startswith(("- ", "* ")):
+                lines[-1] += " " + item  # a wrapped line: join it; a list item keeps its own line
+            elif item:
+                lines.append(item)
+        paragraphs.append("\n".join(lines))
     return escape("\n\n".join(p for p in paragraphs if p)) + sep + tail
 
 

@@ -109,3 +109,17 @@ def test_help_text_is_reflowed_but_lists_keep_their_lines() -> None:
 
     text = "First line\n  continues [default: 1].\n\nList:\n- a b\n  c\n- d\n\fhidden"
     assert _reflow(text) == "First line continues \\[default: 1].\n\nList:\n- a b c\n- d\fhidden"
+
+
+def test_progress_on_a_terminal_is_a_rich_bar_with_the_time_left(monkeypatch) -> None:
+    import io
+
+    import brainae.cli._app as cli_app
+
+    stream = io.StringIO()
+    terminal = cli_app._Console(file=stream, force_terminal=True, width=100, soft_wrap=True)
+    monkeypatch.setattr(cli_app, "err_console", terminal)
+    assert list(cli_app.track(range(5), "working hard")) == [0, 1, 2, 3, 4]
+    text = stream.getvalue()
+    assert "working hard" in text and "left" in text and "5/5" in text
+    assert "done in" not in text  # the log lines are for logs only

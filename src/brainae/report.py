@@ -1079,7 +1079,7 @@ def build_report(
     overview = [
         f"<p>Built {time.strftime('%Y-%m-%d %H:%M')} by brainae {_esc(__version__)} from:</p><ul>",
         *(
-            f"<li>{kind}: {_esc(p)}</li>"
+            f"<li>{_KIND_LABEL[kind]}: {_esc(p)}</li>"
             for kind in ("inspects", "datasets", "runs", "evals", "stats")
             for p in getattr(found, kind)
         ),
@@ -1145,6 +1145,14 @@ def _view_links(out: Path, views: list, inputs: list) -> str:
         f'<p>Interactive 3-D views (NiiVue; open in a browser with WebGL2):</p><ul class="views">{items}</ul>'
     )
 
+
+_KIND_LABEL = {
+    "inspects": "inspection",
+    "datasets": "dataset",
+    "runs": "training run",
+    "evals": "evaluation",
+    "stats": "paired tests",
+}
 
 GENERATOR = '<meta name="generator" content="brainae">'
 

@@ -383,7 +383,7 @@ def test_imported_thesis_model_evaluates(tmp_path: Path) -> None:
     from brainae.checkpoint import read_checkpoint
     from brainae.pretrained import THESIS_RES_UNET
 
-    prep = read_checkpoint(THESIS_RES_UNET).preprocessing
+    prep = read_checkpoint(THESIS_RES_UNET).preprocessing.to_dict()
     data = make_dataset(tmp_path / "data", volumes={"test": 1}, size=128, prep=prep)
     ours = make_checkpoint(tmp_path / "ours.safetensors", prep=prep)
     out = evaluate([THESIS_RES_UNET, ours], data, tmp_path / "e", baselines=["identity"], n_examples=1)

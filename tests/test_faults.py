@@ -484,8 +484,14 @@ def test_nan_weights_crafted_sizes_and_bad_statistics_are_refused(volume, tmp_pa
 
     # garbage normative statistics
     for stats in ({"mean": "abc", "std": 1.0}, {"mean": 0.1, "std": float("nan")}):
-        update_checkpoint(good, normative=stats)
-        one_error_line(cli("anomaly", volume, "--model", good, "--json"), "good.safetensors", "normative")
+        with pytest.raises(BrainaeError, match="good.safetensors: normative"):  # never written ...
+            update_checkpoint(good, normative=stats)
+        meta["arch_kwargs"]["latent_channels"] = 8
+        save_file(state, str(crafted), metadata={METADATA_KEY: json.dumps({**meta, "normative": stats})})
+        # ... and refused when crafted
+        one_error_line(
+            cli("anomaly", volume, "--model", crafted, "--json"), "crafted.safetensors", "normative"
+        )
     assert read_checkpoint(good).arch == "skip-cae"
     assert not out.exists()
     assert digest(volume) == before

@@ -34,7 +34,7 @@ Example:
     >>> from brainae.checkpoint import load_checkpoint                       # doctest: +SKIP
     >>> model, ckpt = load_checkpoint("model.safetensors")                   # doctest: +SKIP
     >>> vol = load_volume("IXI002-Guys-0828-T1.nii.gz")                      # doctest: +SKIP
-    >>> res = denoise(vol, model, Preprocessing.from_dict(ckpt.preprocessing))  # doctest: +SKIP
+    >>> res = denoise(vol, model, ckpt.preprocessing)                        # doctest: +SKIP
     >>> save_like("denoised.nii.gz", res.data, vol)                          # doctest: +SKIP
 """
 
@@ -143,8 +143,10 @@ def load_applicable(path: str | os.PathLike, device: str | object = "cpu"):
     """
     import warnings
 
+    from brainae.checkpoint import load_checkpoint
     from brainae.errors import BrainaeWarning
-    from brainae.models.keras_import import THESIS_PREPROCESSING
+    from brainae.slice_anomaly import check_normative
+    from brainae.volume import THESIS_PREPROCESSING
 
     path = Path(path)
     dev = resolve_device(device)
@@ -154,14 +156,6 @@ def load_applicable(path: str | os.PathLike, device: str | object = "cpu"):
         )
     if path.is_dir():
         raise BrainaeError(f"{path}: is a folder; give the checkpoint file (.safetensors)")
-    if path.suffix.lower() in (".h5", ".hdf5", ".keras"):
-        from brainae.models.keras_import import import_keras
-
-        model, _ = import_keras(path)
-        return model.to(dev).eval(), Preprocessing.from_dict(THESIS_PREPROCESSING), None
-    from brainae.checkpoint import load_checkpoint
-    from brainae.slice_anomaly import check_normative
-
     model, ckpt = load_checkpoint(path, dev)
     check_normative(ckpt.normative, path.name)
     if ckpt.preprocessing is None:
@@ -171,8 +165,10 @@ def load_applicable(path: str | os.PathLike, device: str | object = "cpu"):
             BrainaeWarning,
             stacklevel=2,
         )
-        return model, Preprocessing.from_dict(THESIS_PREPROCESSING), ckpt.normative
-    return model, Preprocessing.from_dict(ckpt.preprocessing), ckpt.normative
+        return model, THESIS_PREPROCESSING, ckpt.normative
+    if not isinstance(ckpt.preprocessing, Preprocessing):
+        raise BrainaeError(f"{path.name}: a volumetric model; it is not a slice autoencoder")
+    return model, ckpt.preprocessing, ckpt.normative
 
 
 def predict_slices(

@@ -390,6 +390,11 @@ def model_names(paths: Sequence[str | os.PathLike], reserved: Iterable[str] = BA
     return names
 
 
+def _plain(part: Any) -> dict[str, Any] | None:
+    """A checkpoint card part in its stored (JSON) form."""
+    return None if part is None else part.to_dict()
+
+
 def _prep_dict(value: Any) -> dict[str, Any] | None:
     if value is None:
         return None
@@ -573,9 +578,9 @@ def _provenance(
                 "sha256": sha256_file(s.path),
                 "arch": s.checkpoint.arch,
                 "arch_kwargs": s.checkpoint.arch_kwargs,
-                "source": s.checkpoint.source,
-                "training": s.checkpoint.training,
-                "preprocessing": s.checkpoint.preprocessing,
+                "source": _plain(s.checkpoint.source),
+                "training": _plain(s.checkpoint.training),
+                "preprocessing": _plain(s.checkpoint.preprocessing),
                 "checkpoint_version": getattr(s.checkpoint, "version", None),
             }
             for s in specs

@@ -171,7 +171,7 @@ def _iterate(pairs: list, what: str):
     return track(pairs, description=what) if len(pairs) > 1 else iter(pairs)
 
 
-def _selection(min_brain_frac: float | None, mask_method: str | None, normative: dict | None):
+def _selection(min_brain_frac: float | None, mask_method: str | None, normative):
     """The checkpoint's slice selection, with the command-line overrides."""
     import dataclasses
     import warnings
@@ -285,9 +285,10 @@ def reconstruct_cmd(
     if path.suffix.lower() == ".safetensors" and path.is_file():
         from brainae.checkpoint import read_checkpoint
 
-        if is_volumetric(read_checkpoint(path).preprocessing):
+        card = read_checkpoint(path).preprocessing
+        if is_volumetric(card):
             raise BrainaeError(
-                f"{path.name}: a volumetric model for {read_checkpoint(path).preprocessing.get('task')}; "
+                f"{path.name}: a volumetric model for {card.task}; "
                 "reconstruct needs a slice autoencoder (e.g. --model thesis)"
             )
     loaded = _load_model(path, device)
@@ -521,7 +522,7 @@ def _slice_anomaly(
     from brainae.slice_anomaly import anomaly
 
     model_, prep, normative = loaded
-    if not normative or normative.get("std") is None:
+    if normative is None or normative.std is None:
         warnings.warn(
             f"{model}: no normative statistics in the checkpoint; z-scores are not available",
             BrainaeWarning,

@@ -27,19 +27,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from brainae.card import Source
 from brainae.errors import BrainaeError
 from brainae.models.registry import architecture_names, build_model, count_parameters
+from brainae.volume import THESIS_PREPROCESSING
 
 WEIGHTED_CLASSES = ("Conv2D", "Conv2DTranspose", "BatchNormalization")
 
-THESIS_PREPROCESSING = {
-    "profile": "sagittal",
-    "size": 128,
-    "fov_mm": 240.0,  # IXI: 256 x 0.9375 mm in-plane, the whole slice; fixes the mm per pixel for other scans
-    "scaling": "slice-minmax",
-    "percentiles": [0.5, 99.5],
-}
-"""The preprocessing the thesis's models were trained with (recorded in imported checkpoints)."""
+THESIS_LICENSE = "MIT"
+THESIS_CREDIT = "Adrián Arnaiz-Rodríguez, 2020"
+THESIS_NOTE = "published with the thesis 'Deep Convolutional Autoencoder for control brain MRI'"
 
 
 @dataclass
@@ -322,7 +319,9 @@ def import_keras(h5_path: str | Path, arch: str | None = None) -> tuple[nn.Modul
 
     Returns:
         ``(model, info)``: the model in eval mode (float32, CPU) and a dict with ``arch``, ``arch_kwargs``,
-        ``file``, ``keras_version``, ``parameters`` and ``layers`` (number of weighted layers mapped).
+        ``file``, ``keras_version``, ``parameters``, ``layers`` (number of weighted layers mapped) and the
+        checkpoint card of an imported model: ``preprocessing`` (:data:`brainae.volume.THESIS_PREPROCESSING`)
+        and ``source`` (a :class:`~brainae.card.Source` with the thesis's licence and credit).
 
     Raises:
         BrainaeError: the file is missing / not a Keras model / not one of the thesis's architectures, or its
@@ -390,5 +389,14 @@ def import_keras(h5_path: str | Path, arch: str | None = None) -> tuple[nn.Modul
         "keras_version": keras.keras_version,
         "parameters": count_parameters(model),
         "layers": len(used),
+        "preprocessing": THESIS_PREPROCESSING,
+        "source": Source(
+            license=THESIS_LICENSE,
+            credit=THESIS_CREDIT,
+            kind="keras-h5",
+            file=keras.path.name,
+            note=THESIS_NOTE,
+            details={"keras_version": keras.keras_version},
+        ),
     }
     return model, info

@@ -82,7 +82,7 @@ def prepared(cohort, tmp_path) -> Path:
     prepare(
         cohort,
         out,
-        PrepareConfig(size=32, mask_method="threshold", demographics=str(tmp_path / "participants.csv")),
+        PrepareConfig.from_options(size=32, mask_method="threshold", demographics=str(tmp_path / "participants.csv")),
     )
     return out
 
@@ -403,7 +403,7 @@ def test_stale_temporaries_of_a_killed_run_are_removed(cohort, tmp_path):
         (s / "slices.npy").write_bytes(b"half")
     keep = tmp_path / f".ds.tmp-{os.getpid()}-live"  # a writer that is still running: left alone
     keep.mkdir()
-    prepare(cohort, out, PrepareConfig(size=32, mask_method="none", select="nonzero-mean"))
+    prepare(cohort, out, PrepareConfig.from_options(size=32, mask_method="none", select="nonzero-mean"))
     assert not any(s.exists() for s in stale)
     assert keep.exists()
 

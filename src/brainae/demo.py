@@ -116,7 +116,7 @@ def run_demo(
             prep = prepare(
                 source,
                 out / "dataset",
-                PrepareConfig(
+                PrepareConfig.from_options(
                     size=size,
                     mask_method="threshold",
                     demographics=str(PARTICIPANTS),

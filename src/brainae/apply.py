@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from brainae.device import resolve_device
 from brainae.errors import BrainaeError
 from brainae.volume import (
     PROFILE_AXIS,
@@ -111,24 +112,6 @@ class Result:
     def n_passed(self) -> int:
         """Number of slices passed through unchanged."""
         return int((~self.processed).sum())
-
-
-def resolve_device(device: str | object = "cpu"):
-    """``"auto"`` -> CUDA if available, else CPU; other names as ``torch.device`` (clear error if absent)."""
-    import torch
-
-    if isinstance(device, torch.device):
-        return device
-    name = str(device).strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise BrainaeError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BrainaeError(f"device {device!r}: CUDA is not available here; use --device cpu or auto")
-    return dev
 
 
 def load_applicable(path: str | os.PathLike, device: str | object = "cpu"):

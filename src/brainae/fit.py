@@ -281,7 +281,7 @@ def fit(
     """Train a fresh :class:`~brainae.models.unet3d.UNet3d` for ``config.task``; returns a :class:`FitResult`."""
     import torch
 
-    from brainae.apply import resolve_device
+    from brainae.device import resolve_device
     from brainae.models import build_model
 
     task = get_task(config.task)

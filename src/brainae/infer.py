@@ -118,8 +118,8 @@ def load_volumetric(
     Raises:
         BrainaeError: not a volumetric checkpoint, or one trained for another ``task`` than asked.
     """
-    from brainae.apply import resolve_device
     from brainae.checkpoint import load_checkpoint
+    from brainae.device import resolve_device
 
     if path is None:
         if task is None:

@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 
 from brainae.errors import BrainaeError
 from brainae.io import MARKER
-from conftest import SEED_WEIGHTS, synthetic_head, write_volume
-from test_train import make_dataset, tiny
+from conftest import SEED_WEIGHTS, synthetic_head, tiny, write_volume
+from conftest import make_train_dataset as make_dataset
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -82,7 +82,9 @@ def prepared(cohort, tmp_path) -> Path:
     prepare(
         cohort,
         out,
-        PrepareConfig.from_options(size=32, mask_method="threshold", demographics=str(tmp_path / "participants.csv")),
+        PrepareConfig.from_options(
+            size=32, mask_method="threshold", demographics=str(tmp_path / "participants.csv")
+        ),
     )
     return out
 
@@ -184,7 +186,7 @@ TRAIN_SCRIPT = """
 import sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-from test_train import tiny
+from conftest import tiny
 from brainae.train import fit
 fit(Path({ds!r}), Path({out!r}), tiny(epochs=3, max_steps_per_epoch=4), progress=False)
 """

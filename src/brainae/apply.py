@@ -71,6 +71,7 @@ __all__ = [
     "reconstruct",
     "reconstruct_volume",
     "resolve_device",
+    "resolve_selection",
     "select_slices",
     "skull_strip_for",
 ]
@@ -243,6 +244,38 @@ def as_selection(selection: Selection | float | None) -> Selection | None:
         return selection
     value = float(selection)
     return Selection(threshold=value) if value > 0 else None
+
+
+def resolve_selection(
+    recorded: Selection | None, *, min_brain_frac: float | None = None, mask_method: str | None = None
+) -> Selection | None:
+    """The slice selection to apply: the one a checkpoint recorded, with the user's overrides.
+
+    Args:
+        recorded: the checkpoint's selection (:func:`brainae.slice_anomaly.selection_from`); None: every slice.
+        min_brain_frac: a ``brain-mask`` threshold instead (<= 0: every slice).
+        mask_method: the brain-mask backend instead of the recorded one; left out, the recorded one, or the
+            threshold fallback when it was deepbet and deepbet is not installed
+            (:func:`brainae.brainmask.matching_method`, with a warning).
+
+    Example:
+        >>> resolve_selection(Selection("nonzero-mean", 0.1), min_brain_frac=0.0) is None
+        True
+    """
+    import dataclasses
+
+    from brainae.brainmask import matching_method
+
+    sel = recorded
+    if min_brain_frac is not None:
+        if min_brain_frac <= 0:
+            return None
+        sel = Selection("brain-mask", float(min_brain_frac), sel.mask_method if sel else "threshold")
+    if sel is None:
+        return None
+    if mask_method is not None:
+        return dataclasses.replace(sel, mask_method=mask_method)
+    return dataclasses.replace(sel, mask_method=matching_method(sel.mask_method))
 
 
 def select_slices(

@@ -27,10 +27,22 @@ METHODS = ("auto", "deepbet", "threshold")
 
 @functools.cache
 def deepbet_available() -> bool:
-    """True when the optional ``deepbet`` package can be imported."""
+    """True when the optional ``deepbet`` package can be imported.
+
+    Not installed: False. Installed but broken (its import raises something else, e.g. a torch mismatch): False
+    with a warning that names the error, so the threshold fallback is never taken silently.
+    """
     try:
         import deepbet  # noqa: F401
-    except Exception:
+    except ImportError:
+        return False
+    except Exception as exc:  # an installed but unusable package: report it, then fall back
+        warnings.warn(
+            f"deepbet is installed but cannot be imported ({type(exc).__name__}: {exc}); using the threshold "
+            "brain-mask fallback",
+            BrainaeWarning,
+            stacklevel=2,
+        )
         return False
     return True
 
@@ -50,6 +62,26 @@ def resolve_method(method: str) -> str:
         _warn_fallback()
         return "threshold"
     return method
+
+
+def matching_method(recorded: str) -> str:
+    """The backend to use for masks that must match ones made with ``recorded`` (e.g. a dataset's slice
+    selection): the same, except ``deepbet`` where it is not installed, which falls back to ``threshold``
+    with a warning.
+
+    Example:
+        >>> matching_method("threshold")
+        'threshold'
+    """
+    if recorded == "deepbet" and not deepbet_available():
+        warnings.warn(
+            "the training data's brain masks came from deepbet, which is not installed here: selecting "
+            "slices with the threshold mask (pip install 'brainae[brainmask]' to match)",
+            BrainaeWarning,
+            stacklevel=3,
+        )
+        return "threshold"
+    return recorded
 
 
 @functools.cache

@@ -82,7 +82,7 @@ def inspect_folder(folder: str | os.PathLike, *, track: Track = _no_track):
             try:
                 h = read_header(f)
                 row.update(shape="x".join(map(str, h.shape)), dtype=h.dtype)
-            except BrainaeError:
+            except VolumeError:  # no header either: the row's status and reason already say why
                 pass
             row.update(status=status, reason=msg.split(": ", 1)[-1])
             rows.append(row)

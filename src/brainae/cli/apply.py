@@ -172,33 +172,13 @@ def _iterate(pairs: list, what: str):
 
 
 def _selection(min_brain_frac: float | None, mask_method: str | None, normative):
-    """The checkpoint's slice selection, with the command-line overrides."""
-    import dataclasses
-    import warnings
-
-    from brainae.apply import Selection
-    from brainae.brainmask import deepbet_available
-    from brainae.errors import BrainaeWarning
+    """The checkpoint's slice selection, with the command-line overrides (:func:`brainae.apply.resolve_selection`)."""
+    from brainae.apply import resolve_selection
     from brainae.slice_anomaly import selection_from
 
-    sel = selection_from(normative)
-    if min_brain_frac is not None:
-        if min_brain_frac <= 0:
-            return None
-        sel = Selection("brain-mask", float(min_brain_frac), sel.mask_method if sel else "threshold")
-    if sel is None:
-        return None
-    if mask_method is not None:
-        sel = dataclasses.replace(sel, mask_method=mask_method)
-    elif sel.mask_method == "deepbet" and not deepbet_available():
-        warnings.warn(
-            "the training data's brain masks came from deepbet, which is not installed here: selecting "
-            "slices with the threshold mask (pip install 'brainae[brainmask]' to match)",
-            BrainaeWarning,
-            stacklevel=2,
-        )
-        sel = dataclasses.replace(sel, mask_method="threshold")
-    return sel
+    return resolve_selection(
+        selection_from(normative), min_brain_frac=min_brain_frac, mask_method=mask_method
+    )
 
 
 def _describe(sel) -> str:

@@ -312,31 +312,11 @@ def _expected_class(module: nn.Module) -> str:
     return type(module).__name__
 
 
-def import_keras(h5_path: str | Path, arch: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Build a brainae model holding the weights of one of the thesis's Keras models.
-
-    Args:
-        h5_path: Keras 2.x HDF5 file saved with ``model.save`` (e.g. ``res_skip_cae_MSE_AUG_...h5``).
-        arch: architecture name; ``None`` detects it from the layer names.
-
-    Returns:
-        ``(model, info)``: the model in eval mode (float32, CPU) and a dict with ``arch``, ``arch_kwargs``,
-        ``file``, ``keras_version``, ``parameters``, ``layers`` (number of weighted layers mapped) and the
-        checkpoint card of an imported model: ``preprocessing`` (:data:`brainae.volume.THESIS_PREPROCESSING`)
-        and ``source`` (a :class:`~brainae.card.Source` with the thesis's licence and credit).
-
-    Raises:
-        BrainaeError: the file is missing / not a Keras model / not one of the thesis's architectures, or its
-            weights do not fit ``arch`` (the message names the layer and the shapes).
-    """
-    keras = read_keras_h5(h5_path)
-    if arch is None:
-        arch = detect_architecture(keras)
-    elif arch not in architecture_names():
-        raise BrainaeError(f"unknown architecture {arch!r}; valid names: {', '.join(architecture_names())}")
-    assert arch is not None
-    kwargs = _arch_kwargs(keras, arch)
-    model = build_model(arch, **kwargs)
+def _mapped_state(
+    keras: KerasModelFile, arch: str, model: nn.Module
+) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """The model's state dict from the Keras layers (torch layout), and the Keras layers used; every weighted
+    Keras layer must be used exactly once, with fitting shapes."""
     modules = dict(model.named_modules())
     used: set[str] = set()
     state: dict[str, torch.Tensor] = {}
@@ -373,6 +353,35 @@ def import_keras(h5_path: str | Path, arch: str | None = None) -> tuple[nn.Modul
     ]
     if left:
         raise keras._mismatch(arch, f"{len(left)} weighted layer(s) not used, e.g. {left[0]!r}")
+    return state, used
+
+
+def import_keras(h5_path: str | Path, arch: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Build a brainae model holding the weights of one of the thesis's Keras models.
+
+    Args:
+        h5_path: Keras 2.x HDF5 file saved with ``model.save`` (e.g. ``res_skip_cae_MSE_AUG_...h5``).
+        arch: architecture name; ``None`` detects it from the layer names.
+
+    Returns:
+        ``(model, info)``: the model in eval mode (float32, CPU) and a dict with ``arch``, ``arch_kwargs``,
+        ``file``, ``keras_version``, ``parameters``, ``layers`` (number of weighted layers mapped) and the
+        checkpoint card of an imported model: ``preprocessing`` (:data:`brainae.volume.THESIS_PREPROCESSING`)
+        and ``source`` (a :class:`~brainae.card.Source` with the thesis's licence and credit).
+
+    Raises:
+        BrainaeError: the file is missing / not a Keras model / not one of the thesis's architectures, or its
+            weights do not fit ``arch`` (the message names the layer and the shapes).
+    """
+    keras = read_keras_h5(h5_path)
+    if arch is None:
+        arch = detect_architecture(keras)
+    elif arch not in architecture_names():
+        raise BrainaeError(f"unknown architecture {arch!r}; valid names: {', '.join(architecture_names())}")
+    assert arch is not None
+    kwargs = _arch_kwargs(keras, arch)
+    model = build_model(arch, **kwargs)
+    state, used = _mapped_state(keras, arch, model)
     bad = [k for k, t in state.items() if not bool(torch.isfinite(t).all())]
     if bad:
         raise BrainaeError(

@@ -219,7 +219,7 @@ SLICE_BASELINES: dict[str, Baseline] = {
     ),
 }
 """``brainae evaluate``'s baselines by name (NLM only on noise conditions: it is a denoiser, and at about
-40 ms per 128 x 128 slice it would dominate the run time elsewhere; biharmonic only where a mask marks a hole)."""
+30 ms per 128 x 128 slice, ``benchmarks/baseline_timing.py``, it would dominate the run time elsewhere; biharmonic only where a mask marks a hole)."""
 
 
 def baseline_applies(baseline: str, condition: str) -> bool:

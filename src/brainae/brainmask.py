@@ -1,8 +1,9 @@
 """Brain extraction backends: ``deepbet`` when installed, a fast threshold method otherwise.
 
 - ``deepbet`` (Fisch et al. 2024, MIT; ``pip install 'brainae[brainmask]'``): a trained 3-D network whose
-  weights ship inside its wheel, so it runs offline. About 8 s per volume on 2 CPU cores.
-- ``threshold`` (the fallback, well under a second per volume): Otsu threshold of the smoothed head, an
+  weights ship inside its wheel, so it runs offline. About 8-11 s per 2 mm volume on 2 (shared) CPU cores
+  (``python benchmarks/baseline_timing.py``).
+- ``threshold`` (the fallback, about 0.6 s per 2 mm volume, same script): Otsu threshold of the smoothed head, an
   erosion of ``erode_mm`` millimetres (default 13 mm) that cuts the thin links between brain, skull and scalp, the
   largest connected component, a dilation of the same radius back inside the head, and hole filling.
   On the 30 volumes of the 2 mm IXI sample its Dice with deepbet is 0.88 on average (0.61 to 0.94), and it

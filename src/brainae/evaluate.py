@@ -56,8 +56,8 @@ depend on the accelerator's random number generator; models run on ``device``.
   in fast mode), output clipped to [0, 1]; ``sigma`` per slice from :func:`estimate_noise_sigma` (Donoho's
   median absolute deviation of the finest diagonal Haar wavelet coefficients / 0.6745 -- the idea of
   ``skimage.restoration.estimate_sigma``, which needs the optional PyWavelets) unless given. Run only on the
-  noise conditions (``noise-*``, ``rician-*``): it is a denoiser, and at about 40 ms per 128 x 128 slice on
-  one CPU core it would dominate the run time on conditions it is not meant for.
+  noise conditions (``noise-*``, ``rician-*``): it is a denoiser, and at about 30 ms per 128 x 128 slice on
+  one CPU core (``benchmarks/baseline_timing.py``) it would dominate the run time on conditions it is not meant for.
 - ``biharmonic``: ``skimage.restoration.inpaint_biharmonic(x, mask)`` given the blank-out mask, output clipped
   to [0, 1]; only on the ``blank-*`` conditions (the only ones whose mask marks a region to fill).
 
@@ -578,7 +578,8 @@ def evaluate(
         n_examples: how many fixed slices to keep in ``examples.npz``.
         example_condition: an extra (combined) corruption for the qualitative grids only; ``None`` for none.
         force: replace an existing ``out``.
-        workers: processes for the NLM / biharmonic baselines (CPU-bound, about 40-100 ms per slice each);
+        workers: processes for the NLM / biharmonic baselines (CPU-bound, about 30 ms per 128 x 128 slice each,
+            ``benchmarks/baseline_timing.py``);
             1 runs them in this process. Results do not depend on it.
         progress: wraps the batch iterator (``progress(iterable, total)``), e.g. a progress bar.
 

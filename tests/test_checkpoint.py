@@ -111,6 +111,8 @@ def test_shipped_checkpoints_read_into_typed_cards_unchanged(path: Path) -> None
         stored = json.loads(f.metadata()["brainae"])
     ckpt = read_checkpoint(path)
     assert isinstance(ckpt.preprocessing, VolumetricPreprocessing if ckpt.volumetric else Preprocessing)
+    card = read_checkpoint(path, weights=False)  # the card alone
+    assert card.state_dict == {} and card.metadata() == ckpt.metadata() and len(ckpt.state_dict) > 10
     assert isinstance(ckpt.source, Source) and ckpt.source.license
     meta = ckpt.metadata()
     for key in ("source", "training", "normative"):  # every stored part round-trips, key for key

@@ -152,8 +152,34 @@ def test_cli_inspect_and_prepare(cohort, tmp_path):
     r = _cli("prepare", cohort, "--out", tmp_path / "ds", "--size", 32, "--mask-method", "threshold")
     assert r.exit_code == 0, r.output
     assert "prepared 8 volumes" in r.output
-    r = _cli("prepare", cohort, "--out", tmp_path / "ds", "--size", 32, "--mask-method", "threshold")
-    assert "nothing to do" in r.output
+    r = _cli(
+        "prepare",
+        cohort,
+        "--out",
+        tmp_path / "ds",
+        "--size",
+        32,
+        "--mask-method",
+        "threshold",
+        "--workers",
+        2,
+    )
+    assert "nothing to do" in r.output  # the number of workers is not a setting of the dataset
+    r = _cli(
+        "prepare",
+        cohort,
+        "--out",
+        tmp_path / "ds2",
+        "--size",
+        32,
+        "--mask-method",
+        "threshold",
+        "--workers",
+        2,
+    )
+    assert r.exit_code == 0, r.output
+    for name in ("slices.npy", "index.csv", "volumes.csv", "selection.csv"):
+        assert (tmp_path / "ds" / name).read_bytes() == (tmp_path / "ds2" / name).read_bytes(), name
 
 
 def test_no_brain_extraction_for_the_nonzero_methods(cohort, tmp_path):

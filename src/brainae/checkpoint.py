@@ -301,8 +301,11 @@ def is_checkpoint(path: str | os.PathLike) -> bool:
         return False
 
 
-def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+def read_checkpoint(path: str | os.PathLike, *, weights: bool = True) -> Checkpoint:
     """Read a checkpoint's description and weights (CPU tensors) without building the model.
+
+    ``weights=False`` reads the card only (``state_dict`` is empty): what a command needs to decide what kind
+    of model a file holds, without reading its tensors.
 
     Raises:
         BrainaeError: missing file, not a safetensors file, not a brainae checkpoint, or a newer format.
@@ -315,7 +318,8 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     try:
         with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+            keys = list(f.keys()) if weights else []
+            state = {k: f.get_tensor(k) for k in keys}
     except Exception:  # safetensors raises several types for damaged headers
         raise BrainaeError(
             f"{path.name}: not a safetensors file (damaged or another format); give a brainae checkpoint"

@@ -67,7 +67,7 @@ def _job_model(model: str | None, task: str, device: str):
         return "slice", _load_model(path, device)
     from brainae.checkpoint import read_checkpoint
 
-    if path.is_file() and is_volumetric(read_checkpoint(path).preprocessing):
+    if path.is_file() and is_volumetric(read_checkpoint(path, weights=False).preprocessing):
         return "volumetric", load_volumetric(path, task=task, device=device)
     return "slice", _load_model(path, device)
 
@@ -265,7 +265,7 @@ def reconstruct_cmd(
     if path.suffix.lower() == ".safetensors" and path.is_file():
         from brainae.checkpoint import read_checkpoint
 
-        card = read_checkpoint(path).preprocessing
+        card = read_checkpoint(path, weights=False).preprocessing
         if is_volumetric(card):
             raise BrainaeError(
                 f"{path.name}: a volumetric model for {card.task}; "

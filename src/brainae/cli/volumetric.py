@@ -104,7 +104,7 @@ def info_command(
     from brainae.models.registry import count_parameters
 
     path = resolve_model_name(model)
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path, weights=False)
     card = ckpt.metadata()
     card["file"] = str(path)
     card["size_mb"] = round(path.stat().st_size / 1e6, 2)

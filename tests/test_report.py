@@ -13,7 +13,7 @@ from brainae.errors import BrainaeError
 from brainae.evaluate import evaluate
 from brainae.report import SECTIONS, build_report
 from brainae.stats import run_stats
-from test_evaluate import make_checkpoint, make_dataset
+from conftest import make_checkpoint, make_dataset
 
 
 def _run(path: Path, name: str) -> Path:

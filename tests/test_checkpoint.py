@@ -14,10 +14,18 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 import brainae
-from brainae.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint, update_checkpoint
+from brainae.card import Normative, Source, Training
+from brainae.checkpoint import (
+    import_keras_checkpoint,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+    update_checkpoint,
+)
 from brainae.cli import app
 from brainae.errors import BrainaeError
 from brainae.models import build_model
+from brainae.volume import THESIS_PREPROCESSING, Preprocessing, VolumetricPreprocessing
 
 SEED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "seed-weights"
 SKIP_H5 = SEED / "skip_con_cae_MSE_AUG_NoKReg_LRPlat.h5"
@@ -51,10 +59,11 @@ def test_round_trip_gives_identical_outputs(tmp_path: Path, name: str) -> None:
     loaded, ckpt = load_checkpoint(path)
     assert not loaded.training
     assert ckpt.arch == name and ckpt.arch_kwargs == model.brainae_arch_kwargs
-    assert ckpt.preprocessing == {"size": 32}
-    assert ckpt.training == {"loss": "mse", "epochs": 2}
-    assert ckpt.normative == {"mean": 0.5, "values": [0, 1, 2]}
-    assert ckpt.source == {"kind": "test"} and ckpt.version == brainae.__version__ and ckpt.format == 1
+    assert ckpt.preprocessing == Preprocessing(size=32)
+    assert ckpt.training.to_dict() == {"loss": "mse", "epochs": 2} and ckpt.training.get("loss") == "mse"
+    assert ckpt.normative.mean == 0.5 and ckpt.normative.details == {"values": [0, 1, 2]}
+    assert ckpt.source == Source(details={"kind": "test"})
+    assert ckpt.version == brainae.__version__ and ckpt.format == 1
     x = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
@@ -85,10 +94,70 @@ def test_update_checkpoint_keeps_weights(tmp_path: Path) -> None:
     save_checkpoint(path, model, training={"epochs": 1})
     update_checkpoint(path, normative={"score_mean": 1.0})
     ckpt = read_checkpoint(path)
-    assert ckpt.normative == {"score_mean": 1.0} and ckpt.training == {"epochs": 1}
+    assert ckpt.normative.details == {"score_mean": 1.0} and ckpt.training.to_dict() == {"epochs": 1}
     x = torch.rand(1, 1, 32, 32)
     with torch.no_grad():
         assert torch.equal(brainae.load_model(path)(x), model(x))
+
+
+SHIPPED = sorted((Path(brainae.__file__).parent / "pretrained").glob("*.safetensors")) + sorted(
+    (Path(__file__).resolve().parents[1] / "benchmarks" / "models").glob("*.safetensors")
+)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_checkpoints_read_into_typed_cards_unchanged(path: Path) -> None:
+    with safe_open(str(path), framework="pt") as f:
+        stored = json.loads(f.metadata()["brainae"])
+    ckpt = read_checkpoint(path)
+    assert isinstance(ckpt.preprocessing, VolumetricPreprocessing if ckpt.volumetric else Preprocessing)
+    card = read_checkpoint(path, weights=False)  # the card alone
+    assert card.state_dict == {} and card.metadata() == ckpt.metadata() and len(ckpt.state_dict) > 10
+    assert isinstance(ckpt.source, Source) and ckpt.source.license
+    meta = ckpt.metadata()
+    for key in ("source", "training", "normative"):  # every stored part round-trips, key for key
+        assert meta[key] == stored[key], key
+    stored_prep = stored["preprocessing"]
+    assert {k: meta["preprocessing"][k] for k in stored_prep} == stored_prep
+    if ckpt.normative is not None:
+        assert ckpt.normative.n == stored["normative"]["n"] and ckpt.normative.std > 0
+    if ckpt.volumetric:
+        assert isinstance(ckpt.training, Training) and ckpt.training.nested
+        assert ckpt.training.recipe["task"] == ckpt.preprocessing.task
+        assert ckpt.normative is None or ckpt.normative.calibrated
+
+
+def test_damaged_card_parts_are_one_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, build_model("skip-cae", latent_channels=8))
+    ckpt = read_checkpoint(path)
+    bad = tmp_path / "bad.safetensors"
+    for part, value, message in (
+        ("normative", {"mean": "x"}, "normative mean 'x' is not a number"),
+        ("normative", {"std": -1.0}, "normative std -1.0 is not a finite valid value"),
+        ("normative", [1, 2], "damaged normative statistics"),
+        ("preprocessing", {"size": 30}, "must be a multiple of 8"),
+        ("preprocessing", {"kind": "volumetric"}, "damaged preprocessing"),
+    ):
+        meta = dict(ckpt.metadata(), **{part: value})
+        save_file(ckpt.state_dict, str(bad), metadata={"brainae": json.dumps(meta)})
+        with pytest.raises(BrainaeError, match=f"bad.safetensors: .*{message}"):
+            read_checkpoint(bad)
+
+
+def test_card_parts_round_trip() -> None:
+    train = {"arch": "res-unet", "loss": "mse", "dataset": "/d", "best_epoch": 3, "best_val_loss": 0.1}
+    t = Training.from_dict(train)
+    assert t.recipe == {"arch": "res-unet", "loss": "mse"} and t.get("best_epoch") == 3
+    assert t.to_dict() == train
+    fit = {"recipe": {"task": "denoise"}, "train_ids": ["a"]}
+    assert Training.from_dict(fit).nested and Training.from_dict(fit).to_dict() == fit
+    src = {"type": "keras-h5", "file": "a.h5", "license": "MIT", "keras_version": "2.4.0"}
+    assert Source.from_dict(src).to_dict() == src and Source.from_dict(src).details == {
+        "keras_version": "2.4.0"
+    }
+    norm = Normative(n=3, mean=1.0, std=0.0)
+    assert norm.z(2.0) is None and Normative(n=3, mean=1.0, std=2.0).z(3.0) == pytest.approx(1.0)
 
 
 def test_wrapped_model_is_unwrapped(tmp_path: Path) -> None:
@@ -149,19 +218,30 @@ def test_cli_import_keras(tmp_path: Path) -> None:
     assert "skip-cae" in result.output and "191,041" in result.output and str(out) in result.output
     ckpt = read_checkpoint(out)
     assert ckpt.arch == "skip-cae"
-    assert ckpt.source["file"] == SKIP_H5.name
-    assert ckpt.source["license"] == "MIT" and ckpt.source["credit"] == "Adrián Arnaiz-Rodríguez, 2020"
-    assert ckpt.preprocessing == {
+    assert ckpt.source.file == SKIP_H5.name and ckpt.source.kind == "keras-h5"
+    assert ckpt.source.license == "MIT" and ckpt.source.credit == "Adrián Arnaiz-Rodríguez, 2020"
+    assert ckpt.preprocessing == THESIS_PREPROCESSING
+    assert ckpt.preprocessing.to_dict() == {
         "profile": "sagittal",
         "size": 128,
         "fov_mm": 240.0,
         "scaling": "slice-minmax",
         "percentiles": [0.5, 99.5],
+        "skull_strip": False,
     }
+    # the Python API writes the same card as the command, and loading the .h5 gives it too
+    api = import_keras_checkpoint(SKIP_H5, tmp_path / "api.safetensors")
+    assert api["source"] == ckpt.source
+    assert read_checkpoint(tmp_path / "api.safetensors").metadata() == {
+        **ckpt.metadata(),
+        "version": ckpt.version,
+    }
+    _, on_the_fly = load_checkpoint(SKIP_H5)
+    assert on_the_fly.source == ckpt.source and on_the_fly.preprocessing == ckpt.preprocessing
     ref = np.load(SEED / "reference" / f"{SKIP_H5.stem}.npz")
     with torch.no_grad():
         y = brainae.load_model(out)(torch.from_numpy(ref["x_clean"])[:, None])[:, 0].numpy()
-    assert np.abs(y - ref["y_clean"]).max() < 1e-4
+    assert np.abs(y - ref["y_clean"]).max() < 1e-5
 
     again = _invoke(["import-keras", str(SKIP_H5), "--out", str(out)])
     assert again.exit_code == 1 and "--force" in again.output

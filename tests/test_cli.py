@@ -123,3 +123,20 @@ def test_progress_on_a_terminal_is_a_rich_bar_with_the_time_left(monkeypatch) ->
     text = stream.getvalue()
     assert "working hard" in text and "left" in text and "5/5" in text
     assert "done in" not in text  # the log lines are for logs only
+
+
+def test_log_progress_ends_with_done_also_under_zip(monkeypatch) -> None:
+    import io
+
+    import brainae.cli._app as cli_app
+
+    stream = io.StringIO()
+    monkeypatch.setattr(cli_app, "err_console", cli_app._Console(file=stream, soft_wrap=True))
+    names = ["a", "b", "c"]
+    pairs = list(zip(names, cli_app.track(iter([1, 2, 3]), "measuring", total=3)))  # zip stops at names
+    assert pairs == [("a", 1), ("b", 2), ("c", 3)]
+    assert stream.getvalue().startswith("measuring: 3/3 done in ")
+    stream.truncate(0), stream.seek(0)
+    for _ in cli_app.track(range(5), "stopped early"):
+        break
+    assert "done" not in stream.getvalue()  # a step that did not finish does not say it did

@@ -11,7 +11,6 @@ import pytest
 import torch
 from torch import nn
 
-from brainae.checkpoint import save_checkpoint
 from brainae.corrupt import CONDITIONS
 from brainae.errors import BrainaeError
 from brainae.evaluate import (
@@ -26,93 +25,10 @@ from brainae.evaluate import (
 )
 from brainae.metrics import dssim, mse, psnr
 from brainae.models import build_model
+from conftest import SLICE_PREP, make_checkpoint, make_dataset
 
 SIZE = 32
-PREP = {
-    "profile": "sagittal",
-    "size": SIZE,
-    "fov_mm": None,
-    "scaling": "slice-minmax",
-    "percentiles": [0.5, 99.5],
-}
-
-
-def _image(rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
-    """A smooth 'head': an ellipse of random brightness with a gentle texture, in [0, 1]."""
-    yy, xx = np.mgrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j]
-    a, b = rng.uniform(0.6, 0.85, 2)
-    inside = (yy / a) ** 2 + (xx / b) ** 2 < 1
-    texture = 0.15 * np.sin(rng.uniform(2, 5) * xx + rng.uniform(0, 3)) * np.cos(rng.uniform(2, 5) * yy)
-    return np.clip(inside * (rng.uniform(0.45, 0.65) + texture), 0, 1).astype(np.float32)
-
-
-def make_dataset(
-    path: Path,
-    *,
-    volumes: dict[str, int] | None = None,
-    size: int = SIZE,
-    seed: int = 0,
-    grey: bool = False,
-    prep: dict | None = None,
-) -> Path:
-    """Write a tiny prepared dataset (docs/dataset-format.md). ``volumes``: split -> number of volumes."""
-    volumes = volumes or {"train": 2, "val": 1, "test": 3}
-    rng = np.random.default_rng(seed)
-    images, index, vols = [], [], []
-    k = 0
-    for split, n_vol in volumes.items():
-        for _ in range(n_vol):
-            vid = f"IXI{k:03d}-HH-0000-T1"
-            k += 1
-            n_sl = 4
-            for s in range(n_sl):
-                img = np.full((size, size), 0.5, np.float32) if grey else _image(rng, size)
-                images.append(img)
-                index.append(
-                    {
-                        "volume_id": vid,
-                        "slice": 40 + s,
-                        "split": split,
-                        "brain_frac": 0.3,
-                        "nonzero_frac": 0.5,
-                        "nonzero_mean": 0.4,
-                        "scale_lo": 0.0,
-                        "scale_hi": 900.0,
-                    }
-                )
-            vols.append({"volume_id": vid, "subject_id": vid[:6], "split": split, "n_kept": n_sl})
-    path.mkdir(parents=True, exist_ok=True)
-    np.save(path / "slices.npy", np.stack(images) if images else np.zeros((0, size, size), np.float32))
-    pd.DataFrame(
-        index,
-        columns=[
-            "volume_id",
-            "slice",
-            "split",
-            "brain_frac",
-            "nonzero_frac",
-            "nonzero_mean",
-            "scale_lo",
-            "scale_hi",
-        ],
-    ).to_csv(path / "index.csv", index=False)
-    pd.DataFrame(vols).to_csv(path / "volumes.csv", index=False)
-    settings = {"version": "test", "preprocessing": prep or {**PREP, "size": size}, "seed": 0}
-    (path / "settings.json").write_text(json.dumps(settings))
-    return path
-
-
-def make_checkpoint(
-    path: Path,
-    *,
-    arch: str = "skip-cae",
-    seed: int = 0,
-    prep: dict | None = None,
-    model: nn.Module | None = None,
-) -> Path:
-    torch.manual_seed(seed)
-    model = model if model is not None else build_model(arch, latent_channels=8)
-    return save_checkpoint(path, model, preprocessing=prep or PREP, training={"loss": "mse", "l2": False})
+PREP = SLICE_PREP
 
 
 # ------------------------------------------------------------------------------------------- metrics
@@ -383,7 +299,7 @@ def test_imported_thesis_model_evaluates(tmp_path: Path) -> None:
     from brainae.checkpoint import read_checkpoint
     from brainae.pretrained import THESIS_RES_UNET
 
-    prep = read_checkpoint(THESIS_RES_UNET).preprocessing
+    prep = read_checkpoint(THESIS_RES_UNET).preprocessing.to_dict()
     data = make_dataset(tmp_path / "data", volumes={"test": 1}, size=128, prep=prep)
     ours = make_checkpoint(tmp_path / "ours.safetensors", prep=prep)
     out = evaluate([THESIS_RES_UNET, ours], data, tmp_path / "e", baselines=["identity"], n_examples=1)

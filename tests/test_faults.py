@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 
 from brainae.errors import BrainaeError
 from brainae.io import MARKER
-from conftest import SEED_WEIGHTS, synthetic_head, write_volume
-from test_train import make_dataset, tiny
+from conftest import SEED_WEIGHTS, synthetic_head, tiny, write_volume
+from conftest import make_train_dataset as make_dataset
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -82,7 +82,9 @@ def prepared(cohort, tmp_path) -> Path:
     prepare(
         cohort,
         out,
-        PrepareConfig(size=32, mask_method="threshold", demographics=str(tmp_path / "participants.csv")),
+        PrepareConfig.from_options(
+            size=32, mask_method="threshold", demographics=str(tmp_path / "participants.csv")
+        ),
     )
     return out
 
@@ -184,7 +186,7 @@ TRAIN_SCRIPT = """
 import sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-from test_train import tiny
+from conftest import tiny
 from brainae.train import fit
 fit(Path({ds!r}), Path({out!r}), tiny(epochs=3, max_steps_per_epoch=4), progress=False)
 """
@@ -403,7 +405,7 @@ def test_stale_temporaries_of_a_killed_run_are_removed(cohort, tmp_path):
         (s / "slices.npy").write_bytes(b"half")
     keep = tmp_path / f".ds.tmp-{os.getpid()}-live"  # a writer that is still running: left alone
     keep.mkdir()
-    prepare(cohort, out, PrepareConfig(size=32, mask_method="none", select="nonzero-mean"))
+    prepare(cohort, out, PrepareConfig.from_options(size=32, mask_method="none", select="nonzero-mean"))
     assert not any(s.exists() for s in stale)
     assert keep.exists()
 
@@ -484,8 +486,14 @@ def test_nan_weights_crafted_sizes_and_bad_statistics_are_refused(volume, tmp_pa
 
     # garbage normative statistics
     for stats in ({"mean": "abc", "std": 1.0}, {"mean": 0.1, "std": float("nan")}):
-        update_checkpoint(good, normative=stats)
-        one_error_line(cli("anomaly", volume, "--model", good, "--json"), "good.safetensors", "normative")
+        with pytest.raises(BrainaeError, match="good.safetensors: normative"):  # never written ...
+            update_checkpoint(good, normative=stats)
+        meta["arch_kwargs"]["latent_channels"] = 8
+        save_file(state, str(crafted), metadata={METADATA_KEY: json.dumps({**meta, "normative": stats})})
+        # ... and refused when crafted
+        one_error_line(
+            cli("anomaly", volume, "--model", crafted, "--json"), "crafted.safetensors", "normative"
+        )
     assert read_checkpoint(good).arch == "skip-cae"
     assert not out.exists()
     assert digest(volume) == before

@@ -40,7 +40,7 @@ def test_import_reproduces_keras_reference_outputs(h5: Path) -> None:
         for kind in ("clean", "noise"):
             x = torch.from_numpy(ref[f"x_{kind}"].astype(np.float32))[:, None]
             y = model(x)[:, 0].numpy()
-            assert np.abs(y - ref[f"y_{kind}"]).max() < 1e-4
+            assert np.abs(y - ref[f"y_{kind}"]).max() < 1e-5  # 6.1e-7 measured on CPU (module doc, README)
 
 
 def test_explicit_matching_arch_is_accepted() -> None:

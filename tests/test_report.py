@@ -13,7 +13,7 @@ from brainae.errors import BrainaeError
 from brainae.evaluate import evaluate
 from brainae.report import SECTIONS, build_report
 from brainae.stats import run_stats
-from test_evaluate import make_checkpoint, make_dataset
+from conftest import make_checkpoint, make_dataset
 
 
 def _run(path: Path, name: str) -> Path:
@@ -169,7 +169,7 @@ def test_bar_charts_and_baselines_explain_identity_and_do_not_repeat(demo_like) 
     baselines = _section(text, "baselines")
     corrupted = _section(text, "corrupted")
     assert "<h4>MSE</h4>" in corrupted and "<h4>" not in baselines  # no repeated metric tables
-    assert "best baseline" in baselines and "non-local means" in baselines
+    assert "best baseline" in baselines and "denoise_nl_means" in baselines and "score to beat" in baselines
 
 
 def test_inspect_folder_feeds_the_data_section(demo_like) -> None:

@@ -136,11 +136,11 @@ def test_default_models_ship_with_the_package():
         assert path.is_file() and path.stat().st_size < 5e6
         vm = load_volumetric(None, task=task)
         assert vm.task.name == task
-        assert vm.preprocessing["kind"] == "volumetric"
-        assert vm.training["recipe"]["task"] == task
-        assert not set(vm.training["train_ids"]) & set(_split()["test"])
-    assert load_volumetric(None, task="anomaly").normative["thresholds"]
-    assert load_volumetric(None, task="denoise").preprocessing["blend"]["alpha"]
+        assert vm.preprocessing.kind == "volumetric" and vm.preprocessing.task == task
+        assert vm.training.recipe["task"] == task
+        assert not set(vm.training.get("train_ids")) & set(_split()["test"])
+    assert load_volumetric(None, task="anomaly").normative.thresholds
+    assert load_volumetric(None, task="denoise").preprocessing.blend["alpha"]
 
 
 def _split() -> dict:
@@ -249,9 +249,9 @@ def test_fit_writes_a_self_describing_checkpoint(tmp_path, cohort):
     )
     assert res.exit_code == 0, res.output
     vm = load_volumetric(out, task="anomaly")
-    assert vm.training["recipe"]["steps"] == 2
-    assert len(vm.training["val_ids"]) >= 1
-    assert vm.normative["levels"][0] == 0.0
+    assert vm.training.recipe["steps"] == 2
+    assert len(vm.training.get("val_ids")) >= 1
+    assert vm.normative.levels[0] == 0.0
     info = runner.invoke(app, ["info", str(out)])
     assert info.exit_code == 0 and "anomaly" in info.output
     for task in TASKS:

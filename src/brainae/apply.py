@@ -34,7 +34,7 @@ Example:
     >>> from brainae.checkpoint import load_checkpoint                       # doctest: +SKIP
     >>> model, ckpt = load_checkpoint("model.safetensors")                   # doctest: +SKIP
     >>> vol = load_volume("IXI002-Guys-0828-T1.nii.gz")                      # doctest: +SKIP
-    >>> res = denoise(vol, model, Preprocessing.from_dict(ckpt.preprocessing))  # doctest: +SKIP
+    >>> res = denoise(vol, model, ckpt.preprocessing)                        # doctest: +SKIP
     >>> save_like("denoised.nii.gz", res.data, vol)                          # doctest: +SKIP
 """
 
@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from brainae.device import resolve_device
 from brainae.errors import BrainaeError
 from brainae.volume import (
     PROFILE_AXIS,
@@ -70,6 +71,7 @@ __all__ = [
     "reconstruct",
     "reconstruct_volume",
     "resolve_device",
+    "resolve_selection",
     "select_slices",
     "skull_strip_for",
 ]
@@ -113,24 +115,6 @@ class Result:
         return int((~self.processed).sum())
 
 
-def resolve_device(device: str | object = "cpu"):
-    """``"auto"`` -> CUDA if available, else CPU; other names as ``torch.device`` (clear error if absent)."""
-    import torch
-
-    if isinstance(device, torch.device):
-        return device
-    name = str(device).strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise BrainaeError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BrainaeError(f"device {device!r}: CUDA is not available here; use --device cpu or auto")
-    return dev
-
-
 def load_applicable(path: str | os.PathLike, device: str | object = "cpu"):
     """(model in eval mode, :class:`Preprocessing`, normative statistics or None) from a checkpoint file.
 
@@ -143,8 +127,10 @@ def load_applicable(path: str | os.PathLike, device: str | object = "cpu"):
     """
     import warnings
 
+    from brainae.checkpoint import load_checkpoint
     from brainae.errors import BrainaeWarning
-    from brainae.models.keras_import import THESIS_PREPROCESSING
+    from brainae.slice_anomaly import check_normative
+    from brainae.volume import THESIS_PREPROCESSING
 
     path = Path(path)
     dev = resolve_device(device)
@@ -154,14 +140,6 @@ def load_applicable(path: str | os.PathLike, device: str | object = "cpu"):
         )
     if path.is_dir():
         raise BrainaeError(f"{path}: is a folder; give the checkpoint file (.safetensors)")
-    if path.suffix.lower() in (".h5", ".hdf5", ".keras"):
-        from brainae.models.keras_import import import_keras
-
-        model, _ = import_keras(path)
-        return model.to(dev).eval(), Preprocessing.from_dict(THESIS_PREPROCESSING), None
-    from brainae.checkpoint import load_checkpoint
-    from brainae.slice_anomaly import check_normative
-
     model, ckpt = load_checkpoint(path, dev)
     check_normative(ckpt.normative, path.name)
     if ckpt.preprocessing is None:
@@ -171,8 +149,10 @@ def load_applicable(path: str | os.PathLike, device: str | object = "cpu"):
             BrainaeWarning,
             stacklevel=2,
         )
-        return model, Preprocessing.from_dict(THESIS_PREPROCESSING), ckpt.normative
-    return model, Preprocessing.from_dict(ckpt.preprocessing), ckpt.normative
+        return model, THESIS_PREPROCESSING, ckpt.normative
+    if not isinstance(ckpt.preprocessing, Preprocessing):
+        raise BrainaeError(f"{path.name}: a volumetric model; it is not a slice autoencoder")
+    return model, ckpt.preprocessing, ckpt.normative
 
 
 def predict_slices(
@@ -264,6 +244,38 @@ def as_selection(selection: Selection | float | None) -> Selection | None:
         return selection
     value = float(selection)
     return Selection(threshold=value) if value > 0 else None
+
+
+def resolve_selection(
+    recorded: Selection | None, *, min_brain_frac: float | None = None, mask_method: str | None = None
+) -> Selection | None:
+    """The slice selection to apply: the one a checkpoint recorded, with the user's overrides.
+
+    Args:
+        recorded: the checkpoint's selection (:func:`brainae.slice_anomaly.selection_from`); None: every slice.
+        min_brain_frac: a ``brain-mask`` threshold instead (<= 0: every slice).
+        mask_method: the brain-mask backend instead of the recorded one; left out, the recorded one, or the
+            threshold fallback when it was deepbet and deepbet is not installed
+            (:func:`brainae.brainmask.matching_method`, with a warning).
+
+    Example:
+        >>> resolve_selection(Selection("nonzero-mean", 0.1), min_brain_frac=0.0) is None
+        True
+    """
+    import dataclasses
+
+    from brainae.brainmask import matching_method
+
+    sel = recorded
+    if min_brain_frac is not None:
+        if min_brain_frac <= 0:
+            return None
+        sel = Selection("brain-mask", float(min_brain_frac), sel.mask_method if sel else "threshold")
+    if sel is None:
+        return None
+    if mask_method is not None:
+        return dataclasses.replace(sel, mask_method=mask_method)
+    return dataclasses.replace(sel, mask_method=matching_method(sel.mask_method))
 
 
 def select_slices(

@@ -1,11 +1,22 @@
-"""Classical whole-volume baselines that brainae's models are measured against (pure numpy / scikit-image).
+"""Classical baselines that brainae's models are measured against (pure numpy / scikit-image): the one place
+for them, used by :mod:`brainae.evaluate` (2-D slices) and the benchmarks (whole volumes).
 
-- :func:`nlm_denoise`: 3-D non-local means (scikit-image ``denoise_nl_means``) on the whole volume with the
-  given (true) noise sd; the SPEC's best setting for the head: patch 5, distance 6, ``h = 0.6 sigma``, fast
-  mode. The volume is divided by a robust scale (its 99.5th percentile of absolute values) and run in float32,
-  then scaled back, so any intensity range gives the same result as the [0, 1] case.
+Non-local means has ONE definition of its settings, :data:`NLM` (patch 5, distance 6, ``h = 0.6 sigma``,
+scikit-image's fast mode; the SPEC's best setting for the head). Its two uses differ only in what they are
+given, which is why their numbers differ:
+
+- :func:`nlm_denoise`: 3-D, a whole volume, the given (true) noise sd: the benchmarks' and the README's numbers
+  (``benchmarks/denoise.py``). The volume is divided by a robust scale (its 99.5th percentile of absolute
+  values) and run in float32, then scaled back, so any intensity range gives the same result as the [0, 1] case.
+- :func:`nlm_denoise_slice`: 2-D, one slice in [0, 1], the sd estimated from the slice
+  (:func:`estimate_noise_sigma`) unless given; output clipped to [0, 1]: ``brainae evaluate``'s ``nlm``.
+
+:data:`SLICE_BASELINES` is the table of ``brainae evaluate``'s baselines (identity, nlm, biharmonic): what each
+does, on which conditions it runs (:func:`baseline_applies`) and how (:func:`run_slice_baseline`).
+
 - :func:`biharmonic_inpaint`: scikit-image ``inpaint_biharmonic`` in 3-D, solved only in the bounding box of
-  each connected component of the mask plus a margin; unmasked voxels are returned bit-identical.
+  each connected component of the mask plus a margin; unmasked voxels are returned bit-identical
+  (:func:`biharmonic_inpaint_slice`: one 2-D slice in [0, 1], for ``brainae evaluate``).
 - :func:`intensity_zscore`: the "intensity z-score of the same scan" anomaly baseline: ``|I - median| /
   (1.4826 MAD)`` over the brain voxels of the scan, zero outside the brain (``signed=True`` keeps the sign).
 
@@ -20,19 +31,53 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
 import numpy as np
 
-__all__ = ["biharmonic_inpaint", "intensity_zscore", "nlm_denoise"]
+__all__ = [
+    "NLM",
+    "SLICE_BASELINES",
+    "Baseline",
+    "NLMSettings",
+    "baseline_applies",
+    "biharmonic_inpaint",
+    "biharmonic_inpaint_slice",
+    "estimate_noise_sigma",
+    "intensity_zscore",
+    "nlm_denoise",
+    "nlm_denoise_slice",
+    "run_slice_baseline",
+]
+
+
+@dataclass(frozen=True)
+class NLMSettings:
+    """Settings of scikit-image's ``denoise_nl_means``: ``h = h_over_sigma x sigma``."""
+
+    patch_size: int = 5
+    patch_distance: int = 6
+    h_over_sigma: float = 0.6
+    fast_mode: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+NLM = NLMSettings()
+"""The non-local means settings of every NLM baseline (slices and volumes)."""
 
 
 def nlm_denoise(
     volume: np.ndarray,
     sigma: float,
     *,
-    patch_size: int = 5,
-    patch_distance: int = 6,
-    h_factor: float = 0.6,
-    fast: bool = True,
+    patch_size: int = NLM.patch_size,
+    patch_distance: int = NLM.patch_distance,
+    h_factor: float = NLM.h_over_sigma,
+    fast: bool = NLM.fast_mode,
 ) -> np.ndarray:
     """3-D non-local means of a whole volume with a known noise sd.
 
@@ -73,6 +118,135 @@ def nlm_denoise(
         channel_axis=None,
     )
     return (np.asarray(out, dtype=np.float32) * np.float32(scale)).astype(np.float32)
+
+
+def estimate_noise_sigma(image: np.ndarray) -> float:
+    """Gaussian noise standard deviation of one 2-D image: median(|HH|) / 0.6745 (Donoho's estimator).
+
+    ``HH`` are the finest diagonal Haar wavelet coefficients, ``(a - b - c + d) / 2`` on 2 x 2 blocks (the idea
+    of ``skimage.restoration.estimate_sigma``, which needs the optional PyWavelets).
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> round(estimate_noise_sigma(0.5 + rng.normal(0, 0.04, (128, 128))), 2)
+        0.04
+    """
+    x = np.asarray(image, dtype=np.float64)
+    h, w = (x.shape[0] // 2) * 2, (x.shape[1] // 2) * 2
+    x = x[:h, :w]
+    hh = (x[0::2, 0::2] - x[0::2, 1::2] - x[1::2, 0::2] + x[1::2, 1::2]) / 2.0
+    return float(np.median(np.abs(hh)) / 0.6745)
+
+
+def nlm_denoise_slice(image: np.ndarray, *, sigma: float | None = None) -> np.ndarray:
+    """2-D non-local means (:data:`NLM`) of one image in [0, 1]; ``sigma`` estimated when not given.
+
+    Returns:
+        float64 image clipped to [0, 1] (a copy of the input when the noise sd is ~0).
+    """
+    from skimage.restoration import denoise_nl_means
+
+    x = np.asarray(image, dtype=np.float64)
+    s = estimate_noise_sigma(x) if sigma is None else float(sigma)
+    if not s > 1e-6:
+        return x.copy()
+    out = denoise_nl_means(
+        x,
+        patch_size=NLM.patch_size,
+        patch_distance=NLM.patch_distance,
+        h=NLM.h_over_sigma * s,
+        sigma=s,
+        fast_mode=NLM.fast_mode,
+    )
+    return np.clip(out, 0.0, 1.0)
+
+
+def biharmonic_inpaint_slice(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Fill ``mask`` (True = missing) of one 2-D image in [0, 1] by biharmonic inpainting, clipped to [0, 1]."""
+    from skimage.restoration import inpaint_biharmonic
+
+    x = np.asarray(image, dtype=np.float64)
+    m = np.asarray(mask, dtype=bool)
+    if not m.any():
+        return x.copy()
+    if m.all():
+        return np.zeros_like(x)
+    return np.clip(inpaint_biharmonic(x, m), 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A baseline of ``brainae evaluate``: an extra "model" run on the same corrupted slices.
+
+    Attributes:
+        what: what it does, in words (``provenance.json``).
+        families: the condition kinds it runs on, alone (``None``: every condition).
+        run: ``run(image, mask, sigma)`` on one 2-D slice in [0, 1] (``None``: the corrupted input itself).
+        settings: its settings as recorded in ``provenance.json``.
+    """
+
+    what: str
+    families: tuple[str, ...] | None
+    run: Callable[[np.ndarray, np.ndarray | None, float | None], np.ndarray] | None = None
+    settings: dict[str, Any] | None = None
+
+    def provenance(self, sigma: float | None = None) -> dict[str, Any]:
+        d: dict[str, Any] = {"what": self.what, **(self.settings or {})}
+        if sigma is not None and self.settings is not None and "sigma" in self.settings:
+            d["sigma"] = sigma
+        conditions = "all" if self.families is None else ", ".join(f"{f}-*" for f in self.families)
+        return {**d, "conditions": conditions}
+
+
+def _nlm(image: np.ndarray, mask: np.ndarray | None, sigma: float | None) -> np.ndarray:
+    return nlm_denoise_slice(image, sigma=sigma)
+
+
+def _biharmonic(image: np.ndarray, mask: np.ndarray | None, sigma: float | None) -> np.ndarray:
+    return biharmonic_inpaint_slice(image, mask if mask is not None else np.zeros(image.shape, bool))
+
+
+SLICE_BASELINES: dict[str, Baseline] = {
+    "identity": Baseline("the corrupted input itself", None),
+    "nlm": Baseline(
+        "skimage.restoration.denoise_nl_means",
+        ("noise", "rician"),
+        _nlm,
+        {**NLM.to_dict(), "sigma": "estimated per slice (Haar-MAD, estimate_noise_sigma)"},
+    ),
+    "biharmonic": Baseline(
+        "skimage.restoration.inpaint_biharmonic with the blank-out mask", ("blank",), _biharmonic
+    ),
+}
+"""``brainae evaluate``'s baselines by name (NLM only on noise conditions: it is a denoiser, and at about
+30 ms per 128 x 128 slice, ``benchmarks/baseline_timing.py``, it would dominate the run time elsewhere; biharmonic only where a mask marks a hole)."""
+
+
+def baseline_applies(baseline: str, condition: str) -> bool:
+    """Whether a baseline is run on a condition name (a ``+``-joined combination runs only ``identity``).
+
+    Raises:
+        ValueError: unknown baseline.
+
+    Example:
+        >>> baseline_applies("nlm", "noise-0.04"), baseline_applies("nlm", "blur+noise-0.04")
+        (True, False)
+    """
+    if baseline not in SLICE_BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}; valid: {', '.join(SLICE_BASELINES)}")
+    families = SLICE_BASELINES[baseline].families
+    if families is None:
+        return True
+    parts = [p.strip() for p in condition.split("+")]
+    return len(parts) == 1 and parts[0].split("-", 1)[0] in families
+
+
+def run_slice_baseline(
+    name: str, image: np.ndarray, mask: np.ndarray | None = None, sigma: float | None = None
+) -> np.ndarray:
+    """One baseline on one 2-D slice in [0, 1] (``mask``: the blank-out mask; ``sigma``: NLM's noise sd)."""
+    run = SLICE_BASELINES[name].run
+    return np.array(image, copy=True) if run is None else run(image, mask, sigma)
 
 
 def biharmonic_inpaint(volume: np.ndarray, mask: np.ndarray, *, margin: int = 4) -> np.ndarray:

@@ -1,14 +1,17 @@
 """Self-describing model checkpoints: ONE safetensors file that is all later commands need.
 
 Weights are stored as tensors (the model's ``state_dict``); a JSON string under the safetensors metadata key
-``"brainae"`` describes them::
+``"brainae"`` describes them (the *card*)::
 
     {"format": 1, "version": "<brainae version>", "arch": "res-unet", "arch_kwargs": {...},
      "preprocessing": {...} | null, "training": {...} | null, "normative": {...} | null, "source": {...}}
 
-``preprocessing`` is the data pipeline's settings (opaque here), ``training`` the training configuration,
-``normative`` anomaly statistics of healthy validation volumes, ``source`` where the weights came from
-(e.g. an imported Keras file with its license). Files are written atomically (temp file + rename).
+:func:`read_checkpoint` turns the card into typed parts: ``preprocessing`` a
+:class:`~brainae.volume.Preprocessing` (slice models) or :class:`~brainae.volume.VolumetricPreprocessing`
+(``brainae fit`` models), ``training`` a :class:`Training`, ``normative`` the healthy validation volumes'
+statistics (:class:`Normative`), ``source`` where the weights came from with their licence (:class:`Source`).
+:func:`load_checkpoint` is the one loader every consumer uses (it also imports a thesis Keras ``.h5`` file on
+the fly). Files are written atomically (temp file + rename).
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from brainae.card import CardPreprocessing, Normative, Source, Training, card_parts
 from brainae.errors import BrainaeError
+from brainae.volume import VolumetricPreprocessing
 
 FORMAT = 1
 """Version of the checkpoint layout written by this brainae."""
@@ -33,32 +38,44 @@ METADATA_KEY = "brainae"
 _UNSET: Any = object()
 
 
+KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
+
+
 @dataclass
 class Checkpoint:
-    """The contents of a checkpoint file."""
+    """The contents of a checkpoint file: the architecture, the weights and the typed card."""
 
     arch: str
     arch_kwargs: dict[str, Any]
     state_dict: dict[str, torch.Tensor] = field(repr=False)
-    preprocessing: dict[str, Any] | None = None
-    training: dict[str, Any] | None = None
-    normative: dict[str, Any] | None = None
-    source: dict[str, Any] | None = None
+    preprocessing: CardPreprocessing | None = None
+    training: Training | None = None
+    normative: Normative | None = None
+    source: Source | None = None
     version: str | None = None
     format: int = FORMAT
     path: Path | None = None
 
+    @property
+    def volumetric(self) -> bool:
+        """True for a volumetric (``brainae fit``) model."""
+        return isinstance(self.preprocessing, VolumetricPreprocessing)
+
     def metadata(self) -> dict[str, Any]:
         """The JSON-able description stored under the ``"brainae"`` metadata key."""
+
+        def plain(part: Any) -> Any:
+            return None if part is None else part.to_dict()
+
         return {
             "format": self.format,
             "version": self.version,
             "arch": self.arch,
             "arch_kwargs": self.arch_kwargs,
-            "preprocessing": self.preprocessing,
-            "training": self.training,
-            "normative": self.normative,
-            "source": self.source,
+            "preprocessing": plain(self.preprocessing),
+            "training": plain(self.training),
+            "normative": plain(self.normative),
+            "source": plain(self.source),
         }
 
 
@@ -182,10 +199,10 @@ def save_checkpoint(
     *,
     arch: str | None = None,
     arch_kwargs: dict[str, Any] | None = None,
-    preprocessing: dict[str, Any] | None = None,
-    training: dict[str, Any] | None = None,
-    normative: dict[str, Any] | None = None,
-    source: dict[str, Any] | None = None,
+    preprocessing: CardPreprocessing | dict[str, Any] | None = None,
+    training: Training | dict[str, Any] | None = None,
+    normative: Normative | dict[str, Any] | None = None,
+    source: Source | dict[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` and its description to one safetensors file, atomically.
 
@@ -194,18 +211,23 @@ def save_checkpoint(
         model: the model (DataParallel / DDP / ``torch.compile`` wrappers are unwrapped).
         arch: architecture name; defaults to the ``brainae_arch`` that :func:`brainae.models.build_model` set.
         arch_kwargs: constructor arguments; defaults to the model's ``brainae_arch_kwargs``.
-        preprocessing: the data pipeline's settings (stored as given).
-        training: training configuration / history summary.
-        normative: anomaly statistics of healthy volumes.
-        source: provenance (file, license, credit).
+        preprocessing: how inputs are made (:class:`~brainae.volume.Preprocessing` or
+            :class:`~brainae.volume.VolumetricPreprocessing`, or its stored dict form).
+        training: the run's settings and record (:class:`Training` or its dict form).
+        normative: statistics of healthy volumes (:class:`Normative` or its dict form).
+        source: provenance and licence (:class:`Source` or its dict form).
 
     Returns:
         The path written.
 
     Raises:
-        BrainaeError: unknown architecture, weights that do not fit it, or a description that is not JSON.
+        BrainaeError: unknown architecture, weights that do not fit it, a card part that cannot be read, or
+            a description that is not JSON.
     """
     path = Path(path)
+    parts = card_parts(
+        path.name, preprocessing=preprocessing, training=training, normative=normative, source=source
+    )
     inner = _unwrap(model)
     arch = arch if arch is not None else getattr(inner, "brainae_arch", None)
     if arch is None:
@@ -220,14 +242,35 @@ def save_checkpoint(
         arch=arch,
         arch_kwargs=dict(arch_kwargs),
         state_dict=state,
-        preprocessing=preprocessing,
-        training=training,
-        normative=normative,
-        source=source,
+        **parts,
         version=__version__,
     ).metadata()
     _write(path, state, meta)
     return path
+
+
+def import_keras_checkpoint(
+    h5_path: str | Path, out: str | Path, *, arch: str | None = None
+) -> dict[str, Any]:
+    """Import a thesis Keras model (:func:`~brainae.models.keras_import.import_keras`) and write it as a brainae checkpoint ``out``.
+
+    The checkpoint records the thesis's preprocessing and the source with its licence and credit.
+
+    Returns:
+        The ``info`` dict of :func:`~brainae.models.keras_import.import_keras`.
+    """
+    from brainae.models.keras_import import import_keras
+
+    model, info = import_keras(h5_path, arch=arch)
+    save_checkpoint(
+        out,
+        model,
+        arch=info["arch"],
+        arch_kwargs=info["arch_kwargs"],
+        preprocessing=info["preprocessing"],
+        source=info["source"],
+    )
+    return info
 
 
 def check_checkpoint_output(out: str | os.PathLike, inputs: list, force: bool) -> None:
@@ -258,8 +301,11 @@ def is_checkpoint(path: str | os.PathLike) -> bool:
         return False
 
 
-def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+def read_checkpoint(path: str | os.PathLike, *, weights: bool = True) -> Checkpoint:
     """Read a checkpoint's description and weights (CPU tensors) without building the model.
+
+    ``weights=False`` reads the card only (``state_dict`` is empty): what a command needs to decide what kind
+    of model a file holds, without reading its tensors.
 
     Raises:
         BrainaeError: missing file, not a safetensors file, not a brainae checkpoint, or a newer format.
@@ -272,7 +318,8 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     try:
         with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+            keys = list(f.keys()) if weights else []
+            state = {k: f.get_tensor(k) for k in keys}
     except Exception:  # safetensors raises several types for damaged headers
         raise BrainaeError(
             f"{path.name}: not a safetensors file (damaged or another format); give a brainae checkpoint"
@@ -297,14 +344,18 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
             f"{path.name}: checkpoint format {fmt} is newer than this brainae understands ({FORMAT}); "
             "upgrade brainae"
         )
-    return Checkpoint(
-        arch=arch,
-        arch_kwargs=arch_kwargs,
-        state_dict=state,
+    parts = card_parts(
+        path.name,
         preprocessing=info.get("preprocessing"),
         training=info.get("training"),
         normative=info.get("normative"),
         source=info.get("source"),
+    )
+    return Checkpoint(
+        arch=arch,
+        arch_kwargs=arch_kwargs,
+        state_dict=state,
+        **parts,
         version=info.get("version"),
         format=fmt,
         path=path,
@@ -314,12 +365,33 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
 def load_checkpoint(
     path: str | os.PathLike, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, Checkpoint]:
-    """Build the checkpoint's model with its weights, in eval mode on ``device``.
+    """Build the checkpoint's model with its weights, in eval mode on ``device``: the one model loader.
+
+    A thesis Keras file (``.h5``) is imported on the fly (:func:`brainae.models.keras_import.import_keras`,
+    with the card an imported checkpoint gets).
+
+    Example:
+        >>> model, ckpt = load_checkpoint("model.safetensors")       # doctest: +SKIP
+        >>> ckpt.preprocessing.size, ckpt.source.license              # doctest: +SKIP
+        (128, 'MIT')
 
     Raises:
         BrainaeError: as :func:`read_checkpoint`, architecture settings out of bounds, weights that do not
             fit the described architecture, or NaN/Inf weights.
     """
+    if Path(path).suffix.lower() in KERAS_SUFFIXES:
+        from brainae.models.keras_import import import_keras
+
+        model, info = import_keras(path)
+        ckpt = Checkpoint(
+            arch=info["arch"],
+            arch_kwargs=dict(info["arch_kwargs"]),
+            state_dict=model.state_dict(),
+            preprocessing=info["preprocessing"],
+            source=info["source"],
+            path=Path(path),
+        )
+        return model.to(device).eval(), ckpt
     ckpt = read_checkpoint(path)
     name = Path(path).name
     model = _check_fit(ckpt.state_dict, ckpt.arch, ckpt.arch_kwargs, name)
@@ -336,23 +408,28 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> n
 def update_checkpoint(
     path: str | os.PathLike,
     *,
-    preprocessing: dict[str, Any] | None = _UNSET,
-    training: dict[str, Any] | None = _UNSET,
-    normative: dict[str, Any] | None = _UNSET,
-    source: dict[str, Any] | None = _UNSET,
+    preprocessing: CardPreprocessing | dict[str, Any] | None = _UNSET,
+    training: Training | dict[str, Any] | None = _UNSET,
+    normative: Normative | dict[str, Any] | None = _UNSET,
+    source: Source | dict[str, Any] | None = _UNSET,
 ) -> Checkpoint:
     """Replace some of a checkpoint's description (e.g. add ``normative`` statistics), atomically in place.
 
     Arguments left out keep their stored value; the weights are rewritten unchanged.
     """
     ckpt = read_checkpoint(path)
-    for name, value in (
-        ("preprocessing", preprocessing),
-        ("training", training),
-        ("normative", normative),
-        ("source", source),
-    ):
-        if value is not _UNSET:
+    given = {
+        name: value
+        for name, value in (
+            ("preprocessing", preprocessing),
+            ("training", training),
+            ("normative", normative),
+            ("source", source),
+        )
+        if value is not _UNSET
+    }
+    for name, value in card_parts(Path(path).name, **given).items():
+        if name in given:
             setattr(ckpt, name, value)
     from brainae import __version__
 

@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -72,12 +72,15 @@ from brainae.errors import BrainaeError
 
 __all__ = [
     "CONDITIONS",
+    "CONDITION_KINDS",
+    "CORRUPTIONS",
     "AugmentConfig",
     "AugmentParams",
     "BiasParams",
     "BlankParams",
     "BlurParams",
     "Condition",
+    "Corruption",
     "DropoutParams",
     "MotionParams",
     "NoiseParams",
@@ -111,7 +114,6 @@ REFERENCE_SIZE = 128
 """Image size (pixels) at which blank-square sides and motion shifts are expressed; scaled to other sizes."""
 
 Level = float | tuple[float, float]
-_CORRUPTIONS = ("bias", "motion", "spike", "blur", "rician", "noise", "dropout", "blank")  # augment order
 Size = tuple[int, int]
 
 
@@ -549,7 +551,7 @@ class AugmentConfig:
     @classmethod
     def off(cls) -> AugmentConfig:
         """A configuration with every corruption disabled (``augment`` returns a copy of the batch)."""
-        return cls(**dict.fromkeys(_CORRUPTIONS, False))
+        return cls(**dict.fromkeys(CORRUPTIONS, False))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for JSON/YAML next to results)."""
@@ -589,49 +591,24 @@ def sample_augment(
     device: torch.device | str | None = None,
 ) -> AugmentParams:
     """Sample the parameters of every enabled corruption, in the fixed order of :func:`augment`."""
-    c, g = config, generator
-    return AugmentParams(
-        bias=sample_bias(n, g, device, strength=(0.0, c.bias_strength), order=c.bias_order, p=c.bias_p)
-        if c.bias
-        else None,
-        motion=sample_motion(
-            n, g, device, size=size, shift=(0.0, c.motion_shift), fraction=c.motion_fraction, p=c.motion_p
-        )
-        if c.motion
-        else None,
-        spike=sample_spike(n, g, device, size=size, amplitude=(0.0, c.spike_amplitude), p=c.spike_p)
-        if c.spike
-        else None,
-        blur=sample_blur(n, g, device, sigma=c.blur_sigma, p=c.blur_p) if c.blur else None,
-        rician=sample_rician(n, g, device, size=size, sd=(0.0, c.rician_sd)) if c.rician else None,
-        noise=sample_noise(n, g, device, size=size, sd=(0.0, c.noise_sd)) if c.noise else None,
-        dropout=sample_dropout(n, g, device, size=size, rate=(0.0, c.dropout_rate)) if c.dropout else None,
-        blank=sample_blank(n, g, device, size=size, side=(c.blank_min_side, c.blank_max_side), p=c.blank_p)
-        if c.blank
-        else None,
-    )
+    params = {}
+    for kind, spec in CORRUPTIONS.items():
+        if getattr(config, kind):
+            params[kind] = spec.sample(
+                n, generator, device, **spec.size_arg(size), **spec.augment_args(config)
+            )
+    return AugmentParams(**params)
 
 
 def apply_augment(batch: Tensor, params: AugmentParams, *, dropout_rescale: bool = False) -> Tensor:
     """Apply sampled parameters in the fixed order bias -> motion -> spike -> blur -> rician -> noise ->
     dropout -> blank. Returns a new tensor; ``batch`` is not modified."""
     out = _fresh(batch)
-    if params.bias is not None:
-        out = apply_bias(out, params.bias)
-    if params.motion is not None:
-        out = apply_motion(out, params.motion)
-    if params.spike is not None:
-        out = apply_spike(out, params.spike)
-    if params.blur is not None:
-        out = apply_blur(out, params.blur)
-    if params.rician is not None:
-        out = apply_rician(out, params.rician)
-    if params.noise is not None:
-        out = apply_noise(out, params.noise)
-    if params.dropout is not None:
-        out = apply_dropout(out, params.dropout, rescale=dropout_rescale)
-    if params.blank is not None:
-        out = apply_blank(out, params.blank)
+    for kind, spec in CORRUPTIONS.items():
+        sampled = getattr(params, kind)
+        if sampled is not None:
+            options = {"rescale": dropout_rescale} if kind == "dropout" else {}
+            out = spec.apply(out, sampled, **options)
     return out.clone() if out is batch else out
 
 
@@ -661,27 +638,75 @@ def augment(batch: Tensor, config: AugmentConfig, generator: torch.Generator) ->
 
 # -------------------------------------------------------------------------------------------- conditions
 
-_DEFAULT_LEVELS: dict[str, float | None] = {
-    "clean": None,
-    "noise": 0.04,
-    "dropout": 0.05,
-    "blank": 30.0,
-    "blur": 0.6,
-    "rician": 0.04,
-    "bias": 0.3,
-    "motion": 4.0,
-    "spike": 0.05,
-}
-_LEVEL_MEANING = {
-    "noise": "Gaussian noise sd",
-    "dropout": "pixel dropout rate (< 1)",
-    "blank": "square side in pixels at 128 x 128",
-    "blur": "Gaussian blur sigma in pixels",
-    "rician": "Rician noise sd",
-    "bias": "bias-field coefficient bound",
-    "motion": "motion shift in pixels at 128 x 128 (30 % of k-space lines)",
-    "spike": "k-space spike amplitude",
-}
+
+@dataclass(frozen=True)
+class Corruption:
+    """One kind of corruption: everything :func:`augment`, :class:`Condition` and :func:`parse_condition` need.
+
+    Attributes:
+        sample: ``sample_X(n, generator, device, ...)``; apply: ``apply_X(batch, params)``.
+        level_arg: the argument of ``sample`` that a condition's level fixes.
+        default_level: a condition's level when its name gives none.
+        meaning: what the level is, in words (for messages).
+        augment_args: ``sample`` arguments from an :class:`AugmentConfig` (training augmentation).
+        sized: ``sample`` takes the image ``size``.
+        condition_args: further ``sample`` arguments of a fixed-level condition (e.g. ``p=1``).
+        below: an exclusive upper bound of the level (dropout rates < 1), if any.
+        mask: ``mask(params, size)``: the pixels a condition marks as missing (blank), if any.
+    """
+
+    sample: Callable[..., Any]
+    apply: Callable[..., Tensor]
+    level_arg: str
+    default_level: float
+    meaning: str
+    augment_args: Callable[[AugmentConfig], dict[str, Any]]
+    sized: bool = True
+    condition_args: dict[str, Any] = field(default_factory=dict)
+    below: float | None = None
+    mask: Callable[[Any, Size], Tensor] | None = None
+
+    def size_arg(self, size: Size) -> dict[str, Size]:
+        return {"size": size} if self.sized else {}
+
+
+CORRUPTIONS: dict[str, Corruption] = {  # in the order augment applies them
+    "bias": Corruption(
+        sample_bias, apply_bias, "strength", 0.3, "bias-field coefficient bound",
+        lambda c: {"strength": (0.0, c.bias_strength), "order": c.bias_order, "p": c.bias_p}, sized=False,
+    ),
+    "motion": Corruption(
+        sample_motion, apply_motion, "shift", 4.0, "motion shift in pixels at 128 x 128 (30 % of k-space lines)",
+        lambda c: {"shift": (0.0, c.motion_shift), "fraction": c.motion_fraction, "p": c.motion_p},
+    ),
+    "spike": Corruption(
+        sample_spike, apply_spike, "amplitude", 0.05, "k-space spike amplitude",
+        lambda c: {"amplitude": (0.0, c.spike_amplitude), "p": c.spike_p},
+    ),
+    "blur": Corruption(
+        sample_blur, apply_blur, "sigma", 0.6, "Gaussian blur sigma in pixels",
+        lambda c: {"sigma": c.blur_sigma, "p": c.blur_p}, sized=False, condition_args={"p": 1.0},
+    ),
+    "rician": Corruption(
+        sample_rician, apply_rician, "sd", 0.04, "Rician noise sd", lambda c: {"sd": (0.0, c.rician_sd)},
+    ),
+    "noise": Corruption(
+        sample_noise, apply_noise, "sd", 0.04, "Gaussian noise sd", lambda c: {"sd": (0.0, c.noise_sd)},
+    ),
+    "dropout": Corruption(
+        sample_dropout, apply_dropout, "rate", 0.05, "pixel dropout rate (< 1)",
+        lambda c: {"rate": (0.0, c.dropout_rate)}, below=1.0,
+    ),
+    "blank": Corruption(
+        sample_blank, apply_blank, "side", 30.0, "square side in pixels at 128 x 128",
+        lambda c: {"side": (c.blank_min_side, c.blank_max_side), "p": c.blank_p},
+        condition_args={"p": 1.0}, mask=blank_mask,
+    ),
+}  # fmt: skip
+"""Every corruption kind, in the fixed order :func:`augment` applies them: one row per kind."""
+
+CONDITION_KINDS = ("clean", *CORRUPTIONS)
+"""The kinds of evaluation condition: ``clean`` and every corruption."""
 
 
 @dataclass(frozen=True)
@@ -713,27 +738,20 @@ class Condition:
             N x 1 x H x W mask of blanked pixels (``None`` otherwise).
         """
         n, _, h, w = _fresh(batch).shape
-        g, dev, size, lv = generator, batch.device, (h, w), self.level
         if self.kind == "clean":
             return batch.clone(), None
-        if self.kind == "blank":
-            params = sample_blank(n, g, dev, size=size, side=float(lv), p=1.0)
-            return apply_blank(batch, params), blank_mask(params, size)
-        if self.kind == "noise":
-            out = apply_noise(batch, sample_noise(n, g, dev, size=size, sd=lv))
-        elif self.kind == "dropout":
-            out = apply_dropout(batch, sample_dropout(n, g, dev, size=size, rate=lv))
-        elif self.kind == "blur":
-            out = apply_blur(batch, sample_blur(n, g, dev, sigma=lv, p=1.0))
-        elif self.kind == "rician":
-            out = apply_rician(batch, sample_rician(n, g, dev, size=size, sd=lv))
-        elif self.kind == "bias":
-            out = apply_bias(batch, sample_bias(n, g, dev, strength=lv))
-        elif self.kind == "motion":
-            out = apply_motion(batch, sample_motion(n, g, dev, size=size, shift=lv))
-        else:  # spike
-            out = apply_spike(batch, sample_spike(n, g, dev, size=size, amplitude=lv))
-        return out, None
+        spec = CORRUPTIONS[self.kind]
+        size = (h, w)
+        level = float(self.level) if self.kind == "blank" else self.level
+        params = spec.sample(
+            n,
+            generator,
+            batch.device,
+            **spec.size_arg(size),
+            **{spec.level_arg: level},
+            **spec.condition_args,
+        )
+        return spec.apply(batch, params), (spec.mask(params, size) if spec.mask is not None else None)
 
 
 def parse_condition(name: str) -> Condition:
@@ -753,25 +771,26 @@ def parse_condition(name: str) -> Condition:
     """
     text = str(name).strip().lower()
     kind, sep, level_text = text.partition("-")
-    if kind not in _DEFAULT_LEVELS:
+    if kind != "clean" and kind not in CORRUPTIONS:
         raise BrainaeError(
             f"unknown corruption condition {name!r}; valid conditions: {', '.join(CONDITIONS)} "
-            f"(or a custom level such as 'noise-0.03', 'blank-25'; kinds: {', '.join(_DEFAULT_LEVELS)})"
+            f"(or a custom level such as 'noise-0.03', 'blank-25'; kinds: {', '.join(CONDITION_KINDS)})"
         )
     if kind == "clean":
         if sep:
             raise BrainaeError(f"condition 'clean' takes no level, got {name!r}")
         return Condition("clean")
+    spec = CORRUPTIONS[kind]
     if not sep:
-        return Condition(kind, _DEFAULT_LEVELS[kind])
+        return Condition(kind, spec.default_level)
     try:
         level = float(level_text)
     except ValueError:
         level = float("nan")
-    if not math.isfinite(level) or level < 0 or (kind == "dropout" and level >= 1):
+    if not math.isfinite(level) or level < 0 or (spec.below is not None and level >= spec.below):
         raise BrainaeError(
-            f"cannot read the level of condition {name!r}: expected {kind}-<{_LEVEL_MEANING[kind]}>, "
-            f"a non-negative number, e.g. {kind}-{_DEFAULT_LEVELS[kind]:g}"
+            f"cannot read the level of condition {name!r}: expected {kind}-<{spec.meaning}>, "
+            f"a non-negative number, e.g. {kind}-{spec.default_level:g}"
         )
     return Condition(kind, level)
 

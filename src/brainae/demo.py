@@ -137,7 +137,7 @@ def run_demo(
             prep = prepare(
                 source,
                 out / "dataset",
-                PrepareConfig(
+                PrepareConfig.from_options(
                     size=size,
                     mask_method="threshold",
                     demographics=str(PARTICIPANTS),
@@ -207,7 +207,6 @@ def run_demo(
     import pandas as pd
 
     from brainae.checkpoint import load_checkpoint
-    from brainae.volume import Preprocessing
 
     volumes = pd.read_csv(out / "dataset" / "volumes.csv")
     held_out = volumes[volumes["split"] == "test"].iloc[0]
@@ -224,7 +223,7 @@ def run_demo(
     log(
         f"5/5 denoise: {held_out['file']} + Gaussian noise (sd 4 % of the volume maximum) with {model_path.name}"
     )
-    result = denoise(noisy, model, Preprocessing.from_dict(ckpt.preprocessing), device=device)
+    result = denoise(noisy, model, ckpt.preprocessing, device=device)
     save_like(den_dir / f"denoised_{'run' if quick else 'thesis'}.nii.gz", result.data, noisy)
     brain = result.inside  # the voxels the slice model processed: both results are scored on them
     from brainae.infer import denoise_volume, load_volumetric

@@ -56,8 +56,8 @@ depend on the accelerator's random number generator; models run on ``device``.
   in fast mode), output clipped to [0, 1]; ``sigma`` per slice from :func:`estimate_noise_sigma` (Donoho's
   median absolute deviation of the finest diagonal Haar wavelet coefficients / 0.6745 -- the idea of
   ``skimage.restoration.estimate_sigma``, which needs the optional PyWavelets) unless given. Run only on the
-  noise conditions (``noise-*``, ``rician-*``): it is a denoiser, and at about 40 ms per 128 x 128 slice on
-  one CPU core it would dominate the run time on conditions it is not meant for.
+  noise conditions (``noise-*``, ``rician-*``): it is a denoiser, and at about 30 ms per 128 x 128 slice on
+  one CPU core (``benchmarks/baseline_timing.py``) it would dominate the run time on conditions it is not meant for.
 - ``biharmonic``: ``skimage.restoration.inpaint_biharmonic(x, mask)`` given the blank-out mask, output clipped
   to [0, 1]; only on the ``blank-*`` conditions (the only ones whose mask marks a region to fill).
 
@@ -84,6 +84,14 @@ from typing import Any
 
 import numpy as np
 
+from brainae.baselines import (
+    SLICE_BASELINES,
+    biharmonic_inpaint_slice,
+    estimate_noise_sigma,
+    nlm_denoise_slice,
+)
+from brainae.baselines import baseline_applies as _baseline_applies
+from brainae.device import resolve_device
 from brainae.errors import BrainaeError, BrainaeWarning
 from brainae.metrics import METRICS
 
@@ -99,8 +107,8 @@ __all__ = [
     "estimate_noise_sigma",
     "evaluate",
     "model_names",
-    "nlm_denoise",
-    "biharmonic_inpaint",
+    "nlm_denoise_slice",
+    "biharmonic_inpaint_slice",
     "resolve_checkpoint",
     "resolve_conditions",
     "row_seed",
@@ -109,20 +117,12 @@ __all__ = [
 
 METRIC_NAMES = tuple(METRICS)
 """The columns of the tables: every metric of :data:`brainae.metrics.METRICS`, in its order."""
-BASELINES = ("identity", "nlm", "biharmonic")
+BASELINES = tuple(SLICE_BASELINES)
 DEFAULT_EXAMPLE_CONDITION = "blur+noise-0.04+dropout-0.05+blank-40"
-NLM_PARAMETERS: dict[str, Any] = {
-    "patch_size": 5,
-    "patch_distance": 6,
-    "h_over_sigma": 0.6,
-    "fast_mode": True,
-    "sigma": "estimated per slice (Haar-MAD, estimate_noise_sigma)",
-}
-"""Parameters of the ``nlm`` baseline (recorded in ``provenance.json``)."""
+NLM_PARAMETERS: dict[str, Any] = SLICE_BASELINES["nlm"].settings
+"""Parameters of the ``nlm`` baseline (recorded in ``provenance.json``; :data:`brainae.baselines.NLM`)."""
 
 PREPROCESSING_KEYS = ("size", "profile", "scaling", "fov_mm")
-NOISE_FAMILIES = ("noise", "rician")
-BLANK_FAMILIES = ("blank",)
 
 
 # ------------------------------------------------------------------------------------------- conditions
@@ -137,10 +137,6 @@ def row_seed(seed: int, condition: str, row: int) -> int:
     """
     digest = hashlib.sha256(f"{int(seed)}:{condition}:{int(row)}".encode()).digest()
     return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
-
-
-def _family(part: str) -> str:
-    return part.split("-", 1)[0]
 
 
 def _condition_parts(name: str) -> list[Callable]:
@@ -243,74 +239,20 @@ def corrupt_rows(
 
 
 def baseline_applies(baseline: str, condition: str) -> bool:
-    """Whether a baseline is run on a condition (see the module notes)."""
-    parts = [p.strip() for p in condition.split("+")]
-    if baseline == "identity":
-        return True
-    if baseline == "nlm":
-        return len(parts) == 1 and _family(parts[0]) in NOISE_FAMILIES
-    if baseline == "biharmonic":
-        return len(parts) == 1 and _family(parts[0]) in BLANK_FAMILIES
-    raise BrainaeError(f"unknown baseline {baseline!r}; valid: {', '.join(BASELINES)}")
+    """Whether a baseline is run on a condition (see the module notes and :data:`brainae.baselines.SLICE_BASELINES`)."""
+    try:
+        return _baseline_applies(baseline, condition)
+    except ValueError as exc:
+        raise BrainaeError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------------------------- baselines
 
 
-def estimate_noise_sigma(image: np.ndarray) -> float:
-    """Gaussian noise standard deviation of one 2-D image: median(|HH|) / 0.6745 (Donoho's estimator).
-
-    ``HH`` are the finest diagonal Haar wavelet coefficients, ``(a - b - c + d) / 2`` on 2 x 2 blocks.
-
-    Example:
-        >>> rng = np.random.default_rng(0)
-        >>> round(estimate_noise_sigma(0.5 + rng.normal(0, 0.04, (128, 128))), 2)
-        0.04
-    """
-    x = np.asarray(image, dtype=np.float64)
-    h, w = (x.shape[0] // 2) * 2, (x.shape[1] // 2) * 2
-    x = x[:h, :w]
-    hh = (x[0::2, 0::2] - x[0::2, 1::2] - x[1::2, 0::2] + x[1::2, 1::2]) / 2.0
-    return float(np.median(np.abs(hh)) / 0.6745)
-
-
-def nlm_denoise(image: np.ndarray, *, sigma: float | None = None) -> np.ndarray:
-    """The ``nlm`` baseline on one 2-D image in [0, 1] (parameters: :data:`NLM_PARAMETERS`)."""
-    from skimage.restoration import denoise_nl_means
-
-    x = np.asarray(image, dtype=np.float64)
-    s = estimate_noise_sigma(x) if sigma is None else float(sigma)
-    if not s > 1e-6:
-        return x.copy()
-    out = denoise_nl_means(
-        x,
-        patch_size=NLM_PARAMETERS["patch_size"],
-        patch_distance=NLM_PARAMETERS["patch_distance"],
-        h=NLM_PARAMETERS["h_over_sigma"] * s,
-        sigma=s,
-        fast_mode=NLM_PARAMETERS["fast_mode"],
-    )
-    return np.clip(out, 0.0, 1.0)
-
-
-def biharmonic_inpaint(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The ``biharmonic`` baseline: fill ``mask`` (True = missing) of one 2-D image in [0, 1]."""
-    from skimage.restoration import inpaint_biharmonic
-
-    x = np.asarray(image, dtype=np.float64)
-    m = np.asarray(mask, dtype=bool)
-    if not m.any():
-        return x.copy()
-    if m.all():
-        return np.zeros_like(x)
-    return np.clip(inpaint_biharmonic(x, m), 0.0, 1.0)
-
-
 def _one_baseline(args: tuple[str, np.ndarray, np.ndarray | None, float | None]) -> np.ndarray:
-    name, image, mask, sigma = args
-    if name == "nlm":
-        return nlm_denoise(image, sigma=sigma)
-    return biharmonic_inpaint(image, mask if mask is not None else np.zeros(image.shape, bool))
+    from brainae.baselines import run_slice_baseline
+
+    return run_slice_baseline(*args)
 
 
 def _run_baseline(
@@ -392,6 +334,11 @@ def model_names(paths: Sequence[str | os.PathLike], reserved: Iterable[str] = BA
     return names
 
 
+def _plain(part: Any) -> dict[str, Any] | None:
+    """A checkpoint card part in its stored (JSON) form."""
+    return None if part is None else part.to_dict()
+
+
 def _prep_dict(value: Any) -> dict[str, Any] | None:
     if value is None:
         return None
@@ -459,20 +406,6 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _pick_device(device: str) -> str:
-    import torch
-
-    if device != "auto":
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise BrainaeError(f"--device {device}: CUDA is not available here; use --device cpu or auto")
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 def _load_models(paths: Sequence[str | os.PathLike], ds: Any, device: str) -> list[ModelSpec]:
@@ -552,20 +485,7 @@ def _provenance(
         "batch_size": batch_size,
         "device": device,
         "baselines": {
-            name: {
-                "identity": {"what": "the corrupted input itself", "conditions": "all"},
-                "nlm": {
-                    "what": "skimage.restoration.denoise_nl_means",
-                    **NLM_PARAMETERS,
-                    **({"sigma": nlm_sigma} if nlm_sigma is not None else {}),
-                    "conditions": "noise-*, rician-*",
-                },
-                "biharmonic": {
-                    "what": "skimage.restoration.inpaint_biharmonic with the blank-out mask",
-                    "conditions": "blank-*",
-                },
-            }[name]
-            for name in baselines
+            name: SLICE_BASELINES[name].provenance(nlm_sigma if name == "nlm" else None) for name in baselines
         },
         "models": [
             {
@@ -575,9 +495,9 @@ def _provenance(
                 "sha256": sha256_file(s.path),
                 "arch": s.checkpoint.arch,
                 "arch_kwargs": s.checkpoint.arch_kwargs,
-                "source": s.checkpoint.source,
-                "training": s.checkpoint.training,
-                "preprocessing": s.checkpoint.preprocessing,
+                "source": _plain(s.checkpoint.source),
+                "training": _plain(s.checkpoint.training),
+                "preprocessing": _plain(s.checkpoint.preprocessing),
                 "checkpoint_version": getattr(s.checkpoint, "version", None),
             }
             for s in specs
@@ -659,7 +579,8 @@ def evaluate(
         n_examples: how many fixed slices to keep in ``examples.npz``.
         example_condition: an extra (combined) corruption for the qualitative grids only; ``None`` for none.
         force: replace an existing ``out``.
-        workers: processes for the NLM / biharmonic baselines (CPU-bound, about 40-100 ms per slice each);
+        workers: processes for the NLM / biharmonic baselines (CPU-bound, about 30 ms per 128 x 128 slice each,
+            ``benchmarks/baseline_timing.py``);
             1 runs them in this process. Results do not depend on it.
         progress: wraps the iterator of (batch, condition) steps (``progress(iterable, total)``), e.g. a
             progress bar.
@@ -695,7 +616,7 @@ def evaluate(
             f"{ds.path}: the {split!r} split is empty (split sizes: {counts}); choose another --split "
             "or re-prepare the dataset"
         )
-    dev = _pick_device(device)
+    dev = str(resolve_device(device))
     specs = _load_models(checkpoints, ds, dev)
     if not specs and not baselines:
         raise BrainaeError("nothing to evaluate: give at least one checkpoint or keep a baseline")

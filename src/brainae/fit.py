@@ -29,8 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from brainae.card import Source, Training
 from brainae.errors import BrainaeError
 from brainae.tasks import Task, get_task
+from brainae.volume import VolumetricPreprocessing
 
 __all__ = [
     "FitConfig",
@@ -279,7 +281,7 @@ def fit(
     """Train a fresh :class:`~brainae.models.unet3d.UNet3d` for ``config.task``; returns a :class:`FitResult`."""
     import torch
 
-    from brainae.apply import resolve_device
+    from brainae.device import resolve_device
     from brainae.models import build_model
 
     task = get_task(config.task)
@@ -398,38 +400,46 @@ def fit_folder(
 
     result = fit(train, val, config, device=device, progress=step_log)
     say(f"done in {result.seconds:.0f} s on {result.device}: validation loss {result.val_loss:.6f}")
-    preprocessing = {
-        "kind": "volumetric",
-        "task": task.name,
-        "grid_mm": task.grid_mm,
-        "voxel_mm": list(task.voxel_mm),
-        "reference": task.reference,
-        "skull_stripped": task.stripped >= 1,
-        "inputs": INPUTS.get(task.name, ["image"]),
-    }
-    training = {
-        "recipe": config.to_dict(),
-        "split": str(split) if split is not None else "random 15 % validation",
-        "train_ids": train_ids,
-        "val_ids": val_ids,
-        "history": result.history,
-        "val_loss": result.val_loss,
-        "seconds": result.seconds,
-        "device": result.device,
-    }
-    source = {
-        "trained_by": f"brainae fit {task.name}",
-        "data": f"{len(train_ids)} volumes of {Path(data).name}",
-        "data_credit": "IXI dataset (CC BY-SA 3.0)" if any(i.startswith("IXI") for i in train_ids) else None,
-        "license": "MIT (weights trained by brainae)",
-    }
+    preprocessing = VolumetricPreprocessing(
+        task=task.name,
+        grid_mm=task.grid_mm,
+        voxel_mm=tuple(task.voxel_mm),
+        reference=task.reference,
+        skull_stripped=task.stripped >= 1,
+        inputs=tuple(INPUTS.get(task.name, ["image"])),
+    )
+    training = Training(
+        recipe=config.to_dict(),
+        record={
+            "split": str(split) if split is not None else "random 15 % validation",
+            "train_ids": train_ids,
+            "val_ids": val_ids,
+            "history": result.history,
+            "val_loss": result.val_loss,
+            "seconds": result.seconds,
+            "device": result.device,
+        },
+        nested=True,
+    )
+    source = Source(
+        license="MIT (weights trained by brainae)",
+        details={
+            "trained_by": f"brainae fit {task.name}",
+            "data": f"{len(train_ids)} volumes of {Path(data).name}",
+            "data_credit": "IXI dataset (CC BY-SA 3.0)"
+            if any(i.startswith("IXI") for i in train_ids)
+            else None,
+        },
+    )
     normative = None
     if task.name == "denoise":
         from brainae.infer import VolumetricModel, calibrate_denoise
 
         vm = VolumetricModel(result.model, task, preprocessing, None, training, source)
-        preprocessing["blend"] = calibrate_denoise(vm, val, device=device, seed=config.seed)
-        say(f"blend table from {preprocessing['blend']['cases']} noisy validation cases")
+        preprocessing = dataclasses.replace(
+            preprocessing, blend=calibrate_denoise(vm, val, device=device, seed=config.seed)
+        )
+        say(f"blend table from {preprocessing.blend['cases']} noisy validation cases")
     if task.name in ("anomaly", "plain-ae"):
         from brainae.infer import VolumetricModel, calibrate
 

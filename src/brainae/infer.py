@@ -34,9 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
+from brainae.card import Normative, Source, Training
 from brainae.errors import BrainaeError, BrainaeWarning
 from brainae.slice_anomaly import volume_score
 from brainae.tasks import Task, get_task
+from brainae.volume import VolumetricPreprocessing
 from brainae.volumetric import (
     background_noise_sd,
     fit_intensity,
@@ -80,10 +82,10 @@ class VolumetricModel:
 
     model: object
     task: Task
-    preprocessing: dict
-    normative: dict | None
-    training: dict | None
-    source: dict | None
+    preprocessing: VolumetricPreprocessing
+    normative: Normative | None
+    training: Training | None
+    source: Source | None
     path: Path | None = None
 
     @property
@@ -91,9 +93,9 @@ class VolumetricModel:
         return self.path.name if self.path else self.task.name
 
 
-def is_volumetric(preprocessing: dict | None) -> bool:
+def is_volumetric(preprocessing: object) -> bool:
     """True for the preprocessing card of a volumetric (``brainae fit``) checkpoint."""
-    return bool(preprocessing) and preprocessing.get("kind") == "volumetric"
+    return isinstance(preprocessing, VolumetricPreprocessing)
 
 
 def default_model_path(task: str) -> Path:
@@ -116,8 +118,8 @@ def load_volumetric(
     Raises:
         BrainaeError: not a volumetric checkpoint, or one trained for another ``task`` than asked.
     """
-    from brainae.apply import resolve_device
     from brainae.checkpoint import load_checkpoint
+    from brainae.device import resolve_device
 
     if path is None:
         if task is None:
@@ -131,15 +133,13 @@ def load_volumetric(
     model, ckpt = load_checkpoint(path, resolve_device(device))
     if not is_volumetric(ckpt.preprocessing):
         raise BrainaeError(f"{path.name}: not a volumetric model (a slice autoencoder); it has no task")
-    got = get_task(str(ckpt.preprocessing.get("task")))
+    got = get_task(ckpt.preprocessing.task)
     if task is not None and got.name != task and not (task == "anomaly" and got.name == "plain-ae"):
         raise BrainaeError(
             f"{path.name}: a model trained for {got.name!r}, not {task!r}; use `brainae {got.name}` "
             f"or give a {task} model"
         )
-    return VolumetricModel(
-        model, got, dict(ckpt.preprocessing), ckpt.normative, ckpt.training, ckpt.source, path
-    )
+    return VolumetricModel(model, got, ckpt.preprocessing, ckpt.normative, ckpt.training, ckpt.source, path)
 
 
 # --------------------------------------------------------------------------------------------- denoise
@@ -156,7 +156,7 @@ def denoise_volume(volume, vm: VolumetricModel, *, device: str | object = "cpu")
     x = norm.forward(data)
     est = float(estimate_noise_sd(torch.from_numpy(x)[None, None])[0])
     y = run_blocks(vm.model, np.stack([x, np.full_like(x, est)]), device=device)[0]
-    alpha = blend_weight(vm.preprocessing.get("blend"), est, background_noise_sd(x, volume.zooms))
+    alpha = blend_weight(vm.preprocessing.blend, est, background_noise_sd(x, volume.zooms))
     out = norm.inverse(x + alpha * (y - x))
     return np.maximum(out, norm.lo).astype(np.float32)
 
@@ -164,7 +164,7 @@ def denoise_volume(volume, vm: VolumetricModel, *, device: str | object = "cpu")
 def blend_weight(blend: dict | None, noise_estimate: float, background_sd: float | None = None) -> float:
     """How much of the denoiser's change to keep for a volume (1 without a table).
 
-    The tables (``preprocessing["blend"]`` of a denoise checkpoint, from :func:`calibrate_denoise`) give the
+    The tables (``preprocessing.blend`` of a denoise checkpoint, from :func:`calibrate_denoise`) give the
     weight that minimised the head error on healthy validation volumes, as a function of the noise read in
     the background (:func:`brainae.volumetric.background_noise_sd`: the same for any voxel size) when the
     volume has one, else of the in-head estimate (:func:`brainae.tasks.estimate_noise_sd`).
@@ -323,11 +323,11 @@ def _working_residual(
                 "shows up as anomalies)"
             )
     stripped, brain_in, was_stripped = strip(data, zooms, method=mask_method, brain=brain)
-    grid = prep.get("grid_mm")
+    grid = prep.grid_mm
     img = to_grid(stripped, zooms, grid)
     bw = to_grid(brain_in, zooms, grid, order=0) if grid else brain_in
     img = np.where(bw, img, stripped.min()).astype(np.float32)
-    norm = fit_intensity(img, reference=prep.get("reference", "median"), brain=bw)
+    norm = fit_intensity(img, reference=prep.reference, brain=bw)
     x = norm.forward(img)
     idx = np.argwhere(bw)
     lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
@@ -339,10 +339,10 @@ def _working_residual(
     return res.astype(np.float32), bw, brain_in, was_stripped
 
 
-def _levels(normative: dict, residual: np.ndarray) -> np.ndarray:
+def _levels(normative: Normative, residual: np.ndarray) -> np.ndarray:
     """``-log10`` tail probability of each residual under the stored healthy distribution."""
-    thresholds = np.asarray(normative["thresholds"], dtype=np.float64)
-    levels = np.asarray(normative["levels"], dtype=np.float64)
+    thresholds = np.asarray(normative.thresholds, dtype=np.float64)
+    levels = np.asarray(normative.levels, dtype=np.float64)
     return np.interp(residual, thresholds, levels, left=0.0, right=float(levels[-1])).astype(np.float32)
 
 
@@ -363,16 +363,13 @@ def anomaly_volume(
     )
     score = volume_score(res_w[brain_w], TOP_FRACTION)
     residual = np.where(brain_in, from_grid(res_w, volume.data.shape), 0.0).astype(np.float32)
-    cal = vm.normative if vm.normative and vm.normative.get("thresholds") else None
+    cal = vm.normative if vm.normative is not None and vm.normative.calibrated else None
     if cal is None:
         return AnomalyMaps(residual, None, None, brain_in, score, None, was_stripped)
     level = -math.log10(fpr)
     calibrated = np.where(brain_in, _levels(cal, residual), 0.0).astype(np.float32)
-    threshold = float(np.interp(level, cal["levels"], cal["thresholds"]))
-    mean, std = cal.get("mean"), cal.get("std")
-    z = None
-    if mean is not None and std and math.isfinite(std) and std > 0 and math.isfinite(score):
-        z = float((score - mean) / std)
+    threshold = float(np.interp(level, cal.levels, cal.thresholds))
+    z = cal.z(score)
     return AnomalyMaps(residual, calibrated, calibrated >= level, brain_in, score, z, was_stripped, threshold)
 
 
@@ -413,7 +410,7 @@ def calibrate(vm: VolumetricModel, volumes: list, brains: list, *, device: str |
         "mean": float(values.mean()),
         "std": float(values.std(ddof=1)) if len(values) > 1 else None,
         "definition": {
-            "residual": f"|x - f(x)| on a {vm.preprocessing.get('grid_mm')} mm grid, {MEDIAN_SIZE}^3 median filter",
+            "residual": f"|x - f(x)| on a {vm.preprocessing.grid_mm} mm grid, {MEDIAN_SIZE}^3 median filter",
             "score": f"mean of the top {TOP_FRACTION:.1%} brain residuals",
             "calibrated": "-log10 fraction of healthy brain voxels with a residual at least as high",
         },

@@ -116,14 +116,34 @@ class Volume:
         return volume_id(self.path)
 
 
+VOLUME_PROBLEMS = ("unreadable", "not-3d", "nan")
+"""The kinds of :class:`VolumeError`: a file that cannot be read, is not one 3-D volume, or holds NaN/Inf."""
+
+
+class VolumeError(BrainaeError):
+    """A volume that cannot be used; ``kind`` (one of :data:`VOLUME_PROBLEMS`) says why, the message how to fix it.
+
+    Example:
+        >>> VolumeError("not-3d", "a.nii: 4-D image").kind
+        'not-3d'
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        if kind not in VOLUME_PROBLEMS:
+            raise ValueError(f"unknown volume problem {kind!r}")
+        super().__init__(message)
+        self.kind = kind
+
+
 def _check_readable(path: Path) -> None:
     if not path.exists():
-        raise BrainaeError(f"{path}: no such file; check the path")
+        raise VolumeError("unreadable", f"{path}: no such file; check the path")
     if path.is_dir():
-        raise BrainaeError(f"{path}: is a folder, not a NIfTI file")
+        raise VolumeError("unreadable", f"{path}: is a folder, not a NIfTI file")
     if not is_nifti(path):
-        raise BrainaeError(
-            f"{path}: not a NIfTI file (.nii or .nii.gz expected); convert it first (e.g. dcm2niix)"
+        raise VolumeError(
+            "unreadable",
+            f"{path}: not a NIfTI file (.nii or .nii.gz expected); convert it first (e.g. dcm2niix)",
         )
 
 
@@ -135,9 +155,10 @@ def _load_image(path: Path):
         img = nib.load(str(path))
         shape = img.shape
     except Exception as exc:  # nibabel raises many types for broken files
-        raise BrainaeError(
+        raise VolumeError(
+            "unreadable",
             f"{path}: cannot be read as NIfTI ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
-            "re-export or re-download the file"
+            "re-export or re-download the file",
         ) from None
     return img, shape
 
@@ -173,7 +194,12 @@ def _header_facts(img, shape: tuple[int, ...]) -> HeaderFacts:
     )
 
 
-def _squeeze_3d(shape: tuple[int, ...], path: Path) -> None:
+def check_3d(shape: tuple[int, ...], path: Path) -> None:
+    """Refuse a shape that is not one 3-D volume (trailing singleton axes are fine).
+
+    Raises:
+        VolumeError: kind ``"not-3d"``.
+    """
     if len(shape) < 3 or (len(shape) > 3 and any(s != 1 for s in shape[3:])):
         what = f"{len(shape)}-D image of shape {tuple(shape)}"
         fix = (
@@ -181,14 +207,15 @@ def _squeeze_3d(shape: tuple[int, ...], path: Path) -> None:
             if len(shape) > 3
             else "give a 3-D volume, not a single slice"
         )
-        raise BrainaeError(f"{path}: {what}; {fix}")
+        raise VolumeError("not-3d", f"{path}: {what}; {fix}")
 
 
 def load_volume(path: str | os.PathLike) -> Volume:
     """Read a 3-D NIfTI into RAS+ order as float32.
 
     Raises:
-        BrainaeError: missing, unreadable or truncated file; not 3-D; NaN/Inf voxels.
+        VolumeError: missing, unreadable or truncated file (``unreadable``); not 3-D (``not-3d``); NaN/Inf
+            voxels (``nan``).
     """
     path = Path(path)
     img, _ = _load_image(path)
@@ -205,19 +232,21 @@ def volume_from_image(img, path: str | os.PathLike) -> Volume:
 
     path = Path(path)
     shape = tuple(img.shape)
-    _squeeze_3d(shape, path)
+    check_3d(shape, path)
     facts = _header_facts(img, shape)
     try:
         data = np.asarray(img.dataobj, dtype=np.float32)
     except Exception as exc:  # EOFError, zlib.error, OSError, ValueError... for truncated files
-        raise BrainaeError(
-            f"{path}: truncated or corrupt voxel data ({type(exc).__name__}); re-download or re-export the file"
+        raise VolumeError(
+            "unreadable",
+            f"{path}: truncated or corrupt voxel data ({type(exc).__name__}); re-download or re-export the file",
         ) from None
     data = data.reshape(data.shape[:3])
     if not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
-        raise BrainaeError(
-            f"{path}: {bad} NaN/Inf voxels; replace them (e.g. fslmaths in -nan out) before using this volume"
+        raise VolumeError(
+            "nan",
+            f"{path}: {bad} NaN/Inf voxels; replace them (e.g. fslmaths in -nan out) before using this volume",
         )
     ornt = nib.orientations.io_orientation(img.affine)
     ras = nib.orientations.apply_orientation(data, ornt)

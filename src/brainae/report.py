@@ -783,30 +783,25 @@ def _example_grids(path: Path) -> str:
     return f"<p>Slices: {_esc(rows)}; PSNR of each panel against the target below it.</p>" + "".join(parts)
 
 
-BASELINE_TEXT = {
-    "identity": "the corrupted input itself, unchanged: the score to beat",
-    "nlm": "non-local means denoising (scikit-image), for the noise conditions",
-    "biharmonic": "biharmonic inpainting of the blanked pixels (scikit-image), for the blank/dropout conditions",
-}
-
-
 def _baselines_part(summary: Any, prov: dict, models: list[str]) -> str:
     """What each baseline is, and per condition the best model against the best baseline (no table repeats)."""
     import pandas as pd
 
     base = [m for m in models if m in BASELINE_NAMES]
     trained = [m for m in models if m not in BASELINE_NAMES]
-    params = prov.get("baselines", {})
-    txt = "<ul>" + "".join(
-        f"<li><b>{_esc(b)}</b>: {_esc(BASELINE_TEXT.get(b, ''))}"
-        + (
-            f" ({_esc(', '.join(f'{k}={v}' for k, v in params[b].items() if k != 'what'))})"
-            if isinstance(params.get(b), dict)
-            else ""
-        )
-        + "</li>"
-        for b in base
+    params = prov.get("baselines", {})  # brainae.baselines.SLICE_BASELINES, as the evaluation recorded it
+    txt = (
+        "<p>Classical methods run on the same corrupted slices as the models; identity, the corrupted input "
+        "itself, is the score to beat.</p><ul>"
     )
+    for b in base:
+        p = params.get(b) if isinstance(params.get(b), dict) else {}
+        rest = ", ".join(f"{k}={v}" for k, v in p.items() if k != "what")
+        txt += (
+            f"<li><b>{_esc(b)}</b>: {_esc(p.get('what', ''))}"
+            + (f" ({_esc(rest)})" if rest else "")
+            + "</li>"
+        )
     txt += "</ul>"
     metric = _REGISTRY[HEADLINE_METRIC]
     rows = []

@@ -24,7 +24,7 @@ Definitions (one implementation, used for NIfTI scans and for the prepared datas
 Example:
     >>> from brainae.checkpoint import load_checkpoint                  # doctest: +SKIP
     >>> model, ckpt = load_checkpoint("model.safetensors")              # doctest: +SKIP
-    >>> res = anomaly(load_volume("scan.nii.gz"), model, Preprocessing.from_dict(ckpt.preprocessing),
+    >>> res = anomaly(load_volume("scan.nii.gz"), model, ckpt.preprocessing,
     ...               normative=ckpt.normative)                         # doctest: +SKIP
     >>> res.score, res.z                                                 # doctest: +SKIP
 """
@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from brainae.apply import Result, Selection, as_selection, predict_slices, reconstruct
+from brainae.card import Normative
 from brainae.errors import BrainaeError, BrainaeWarning
 from brainae.volume import Preprocessing, SliceStack, slices_to_volume
 
@@ -110,48 +111,37 @@ def volume_score(residual_images: np.ndarray, top_fraction: float = DEFAULT_TOP_
     return float(top.astype(np.float64).mean())
 
 
-def z_score(score: float, normative: dict | None) -> float | None:
+def z_score(score: float, normative: Normative | dict | None) -> float | None:
     """``(score - mean) / std`` against normative statistics; None when they are missing or degenerate."""
     if not normative:
         return None
-    mean, std = normative.get("mean"), normative.get("std")
-    if mean is None or std is None or not np.isfinite(std) or std <= 0 or not np.isfinite(score):
-        return None
-    return float((score - mean) / std)
+    return Normative.from_dict(normative).z(score)
 
 
-def check_normative(normative: dict | None, where: str) -> dict | None:
+def check_normative(normative: Normative | dict | None, where: str) -> Normative | None:
     """Normative statistics as stored in a checkpoint, validated: finite ``mean``, finite positive ``std``
-    (when present) and a readable score definition.
+    (when present, checked by :meth:`brainae.card.Normative.from_dict`) and a readable score definition.
 
     Raises:
         BrainaeError: statistics that are not numbers, not finite, or a damaged definition.
     """
     if normative is None:
         return None
-    fix = "re-create the checkpoint's statistics (train again, or use a checkpoint written by brainae train)"
-    if not isinstance(normative, dict):
-        raise BrainaeError(f"{where}: damaged normative statistics (not a table); {fix}")
-    for key in ("mean", "std"):
-        value = normative.get(key)
-        if value is None:
-            continue
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise BrainaeError(f"{where}: normative {key} {value!r} is not a number; {fix}") from None
-        if not math.isfinite(number) or (key == "std" and number < 0):
-            raise BrainaeError(f"{where}: normative {key} {value!r} is not a finite valid value; {fix}")
+    normative = Normative.from_dict(normative, where)
     try:
-        ScoreDefinition.from_dict(normative.get("definition"))
+        ScoreDefinition.from_dict(normative.definition)
     except (TypeError, ValueError, AttributeError):
-        raise BrainaeError(f"{where}: damaged normative score definition; {fix}") from None
+        raise BrainaeError(
+            f"{where}: damaged normative score definition; re-create the checkpoint's statistics (train "
+            "again, or use a checkpoint written by brainae train)"
+        ) from None
     return normative
 
 
-def selection_from(normative: dict | None) -> Selection | None:
+def selection_from(normative: Normative | dict | None) -> Selection | None:
     """The slice selection recorded in normative statistics (the thesis's brain-mask rule without one)."""
-    return ScoreDefinition.from_dict((normative or {}).get("definition")).selection
+    definition = Normative.from_dict(normative).definition if normative else None
+    return ScoreDefinition.from_dict(definition).selection
 
 
 def residual_map(result: Result, *, signed: bool = False) -> np.ndarray:
@@ -191,7 +181,7 @@ def anomaly(
     model,
     prep: Preprocessing,
     *,
-    normative: dict | None = None,
+    normative: Normative | dict | None = None,
     batch_size: int = 64,
     device: str | object = "cpu",
     selection: Selection | float | None | str = "normative",
@@ -216,7 +206,7 @@ def anomaly(
     Raises:
         BrainaeError: no slice passes the selection (the score would be undefined).
     """
-    base = ScoreDefinition.from_dict((normative or {}).get("definition"))
+    base = ScoreDefinition.from_dict(Normative.from_dict(normative).definition if normative else None)
     if isinstance(selection, str):
         if selection != "normative":
             raise BrainaeError(f"selection {selection!r}: give 'normative', a Selection, a number or None")

@@ -82,6 +82,75 @@ class Preprocessing:
         return cls(**known)
 
 
+THESIS_PREPROCESSING = Preprocessing(profile="sagittal", size=128, fov_mm=240.0, scaling="slice-minmax")
+"""The preprocessing the thesis's models were trained with (IXI: 256 x 0.9375 mm in-plane, the whole slice;
+``fov_mm`` fixes the mm per pixel for other scans). Recorded in imported Keras checkpoints."""
+
+
+@dataclass(frozen=True)
+class VolumetricPreprocessing:
+    """How a volumetric (``brainae fit``) model's input is made from a scan (stored in its checkpoint).
+
+    Attributes:
+        task: the task the model was trained for (see :mod:`brainae.tasks`).
+        grid_mm: isotropic working grid in mm (``None``: the input's own grid).
+        voxel_mm: range of voxel sizes (mm) the model was trained on.
+        reference: intensity reference (``"median"`` of the brain, ``"p99.5"``).
+        skull_stripped: the model sees skull-stripped inputs.
+        inputs: the input channels, in words.
+        blend: the denoiser's noise-level -> blend-weight table (``None`` for other tasks).
+    """
+
+    task: str
+    grid_mm: float | None = None
+    voxel_mm: tuple[float, float] = (1.0, 2.0)
+    reference: str = "median"
+    skull_stripped: bool = False
+    inputs: tuple[str, ...] = ("image",)
+    blend: dict | None = None
+
+    kind = "volumetric"
+
+    def to_dict(self) -> dict:
+        d = {
+            "kind": self.kind,
+            "task": self.task,
+            "grid_mm": self.grid_mm,
+            "voxel_mm": list(self.voxel_mm),
+            "reference": self.reference,
+            "skull_stripped": self.skull_stripped,
+            "inputs": list(self.inputs),
+        }
+        if self.blend is not None:
+            d["blend"] = self.blend
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VolumetricPreprocessing:
+        grid = d.get("grid_mm")
+        return cls(
+            task=str(d["task"]),
+            grid_mm=None if grid is None else float(grid),
+            voxel_mm=tuple(float(v) for v in d.get("voxel_mm", (1.0, 2.0))),
+            reference=str(d.get("reference", "median")),
+            skull_stripped=bool(d.get("skull_stripped", False)),
+            inputs=tuple(str(i) for i in d.get("inputs", ("image",))),
+            blend=dict(d["blend"]) if d.get("blend") is not None else None,
+        )
+
+
+def preprocessing_from_dict(d: dict) -> Preprocessing | VolumetricPreprocessing:
+    """The typed preprocessing card stored as ``d`` (a volumetric one when ``d["kind"] == "volumetric"``)."""
+    if not isinstance(d, dict):
+        raise BrainaeError(f"preprocessing {d!r} is not a table")
+    try:
+        if d.get("kind") == "volumetric":
+            return VolumetricPreprocessing.from_dict(d)
+        return Preprocessing.from_dict(d)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BrainaeError(f"damaged preprocessing {d!r} ({exc})") from None
+
+
 def in_plane_zooms(zooms: tuple[float, float, float], profile: str) -> tuple[float, float]:
     """Pixel spacing (row, column) in mm of a ``profile`` slice of a RAS+ volume with voxel sizes ``zooms``."""
     r, a, s = zooms

@@ -237,7 +237,7 @@ def run_blocks(
     """
     import torch
 
-    from brainae.apply import resolve_device
+    from brainae.device import resolve_device
 
     dev = resolve_device(device)
     factor = int(getattr(model, "factor", 1))

@@ -248,30 +248,43 @@ def duration(seconds: float) -> str:
 
 
 def _log_lines(iterable: Iterable[T], description: str, total: int | None) -> Iterator[T]:
-    """Periodic one-line progress for a log: ``evaluating: 12/40 (30 %), 45 s so far, about 1 min 45 s left``."""
+    """Periodic one-line progress for a log: ``evaluating: 12/40 (30 %), 45 s so far, about 1 min 45 s left``.
+
+    The closing ``done in`` line is printed also when the consumer stops asking after the last item (as
+    ``zip(files, track(results))`` does), not when it stops early.
+    """
     import time
 
     start = last = time.monotonic()
     done = 0
-    for item in iterable:
-        yield item
-        done += 1
-        now = time.monotonic()
-        if now - last >= LOG_EVERY_S and (total is None or done < total):
-            last = now
-            elapsed = now - start
-            if total:
-                left = elapsed / done * (total - done)
-                err_console.print(
-                    f"{description}: {done}/{total} ({100 * done // total} %), {duration(elapsed)} so far, "
-                    f"about {duration(left)} left"
-                )
-            else:
-                err_console.print(f"{description}: {done} done, {duration(elapsed)} so far")
-    err_console.print(
-        f"{description}: {done}" + (f"/{total}" if total else "") + f" done in "
-        f"{duration(time.monotonic() - start)}"
-    )
+    finished = False
+    try:
+        for item in iterable:
+            yield item
+            done += 1
+            now = time.monotonic()
+            if now - last >= LOG_EVERY_S and (total is None or done < total):
+                last = now
+                elapsed = now - start
+                if total:
+                    left = elapsed / done * (total - done)
+                    err_console.print(
+                        f"{description}: {done}/{total} ({100 * done // total} %), {duration(elapsed)} so far, "
+                        f"about {duration(left)} left"
+                    )
+                else:
+                    err_console.print(f"{description}: {done} done, {duration(elapsed)} so far")
+        finished = True
+    except GeneratorExit:
+        finished = total is not None and done + 1 >= total  # closed right after handing out the last item
+        done = min(done + 1, total or done + 1) if finished else done
+        raise
+    finally:
+        if finished:
+            err_console.print(
+                f"{description}: {done}" + (f"/{total}" if total else "") + f" done in "
+                f"{duration(time.monotonic() - start)}"
+            )
 
 
 def track(iterable: Iterable[T], description: str = "working", total: int | None = None) -> Iterator[T]:

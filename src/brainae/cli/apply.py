@@ -83,7 +83,7 @@ def _job_model(model: str | None, task: str, device: str):
         return "slice", _load_model(path, device)
     from brainae.checkpoint import read_checkpoint
 
-    if path.is_file() and is_volumetric(read_checkpoint(path).preprocessing):
+    if path.is_file() and is_volumetric(read_checkpoint(path, weights=False).preprocessing):
         return "volumetric", load_volumetric(path, task=task, device=device)
     return "slice", _load_model(path, device)
 
@@ -212,34 +212,14 @@ def _iterate(pairs: list, what: str):
     return track(pairs, description=what) if len(pairs) > 1 else iter(pairs)
 
 
-def _selection(min_brain_frac: float | None, mask_method: str | None, normative: dict | None):
-    """The checkpoint's slice selection, with the command-line overrides."""
-    import dataclasses
-    import warnings
-
-    from brainae.apply import Selection
-    from brainae.brainmask import deepbet_available
-    from brainae.errors import BrainaeWarning
+def _selection(min_brain_frac: float | None, mask_method: str | None, normative):
+    """The checkpoint's slice selection, with the command-line overrides (:func:`brainae.apply.resolve_selection`)."""
+    from brainae.apply import resolve_selection
     from brainae.slice_anomaly import selection_from
 
-    sel = selection_from(normative)
-    if min_brain_frac is not None:
-        if min_brain_frac <= 0:
-            return None
-        sel = Selection("brain-mask", float(min_brain_frac), sel.mask_method if sel else "threshold")
-    if sel is None:
-        return None
-    if mask_method is not None:
-        sel = dataclasses.replace(sel, mask_method=mask_method)
-    elif sel.mask_method == "deepbet" and not deepbet_available():
-        warnings.warn(
-            "the training data's brain masks came from deepbet, which is not installed here: selecting "
-            "slices with the threshold mask (pip install 'brainae[brainmask]' to match)",
-            BrainaeWarning,
-            stacklevel=2,
-        )
-        sel = dataclasses.replace(sel, mask_method="threshold")
-    return sel
+    return resolve_selection(
+        selection_from(normative), min_brain_frac=min_brain_frac, mask_method=mask_method
+    )
 
 
 def _describe(sel) -> str:
@@ -346,9 +326,10 @@ def reconstruct_cmd(
     if path.suffix.lower() == ".safetensors" and path.is_file():
         from brainae.checkpoint import read_checkpoint
 
-        if is_volumetric(read_checkpoint(path).preprocessing):
+        card = read_checkpoint(path, weights=False).preprocessing
+        if is_volumetric(card):
             raise BrainaeError(
-                f"{path.name}: a volumetric model for {read_checkpoint(path).preprocessing.get('task')}; "
+                f"{path.name}: a volumetric model for {card.task}; "
                 "reconstruct needs a slice autoencoder (e.g. --model thesis)"
             )
     loaded = _load_model(path, device)
@@ -609,7 +590,7 @@ def _slice_anomaly(
     from brainae.slice_anomaly import anomaly
 
     model_, prep, normative = loaded
-    if not normative or normative.get("std") is None:
+    if normative is None or normative.std is None:
         warnings.warn(
             f"{model}: no normative statistics in the checkpoint; z-scores are not available",
             BrainaeWarning,

@@ -109,6 +109,14 @@ def prepare_cmd(
             "trained on the dataset record it and strip their inputs.",
         ),
     ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Processes that load, mask and resample volumes in parallel; the dataset is byte-identical "
+            "whatever the number.",
+        ),
+    ] = 1,
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing dataset made with other settings.")
     ] = False,
@@ -120,7 +128,7 @@ def prepare_cmd(
     """
     from brainae.prepare import PrepareConfig, prepare
 
-    config = PrepareConfig(
+    config = PrepareConfig.from_options(
         select=select,
         size=size,
         seed=seed,
@@ -135,7 +143,7 @@ def prepare_cmd(
         skull_strip=skull_strip,
         demographics=str(demographics) if demographics else None,
     )
-    result = prepare(folder, out, config, force=force, track=track)
+    result = prepare(folder, out, config, force=force, workers=workers, track=track)
     if result.reused:
         console.print(
             f"{out}: already prepared with these settings and inputs; nothing to do (use --force to redo)"

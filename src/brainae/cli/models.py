@@ -9,9 +9,6 @@ import typer
 
 from brainae.cli._app import command, console
 
-THESIS_LICENSE = "MIT"
-THESIS_CREDIT = "Adrián Arnaiz-Rodríguez, 2020"
-
 
 @command("import-keras")
 def import_keras_command(
@@ -30,26 +27,9 @@ def import_keras_command(
 
     check_checkpoint_output(out, [file], force)
 
-    from brainae.checkpoint import save_checkpoint
-    from brainae.models.keras_import import THESIS_PREPROCESSING, import_keras
+    from brainae.checkpoint import import_keras_checkpoint
 
-    model, info = import_keras(file, arch=arch)
-    source = {
-        "type": "keras-h5",
-        "file": info["file"],
-        "keras_version": info["keras_version"],
-        "license": THESIS_LICENSE,
-        "credit": THESIS_CREDIT,
-        "note": "published with the thesis 'Deep Convolutional Autoencoder for control brain MRI'",
-    }
-    save_checkpoint(
-        out,
-        model,
-        arch=info["arch"],
-        arch_kwargs=info["arch_kwargs"],
-        preprocessing=dict(THESIS_PREPROCESSING),
-        source=source,
-    )
+    info = import_keras_checkpoint(file, out, arch=arch)
     console.print(f"arch        {info['arch']}")
     console.print(f"parameters  {info['parameters']:,}")
     console.print(f"wrote       {out}")

@@ -98,12 +98,13 @@ def info_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole card as JSON.")] = False,
 ) -> None:
     """Show a model card: task, architecture, training data and recipe, preprocessing, measured numbers."""
+    from brainae.card import Training
     from brainae.checkpoint import read_checkpoint
     from brainae.models import build_model
     from brainae.models.registry import count_parameters
 
     path = resolve_model_name(model)
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path, weights=False)
     card = ckpt.metadata()
     card["file"] = str(path)
     card["size_mb"] = round(path.stat().st_size / 1e6, 2)
@@ -111,41 +112,41 @@ def info_command(
     if as_json:
         typer.echo(json.dumps(card, indent=1, default=str))
         return
-    prep = ckpt.preprocessing or {}
-    training = ckpt.training or {}
-    source = ckpt.source or {}
-    task = prep.get("task", "reconstruct (slice autoencoder)")
+    prep, training, norm = ckpt.preprocessing, ckpt.training, ckpt.normative
+    source = ckpt.source.to_dict() if ckpt.source is not None else {}
+    task = prep.task if ckpt.volumetric else "reconstruct (slice autoencoder)"
     lines = [
         f"model        {path.name} ({card['size_mb']} MB)",
         f"task         {task}",
         f"architecture {ckpt.arch} {ckpt.arch_kwargs} ({card['parameters']:,} parameters)",
     ]
-    if prep.get("kind") == "volumetric":
-        grid = "the input's own grid" if prep.get("grid_mm") is None else f"{prep['grid_mm']} mm isotropic"
+    if ckpt.volumetric:
+        grid = "the input's own grid" if prep.grid_mm is None else f"{prep.grid_mm} mm isotropic"
         lines.append(
-            f"input        {', '.join(prep.get('inputs', ['image']))}; {grid}; intensity reference "
-            f"{prep.get('reference')}; skull-stripped: {prep.get('skull_stripped')}"
+            f"input        {', '.join(prep.inputs)}; {grid}; intensity reference "
+            f"{prep.reference}; skull-stripped: {prep.skull_stripped}"
         )
-        recipe = training.get("recipe", {})
+        training = training or Training()
         lines.append(
             f"training     {len(training.get('train_ids', []))} volumes ({source.get('data')}), "
             f"{len(training.get('val_ids', []))} validation; split {training.get('split')}; "
-            f"recipe {json.dumps(recipe)}; {training.get('seconds', 0):.0f} s on {training.get('device')}"
+            f"recipe {json.dumps(training.recipe)}; {training.get('seconds', 0):.0f} s on "
+            f"{training.get('device')}"
         )
     else:
-        lines.append(f"input        {json.dumps(prep) if prep else 'thesis preprocessing'}")
+        lines.append(f"input        {json.dumps(prep.to_dict()) if prep else 'thesis preprocessing'}")
+        stored = training.to_dict() if training else {}
         lines.append(
-            f"training     {json.dumps({k: training[k] for k in list(training)[:6]}) if training else 'n/a'}"
+            f"training     {json.dumps({k: stored[k] for k in list(stored)[:6]}) if stored else 'n/a'}"
         )
-    norm = ckpt.normative or {}
-    if norm:
-        std = norm.get("std")
+    if norm is not None:
+        voxels = norm.details.get("voxels")
         lines.append(
-            f"normative    {norm.get('n')} healthy volumes: score mean {norm.get('mean')}, sd {std}"
-            + (f"; voxel calibration from {norm['voxels']} brain voxels" if norm.get("voxels") else "")
+            f"normative    {norm.n} healthy volumes: score mean {norm.mean}, sd {norm.std}"
+            + (f"; voxel calibration from {voxels} brain voxels" if voxels else "")
         )
-    elif prep.get("kind") == "volumetric" and prep.get("task") not in ("anomaly", "plain-ae"):
-        blend = prep.get("blend")
+    elif ckpt.volumetric and prep.task not in ("anomaly", "plain-ae"):
+        blend = prep.blend
         if blend:
             lines.append(f"calibration  blend table from {blend.get('cases')} noisy validation cases")
     else:

@@ -145,15 +145,22 @@ def test_l2_adds_the_kernel_penalty():
     assert diff == pytest.approx(expected, rel=1e-4)
 
 
-def test_bn_momentum_keras_by_default_and_settable():
+def test_bn_momentum_from_the_run_length_or_settable():
+    from brainae.train import auto_bn_momentum
+
     def momenta(module):
         return {m.momentum for m in module.model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
 
     images = np.random.rand(8, SIZE, SIZE)
-    assert momenta(AutoencoderModule(tiny(), images, None)) == {0.01}
     assert momenta(AutoencoderModule(tiny(bn_momentum=0.1), images, None)) == {0.1}
     with pytest.raises(BrainaeError, match="bn_momentum"):
         tiny(bn_momentum=0.0).validate()
+    # the thesis's Keras value for long runs, larger (at most torch's 0.1) for short ones
+    assert auto_bn_momentum(300) == auto_bn_momentum(10_000) == 0.01
+    assert auto_bn_momentum(100) == pytest.approx(0.03) and auto_bn_momentum(6) == 0.1
+    module = AutoencoderModule(tiny(epochs=50, max_steps_per_epoch=None), np.random.rand(24, SIZE, SIZE))
+    module.on_fit_start()  # 50 epochs x 3 steps = 150 steps
+    assert momenta(module) == {module.bn_momentum} and module.bn_momentum == pytest.approx(0.02)
 
 
 def test_keras_optimizer_and_plateau_settings():
@@ -196,7 +203,13 @@ def test_training_lowers_val_loss_and_checkpoints_describe_themselves(dataset, t
     )
     assert ckpt.training["best_val_loss"] == pytest.approx(min(r["val_loss"] for r in rows))
     assert ckpt.training["dataset"] == str(dataset.resolve()) and ckpt.training["version"]
-    assert ckpt.normative is not None and ckpt.normative["n"] == 2
+    # normative statistics are the step after training, not part of it
+    from brainae.slice_anomaly import store_normative_statistics
+
+    assert ckpt.normative is None
+    stats = store_normative_statistics(out, dataset, "cpu")
+    assert stats["n"] == 2 and load_checkpoint(best)[1].normative["n"] == 2
+    assert load_checkpoint(out / "last.safetensors")[1].normative["n"] == 2
     x = torch.from_numpy(np.load(dataset / "slices.npy")[-4:])[:, None]
     with torch.no_grad():
         assert load_model(best)(x).shape == x.shape
@@ -223,14 +236,14 @@ def test_resume_continues_at_the_next_epoch_with_the_same_state(dataset, tmp_pat
                 seen["plateau"] = self._plateau.state_dict()
             super().on_train_epoch_start()
 
-    import brainae.train as train_mod
+    import brainae.train.fitting as fitting
 
-    original = train_mod.AutoencoderModule
-    train_mod.AutoencoderModule = Spy
+    original = fitting.AutoencoderModule
+    fitting.AutoencoderModule = Spy
     try:
         fit(dataset, split, tiny(epochs=4), progress=False, resume=True)
     finally:
-        train_mod.AutoencoderModule = original
+        fitting.AutoencoderModule = original
     assert seen["epoch"] == 2  # 0-based: the third epoch
     assert len(seen["square_avg"]) == len(sq_saved)
     assert all(torch.equal(a, b) for a, b in zip(seen["square_avg"], sq_saved, strict=True))

@@ -325,3 +325,45 @@ def test_cli_train_and_errors(dataset, tmp_path):
     result = runner.invoke(app, [*args[:2], "--arch", "nope", "--out", str(tmp_path / "x")])
     assert result.exit_code == 1 and "unknown architecture 'nope'" in result.output
     assert "Traceback" not in result.output
+
+
+# ---------------------------------------------------------------------------------------- streamed data
+
+
+def test_slice_reader_reads_rows_in_the_order_asked(dataset):
+    from brainae.train.data import SliceReader
+
+    full = np.load(dataset / "slices.npy")
+    rows = np.array([5, 3, 4, 40, 0, 63])
+    got = SliceReader(dataset / "slices.npy").read(rows)
+    assert got.dtype == np.float32 and np.array_equal(got, full[rows])
+
+
+def test_auto_data_mode_streams_above_the_memory_limit():
+    from brainae.train import choose_data_mode
+
+    cpu = torch.device("cpu")
+    assert choose_data_mode("auto", 100, cpu, memory_limit=400)[0] == "memory"
+    mode, reason = choose_data_mode("auto", 1600, cpu, memory_limit=400)
+    assert mode == "stream" and "exceed the memory limit" in reason
+    assert choose_data_mode("memory", 1600, cpu, memory_limit=400)[0] == "memory"
+
+
+def test_streamed_training_equals_in_memory_training(dataset, tmp_path):
+    events = []
+    fit(dataset, tmp_path / "mem", tiny(epochs=2, data="memory"), progress=False)
+    nbytes = (48 + 16) * SIZE * SIZE * 4
+    config = tiny(epochs=2, data="auto", memory_limit=nbytes // 4)  # the data are 4x the limit
+    fit(dataset, tmp_path / "stream", config, events.append)
+    assert events[0].kind == "start" and events[0].info["data_mode"] == "stream"
+    assert "exceed the memory limit" in events[0].info["data_reason"]
+    mem, stream = read_metrics(tmp_path / "mem"), read_metrics(tmp_path / "stream")
+    for a, b in zip(mem, stream, strict=True):
+        for key in ("train_loss", "val_loss", "val_mse", "val_dssim", "val_psnr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6), key
+    # progress events count epochs from 1, as metrics.csv does
+    epochs = [e.epoch for e in events if e.kind == "epoch"]
+    assert epochs == [r["epoch"] for r in stream] == [1, 2]
+    steps = [(e.epoch, e.step) for e in events if e.kind == "step"]
+    assert steps == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)]
+    assert all(e.epochs == 2 for e in events)

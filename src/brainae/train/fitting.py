@@ -56,6 +56,11 @@ def _open_splits(dataset_path: Path) -> tuple[Any, Any, Any]:
 
 def _make_trainer(config: TrainConfig, callbacks: list[pl.Callback], out: Path) -> pl.Trainer:
     distributed = config.num_nodes > 1 or (isinstance(config.devices, int) and config.devices > 1)
+    # batch statistics over the global batch, as one process would see them (torch has no CPU SyncBatchNorm:
+    # CPU ranks normalise by their own batch's statistics)
+    gpu = config.accelerator in ("gpu", "cuda") or (
+        config.accelerator == "auto" and torch.cuda.is_available()
+    )
     return pl.Trainer(
         accelerator=config.accelerator,
         devices=config.devices,
@@ -70,7 +75,7 @@ def _make_trainer(config: TrainConfig, callbacks: list[pl.Callback], out: Path) 
         enable_checkpointing=False,  # EpochCommit writes last.ckpt (atomically, after every epoch)
         num_sanity_val_steps=0,
         use_distributed_sampler=False,
-        sync_batchnorm=distributed,  # batch statistics over the global batch, as one process would see
+        sync_batchnorm=distributed and gpu,
         benchmark=True,
         default_root_dir=str(out),
     )

@@ -6,6 +6,7 @@ Tiny synthetic prepared datasets (32 x 32 slices, a few volumes) and a few short
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -367,3 +368,58 @@ def test_streamed_training_equals_in_memory_training(dataset, tmp_path):
     steps = [(e.epoch, e.step) for e in events if e.kind == "step"]
     assert steps == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)]
     assert all(e.epochs == 2 for e in events)
+
+
+def test_cli_counts_epochs_from_one_everywhere_and_reports_progress(dataset, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import brainae.cli._training as display
+    from brainae.cli import app
+
+    monkeypatch.setattr(display, "LOG_EVERY_S", 0.0)  # a progress line after every step (not a terminal)
+    out = tmp_path / "run"
+    args = ["train", str(dataset), "--arch", "skip-cae", "--latent-channels", "8", "--epochs", "2"]
+    args += ["--batch-size", "8", "--max-steps-per-epoch", "3", "--accelerator", "cpu", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    text = result.output
+    rows = read_metrics(out)
+    logged = [int(m[1]) for m in re.finditer(r"^epoch (\d+)/2  train_loss", text, re.M)]
+    assert logged == [r["epoch"] for r in rows] == [1, 2]
+    assert re.findall(r"^epoch (\d)/2: step (\d)/3", text, re.M) == [
+        ("1", "1"),
+        ("1", "2"),
+        ("2", "1"),
+        ("2", "2"),
+    ]
+    best = min(rows, key=lambda r: r["val_loss"])
+    assert f"best        epoch {best['epoch']} of 2:" in text
+    assert "schedule    epochs 1-2" in text and "batch-norm momentum 0.1" in text
+    assert "note        6 steps in all: a short run" in text
+    assert "data        held in memory" in text
+    # the normative statistics step ran after training
+    from brainae.checkpoint import load_checkpoint
+
+    assert load_checkpoint(out / "best.safetensors")[1].normative["n"] == 2
+    # --resume with a new total continues at epoch 3 and says so
+    result = CliRunner().invoke(app, ["train", str(dataset), "--out", str(out), "--resume", "--epochs", "3"])
+    assert result.exit_code == 0, result.output
+    assert "schedule    epochs 3-3" in result.output and re.search(
+        r"^epoch 3/3  train_loss", result.output, re.M
+    )
+    assert [r["epoch"] for r in read_metrics(out)] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("command", ["train", "grid"])
+def test_train_and_grid_help_show_defaults_and_no_stray_text(command):
+    from typer.testing import CliRunner
+
+    from brainae.cli import app
+
+    text = CliRunner(env={"COLUMNS": "200"}).invoke(app, [command, "--help"]).output
+    for option in ("--bn-momentum", "--channels-last", "--compile", "--data", "--memory-limit", "--strategy"):
+        assert option in text, option
+    for default in ("[default: 100]", "[default: 32]", "[default: auto]", "[default: 1]"):
+        assert default in text, default
+    assert re.search(r"\*\s+--out\s+-o\s.*\[required\]", text)  # --out is marked required
+    assert not re.search(r"\w \.|\w ;| \. | ; ", text), re.findall(r".{20}\w [.;].{5}", text)

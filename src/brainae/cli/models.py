@@ -78,7 +78,7 @@ def _quiet_lightning() -> None:
 def train_command(
     ctx: typer.Context,
     dataset: Annotated[
-        Path, typer.Argument(help="Prepared dataset folder (`brainae prepare ... --out DATASET`).")
+        Path, typer.Argument(help="Prepared dataset folder (made by `brainae prepare DIR --out DATASET`).")
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder, e.g. runs/res-unet_mse_aug.")],
     arch: Annotated[
@@ -158,8 +158,8 @@ def train_command(
         return
     T.print_best(read_metrics(out))
     store_normative_statistics(out, dataset, T.normative_device(config.accelerator))
-    console.print(f"wrote       {best}")
-    console.print(f"curves      {out / 'curves.png'}")
+    console.print(f"wrote       {best}", markup=False, soft_wrap=True)
+    console.print(f"curves      {out / 'curves.png'}", markup=False, soft_wrap=True)
 
 
 def _describe_model(config, dataset: Path, out: Path, resume: bool) -> None:  # noqa: ANN001
@@ -172,11 +172,13 @@ def _describe_model(config, dataset: Path, out: Path, resume: bool) -> None:  # 
     ratio = model.latent_ratio(size, size) if hasattr(model, "latent_ratio") else float("nan")
     n_train, n_val = len(ds.split_rows("train")), len(ds.split_rows("val"))
     console.print(
-        f"{'resume' if resume else 'train'}       {config.arch} ({count_parameters(model):,} parameters, "
+        f"{'resume' if resume else 'train':<12}{config.arch} ({count_parameters(model):,} parameters, "
         f"latent/input {ratio:.2g}), loss {config.loss}, l2 {config.l2:g}, "
-        f"{'aug' if config.augment else 'no aug'}, {n_train} train / {n_val} val slices of {size} x {size}"
+        f"{'aug' if config.augment else 'no aug'}, {n_train} train / {n_val} val slices of {size} x {size}",
+        markup=False,
+        soft_wrap=True,
     )
-    console.print(f"run         {out}")
+    console.print(f"run         {out}", markup=False, soft_wrap=True)
 
 
 @command("grid")
@@ -253,7 +255,7 @@ def grid_command(
     if not main:
         return
     _print_grid_table(rows, out)
-    console.print(f"wrote       {out / 'summary.csv'}")
+    console.print(f"wrote       {out / 'summary.csv'}", markup=False, soft_wrap=True)
 
 
 def _print_grid_table(rows: list, out: Path) -> None:

@@ -21,10 +21,16 @@ from brainae.errors import BrainaeError
 from brainae.train.config import TrainConfig
 from brainae.train.data import InMemorySplit, StreamedSplit, as_split, derived_seed, shard_batches
 
-__all__ = ["AutoencoderModule", "auto_bn_momentum", "pl"]
+__all__ = ["AutoencoderModule", "auto_bn_momentum", "pl", "recalibrate_batch_norm"]
 
 KERAS_BN_MOMENTUM = 0.01
 """Keras's batch-norm momentum 0.99 in torch terms (the weight of the new batch)."""
+
+SHORT_RUN_STEPS = 300
+"""Runs of fewer planned steps are short: larger batch-norm momentum and re-estimated statistics."""
+
+RECALIBRATION_BATCHES = 8
+"""Training batches whose batch-norm statistics replace the running ones before each validation of a short run."""
 
 
 def _import_lightning():
@@ -51,6 +57,33 @@ def auto_bn_momentum(total_steps: int) -> float:
         (0.01, 0.03, 0.1)
     """
     return float(min(0.1, max(KERAS_BN_MOMENTUM, 3.0 / max(int(total_steps), 1))))
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(model: torch.nn.Module, inputs: Iterator[Tensor]) -> int:
+    """Replace the running batch-norm statistics by their plain average over ``inputs`` (train-mode passes).
+
+    The weights do not change. Returns the number of batches used (0: the model has no batch norm).
+    """
+    norms = _batch_norms(model)
+    if not norms:
+        return 0
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    was_training = model.training
+    model.train()
+    n = 0
+    try:
+        for x in inputs:
+            model(x)
+            n += 1
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    return n
 
 
 def _batch_norms(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -104,6 +137,7 @@ class AutoencoderModule(pl.LightningModule):
         self._plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self._plateau_state: dict | None = None
         self._restored_bn: float | None = None
+        self.recalibrate = False  # set at fit start: a short run with the automatic batch-norm momentum
         self._train_sum: Tensor | None = None
         self._train_count = 0
         self._val_sums: Tensor | None = None
@@ -179,6 +213,10 @@ class AutoencoderModule(pl.LightningModule):
 
     # ---- the model
 
+    @property
+    def _memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.config.channels_last else torch.contiguous_format
+
     def forward(self, x: Tensor) -> Tensor:
         """Reconstruct. Shapes: N x 1 x H x W -> N x 1 x H x W, values in (0, 1)."""
         if self.config.channels_last:
@@ -233,9 +271,10 @@ class AutoencoderModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         # the momentum of a resumed run is the one it started with, whatever --epochs says now
+        planned = self.config.epochs * self.num_steps("train")
         if self.config.bn_momentum is None:
-            planned = self.config.epochs * self.num_steps("train")
             self.set_bn_momentum(self._restored_bn or auto_bn_momentum(planned))
+            self.recalibrate = planned < SHORT_RUN_STEPS
 
     def on_train_start(self) -> None:  # after Lightning restored a checkpoint (on_fit_start is before)
         if self._plateau is not None and self._plateau_state is not None:
@@ -277,6 +316,30 @@ class AutoencoderModule(pl.LightningModule):
             torch.cuda.synchronize(self.device)
         self._train_seconds = time.perf_counter() - self._epoch_t0
         self._val_sums = torch.zeros(5, device=self.device, dtype=self._sum_dtype)
+        if self.recalibrate:
+            self._recalibrate()
+
+    def _recalibrate(self) -> None:
+        """Short runs: batch-norm statistics of the epoch's first training batches (inputs corrupted as in
+        training, from their own seeded generator), so that eval mode matches the weights just trained."""
+        from itertools import islice
+
+        generator = None
+        if self._augment_config is not None:
+            from brainae.corrupt import augment
+
+            seed = derived_seed(self.config.seed, self.current_epoch, self._rank_world()[0], 2)
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+        batches = self.train_batches(self.current_epoch)
+        try:
+            inputs = (
+                augment(t, self._augment_config, generator) if generator is not None else t
+                for t in islice(batches, RECALIBRATION_BATCHES)
+            )
+            net = self.__dict__.get("_compiled") or self.model
+            recalibrate_batch_norm(net, (x.contiguous(memory_format=self._memory_format) for x in inputs))
+        finally:
+            getattr(batches, "close", lambda: None)()
 
     def validation_step(self, target: Tensor, batch_idx: int) -> None:
         """Clean input vs clean target: accumulate per-image loss, MSE, DSSIM, PSNR (capped) sums."""

@@ -73,7 +73,7 @@ class ProgressReporter(pl.Callback):
         )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.first_epoch = trainer.current_epoch + 1
+        self.first_epoch = (int(self.writer.rows[-1]["epoch"]) if self.writer.rows else 0) + 1  # resumed: > 1
         info = {**self.info, "bn_momentum": getattr(pl_module, "bn_momentum", None)}
         self._event(trainer, "start", info=info)
 

@@ -180,6 +180,24 @@ def test_keras_optimizer_and_plateau_settings():
     assert tiny(loss="mse+dssim").resolved_min_delta == 5e-5
 
 
+def test_recalibration_replaces_running_statistics_by_the_batch_average():
+    from brainae.train import recalibrate_batch_norm
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1, bias=False), torch.nn.BatchNorm2d(1, momentum=0.01))
+    torch.nn.init.ones_(model[0].weight)
+    model.eval()
+    weights = [p.detach().clone() for p in model.parameters()]
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(4, 1, 8, 8, generator=g) * (i + 1) + 3 * i for i in range(3)]
+    assert recalibrate_batch_norm(model, iter(batches)) == 3
+    bn = model[1]
+    assert float(bn.running_mean) == pytest.approx(float(np.mean([b.mean() for b in batches])), rel=1e-5)
+    assert float(bn.running_var) == pytest.approx(float(np.mean([b.var() for b in batches])), rel=1e-5)
+    assert bn.momentum == 0.01 and not model.training  # restored
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+    assert recalibrate_batch_norm(torch.nn.Conv2d(1, 1, 1), iter(batches)) == 0  # no batch norm: nothing
+
+
 # ---------------------------------------------------------------------------------------------- training
 
 
@@ -394,7 +412,7 @@ def test_cli_counts_epochs_from_one_everywhere_and_reports_progress(dataset, tmp
     ]
     best = min(rows, key=lambda r: r["val_loss"])
     assert f"best        epoch {best['epoch']} of 2:" in text
-    assert "schedule    epochs 1-2" in text and "batch-norm momentum 0.1" in text
+    assert "schedule    epochs 1-2" in text and "batch-norm momentum 0.1, statistics re-estimated" in text
     assert "note        6 steps in all: a short run" in text
     assert "data        held in memory" in text
     # the normative statistics step ran after training

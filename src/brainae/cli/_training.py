@@ -165,6 +165,7 @@ class TrainDisplay:
         self._print(
             f"schedule    epochs {ev.first_epoch}-{ev.epochs} (at most; early stopping may end sooner) x "
             f"{ev.steps} steps, batch-norm momentum {info.get('bn_momentum')}"
+            + (", statistics re-estimated before each validation" if info.get("bn_recalibrated") else "")
         )
         if total < SHORT_RUN_STEPS:
             self._print(

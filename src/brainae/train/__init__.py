@@ -46,7 +46,7 @@ from brainae.train.config import DATA_MODES, PRECISIONS, RESUMABLE, TrainConfig,
 from brainae.train.data import IndexBatches, choose_data_mode, derived_seed, shard_batches
 from brainae.train.fitting import fit
 from brainae.train.grid_runs import GridRun, grid, grid_configs, run_name
-from brainae.train.module import AutoencoderModule, auto_bn_momentum, pl
+from brainae.train.module import AutoencoderModule, auto_bn_momentum, pl, recalibrate_batch_norm
 from brainae.train.progress import ProgressCallback, TrainProgress
 from brainae.train.run_folder import (
     CSV_COLUMNS,
@@ -85,6 +85,7 @@ __all__ = [
     "load_config",
     "pl",
     "read_metrics",
+    "recalibrate_batch_norm",
     "run_name",
     "shard_batches",
 ]

@@ -29,7 +29,8 @@ class TrainProgress:
         first_epoch: the first epoch this call trains (above 1 when resumed).
         record: the epoch's metrics row (``"epoch"`` events).
         info: facts about the run (``"start"`` events): ``data_mode`` (memory / stream), ``data_reason``,
-            ``bn_momentum``, ``n_train``, ``n_val``.
+            ``bn_momentum``, ``bn_recalibrated`` (short runs: batch-norm statistics re-estimated before
+            each validation), ``n_train``, ``n_val``.
     """
 
     kind: str
@@ -74,7 +75,11 @@ class ProgressReporter(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.first_epoch = (int(self.writer.rows[-1]["epoch"]) if self.writer.rows else 0) + 1  # resumed: > 1
-        info = {**self.info, "bn_momentum": getattr(pl_module, "bn_momentum", None)}
+        info = {
+            **self.info,
+            "bn_momentum": getattr(pl_module, "bn_momentum", None),
+            "bn_recalibrated": bool(getattr(pl_module, "recalibrate", False)),
+        }
         self._event(trainer, "start", info=info)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001

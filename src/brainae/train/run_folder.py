@@ -283,6 +283,7 @@ class RunWriter(pl.Callback):
         return {
             **self.training_info,
             "bn_momentum_used": getattr(pl_module, "bn_momentum", None),
+            "bn_recalibrated": bool(getattr(pl_module, "recalibrate", False)),
             "best_epoch": self.best_epoch,
             "best_val_loss": self.best_val,
             "epochs_run": self.rows[-1]["epoch"] if self.rows else 0,

@@ -61,13 +61,13 @@ def run_demo(
     quick: bool = False,
     force: bool = False,
     device: str = "auto",
-    progress=True,
+    progress=None,
     log=print,
 ) -> DemoResult:
     """Run the whole pipeline on the embedded sample; see the module doc.
 
     ``progress``: a callable that receives the training step's :class:`brainae.train.TrainProgress` events
-    (the CLI passes its display); anything else keeps the training silent.
+    (the CLI passes its display); None keeps the training silent.
 
     Raises:
         BrainaeError: ``out`` exists and is not an earlier demo folder (``force`` does not change that: a
@@ -147,7 +147,7 @@ def run_demo(
         bn_momentum=0.1,  # a few dozen steps: the thesis's Keras momentum would leave eval-mode BN unsettled
     )
     log(f"2/5 train: {arch}, MSE, augmentation, epochs 1-{config.epochs} -> {out / 'run'}")
-    best = fit(out / "dataset", out / "run", config, progress if callable(progress) else None, force=True)
+    best = fit(out / "dataset", out / "run", config, progress, force=True)
     store_normative_statistics(out / "run", out / "dataset", device)
 
     # 3. evaluate + stats

@@ -272,6 +272,13 @@ def _available_memory(device: torch.device) -> int | None:
         return None
 
 
+def _size(nbytes: int) -> str:
+    """``"3.10 GiB"``, ``"64.0 MiB"``."""
+    if nbytes >= 1024**3:
+        return f"{nbytes / 1024**3:.2f} GiB"
+    return f"{nbytes / 1024**2:.1f} MiB"
+
+
 def choose_data_mode(
     mode: str, nbytes: int, device: torch.device, memory_limit: int | None = None
 ) -> tuple[str, str]:
@@ -284,19 +291,18 @@ def choose_data_mode(
         >>> choose_data_mode("auto", 4 << 30, torch.device("cpu"), memory_limit=1 << 30)[0]
         'stream'
     """
-    gb = 1024**3
     if mode in ("memory", "stream"):
-        return mode, f"--data {mode} asked for ({nbytes / gb:.2f} GiB of slices)"
+        return mode, f"--data {mode} asked for ({_size(nbytes)} of slices)"
     if memory_limit is not None:
         budget, source = int(memory_limit), "the memory limit"
     else:
         free = _available_memory(device)
         if free is None:
-            return "memory", f"{nbytes / gb:.2f} GiB of slices; free memory unknown, so held in memory"
+            return "memory", f"{_size(nbytes)} of slices; free memory unknown, so held in memory"
         budget, source = free // 2, f"half of the free {device.type} memory"
     chosen = "memory" if nbytes <= budget else "stream"
     relation = "fit in" if chosen == "memory" else "exceed"
-    return chosen, f"{nbytes / gb:.2f} GiB of slices {relation} {source} ({budget / gb:.2f} GiB)"
+    return chosen, f"{_size(nbytes)} of slices {relation} {source} ({_size(budget)})"
 
 
 # ---------------------------------------------------------------------------------------- Lightning

@@ -144,7 +144,6 @@ def run_demo(
         seed=0,
         accelerator="cpu" if device == "cpu" else "auto",
         max_steps_per_epoch=2 if quick else None,
-        bn_momentum=0.1,  # a few dozen steps: the thesis's Keras momentum would leave eval-mode BN unsettled
     )
     log(f"2/5 train: {arch}, MSE, augmentation, epochs 1-{config.epochs} -> {out / 'run'}")
     best = fit(out / "dataset", out / "run", config, progress, force=True)

@@ -61,10 +61,13 @@ def run_demo(
     quick: bool = False,
     force: bool = False,
     device: str = "auto",
-    progress: bool = True,
+    progress=None,
     log=print,
 ) -> DemoResult:
     """Run the whole pipeline on the embedded sample; see the module doc.
+
+    ``progress``: a callable that receives the training step's :class:`brainae.train.TrainProgress` events
+    (the CLI passes its display); None keeps the training silent.
 
     Raises:
         BrainaeError: ``out`` exists and is not an earlier demo folder (``force`` does not change that: a
@@ -77,6 +80,7 @@ def run_demo(
     from brainae.pretrained import THESIS_RES_UNET
     from brainae.report import build_report
     from brainae.sample import PARTICIPANTS, SAMPLE_DIR, sample_files
+    from brainae.slice_anomaly import store_normative_statistics
     from brainae.stats import run_stats
     from brainae.train import TrainConfig, fit
 
@@ -140,10 +144,10 @@ def run_demo(
         seed=0,
         accelerator="cpu" if device == "cpu" else "auto",
         max_steps_per_epoch=2 if quick else None,
-        bn_momentum=0.1,  # a few dozen steps: the thesis's Keras momentum would leave eval-mode BN unsettled
     )
-    log(f"2/5 train: {arch}, MSE, augmentation, {config.epochs} epoch(s) -> {out / 'run'}")
-    best = fit(out / "dataset", out / "run", config, progress=progress, force=True)
+    log(f"2/5 train: {arch}, MSE, augmentation, epochs 1-{config.epochs} -> {out / 'run'}")
+    best = fit(out / "dataset", out / "run", config, progress, force=True)
+    store_normative_statistics(out / "run", out / "dataset", device)
 
     # 3. evaluate + stats
     checkpoints = [best] if quick else [best, THESIS_RES_UNET]

@@ -38,16 +38,22 @@ def demo_cmd(
     """
     from rich.table import Table
 
+    from brainae.cli._training import TrainDisplay
     from brainae.demo import run_demo
 
-    res = run_demo(
-        out,
-        epochs=epochs,
-        quick=quick,
-        force=force,
-        device=device,
-        log=lambda msg: console.print(f"[bold]{escape(str(msg))}[/bold]", markup=True),
-    )
+    display = TrainDisplay()
+    try:
+        res = run_demo(
+            out,
+            epochs=epochs,
+            quick=quick,
+            force=force,
+            device=device,
+            progress=display,
+            log=lambda msg: console.print(f"[bold]{escape(str(msg))}[/bold]", markup=True),
+        )
+    finally:
+        display.close()
     console.print()
     table = Table(title="test split: mean per model and condition (vs the clean target)")
     for col in ("model", "condition", "MSE", "DSSIM", "PSNR dB"):

@@ -5,7 +5,6 @@ Tiny synthetic prepared datasets (32 x 32 slices, a few volumes) and a few short
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 

@@ -349,7 +349,7 @@ def test_cli_counts_epochs_from_one_everywhere_and_reports_progress(dataset, tmp
     # the normative statistics step ran after training
     from brainae.checkpoint import load_checkpoint
 
-    assert load_checkpoint(out / "best.safetensors")[1].normative["n"] == 2
+    assert load_checkpoint(out / "best.safetensors")[1].normative.n == 2
     # --resume with a new total continues at epoch 3 and says so
     result = CliRunner().invoke(app, ["train", str(dataset), "--out", str(out), "--resume", "--epochs", "3"])
     assert result.exit_code == 0, result.output

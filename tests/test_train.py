@@ -63,6 +63,15 @@ def test_module_draws_on_the_device_in_index_batches():
     assert sorted(torch.cat(batches).tolist()) == list(range(20))
 
 
+def test_compile_option_uses_the_compiled_model():
+    """--compile: forward goes through the torch.compile wrapper (whose truth value raises: gpu_check found
+    ``compiled or model`` failing with "ResUNet does not support len()")."""
+    module = AutoencoderModule(tiny(compile=True), np.random.rand(8, SIZE, SIZE), None)
+    compiled = module.__dict__["_compiled"]
+    assert compiled is not None and module._net() is compiled
+    assert AutoencoderModule(tiny(), np.random.rand(8, SIZE, SIZE), None)._net() is not compiled
+
+
 def test_l2_adds_the_kernel_penalty():
     from brainae.models import kernel_parameters
 

@@ -8,7 +8,8 @@ RMSprop settings, loss and the SAME ``augment`` call, as a bare loop over synthe
 Both use synthetic 128 x 128 images and the thesis's MSE loss.
 
 Prints ONE JSON object: ``{"device": ..., "results": [{"arch", "batch", "precision", "brainae_img_s",
-"reference_img_s", "ratio"}, ...]}`` (ratio = brainae / reference; the quality bar is >= 0.8).
+"reference_img_s", "ratio", "ratio_per_repeat"}, ...]}`` (ratio = brainae / reference, medians over
+``--repeats`` alternated measurements; the quality bar is >= 0.8).
 
     python benchmarks/train_throughput.py                                   # CPU: five archs, batch 32, fp32
     python benchmarks/train_throughput.py --archs res-unet --batch 256 --precision bf16-mixed --channels-last
@@ -20,6 +21,7 @@ import argparse
 import json
 import logging
 import os
+import statistics
 import time
 import warnings
 
@@ -139,6 +141,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed steps [CPU 3, GPU 60]")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first [CPU 1, GPU 15]")
     parser.add_argument("--size", type=int, default=128)
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="alternated reference / brainae measurements (medians reported)",
+    )
     parser.add_argument("--images", type=int, default=None, help="synthetic images on the device")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true")
@@ -158,8 +166,12 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if use_gpu else f"cpu ({torch.get_num_threads()} threads)"
     results = []
     for arch in [a.strip() for a in args.archs.split(",") if a.strip()]:
-        reference = bench_reference(args, arch, images, device)
-        brainae = bench_brainae(args, arch, images, accelerator)
+        pairs = []
+        for _ in range(args.repeats):  # alternated, so that a change of load hits both sides alike
+            reference = bench_reference(args, arch, images, device)
+            pairs.append((bench_brainae(args, arch, images, accelerator), reference))
+        brainae = statistics.median(b for b, _ in pairs)
+        reference = statistics.median(r for _, r in pairs)
         results.append(
             {
                 "arch": arch,
@@ -170,6 +182,7 @@ def main() -> None:
                 "brainae_img_s": round(brainae, 2),
                 "reference_img_s": round(reference, 2),
                 "ratio": round(brainae / reference, 3),
+                "ratio_per_repeat": [round(b / r, 3) for b, r in pairs],
             }
         )
     out = {
@@ -178,6 +191,7 @@ def main() -> None:
         "size": args.size,
         "steps": args.steps,
         "warmup": args.warmup,
+        "repeats": args.repeats,
         "reference": "plain PyTorch loop, same model/optimizer/loss/precision and the same augment() call",
         "cpu_count": os.cpu_count(),
         "results": results,

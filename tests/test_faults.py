@@ -276,7 +276,7 @@ def test_last_checkpoint_after_every_epoch(tmp_path):
 
     ds = make_dataset(tmp_path / "ds", n_train=16, n_val=8)
     seen = []
-    import brainae.train as train_mod
+    import brainae.train.fitting as train_mod
 
     class Spy(train_mod.EpochCommit):
         def on_validation_end(self, trainer, pl_module):

@@ -5,6 +5,7 @@ Tiny synthetic prepared datasets (32 x 32 slices, a few volumes) and a few short
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,15 @@ def test_module_draws_on_the_device_in_index_batches():
     assert sorted(torch.cat(batches).tolist()) == list(range(20))
 
 
+def test_compile_option_uses_the_compiled_model():
+    """--compile: forward goes through the torch.compile wrapper (whose truth value raises: gpu_check found
+    ``compiled or model`` failing with "ResUNet does not support len()")."""
+    module = AutoencoderModule(tiny(compile=True), np.random.rand(8, SIZE, SIZE), None)
+    compiled = module.__dict__["_compiled"]
+    assert compiled is not None and module._net() is compiled
+    assert AutoencoderModule(tiny(), np.random.rand(8, SIZE, SIZE), None)._net() is not compiled
+
+
 def test_l2_adds_the_kernel_penalty():
     from brainae.models import kernel_parameters
 
@@ -76,15 +86,22 @@ def test_l2_adds_the_kernel_penalty():
     assert diff == pytest.approx(expected, rel=1e-4)
 
 
-def test_bn_momentum_keras_by_default_and_settable():
+def test_bn_momentum_from_the_run_length_or_settable():
+    from brainae.train import auto_bn_momentum
+
     def momenta(module):
         return {m.momentum for m in module.model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
 
     images = np.random.rand(8, SIZE, SIZE)
-    assert momenta(AutoencoderModule(tiny(), images, None)) == {0.01}
     assert momenta(AutoencoderModule(tiny(bn_momentum=0.1), images, None)) == {0.1}
     with pytest.raises(BrainaeError, match="bn_momentum"):
         tiny(bn_momentum=0.0).validate()
+    # the thesis's Keras value for long runs, larger (at most torch's 0.1) for short ones
+    assert auto_bn_momentum(300) == auto_bn_momentum(10_000) == 0.01
+    assert auto_bn_momentum(100) == pytest.approx(0.03) and auto_bn_momentum(6) == 0.1
+    module = AutoencoderModule(tiny(epochs=50, max_steps_per_epoch=None), np.random.rand(24, SIZE, SIZE))
+    module.on_fit_start()  # 50 epochs x 3 steps = 150 steps
+    assert momenta(module) == {module.bn_momentum} and module.bn_momentum == pytest.approx(0.02)
 
 
 def test_keras_optimizer_and_plateau_settings():
@@ -101,6 +118,24 @@ def test_keras_optimizer_and_plateau_settings():
     assert opt.param_groups[0]["lr"] == pytest.approx(2e-4)
     assert tiny(loss="dssim").resolved_min_delta == 5e-5
     assert tiny(loss="mse+dssim").resolved_min_delta == 5e-5
+
+
+def test_recalibration_replaces_running_statistics_by_the_batch_average():
+    from brainae.train import recalibrate_batch_norm
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1, bias=False), torch.nn.BatchNorm2d(1, momentum=0.01))
+    torch.nn.init.ones_(model[0].weight)
+    model.eval()
+    weights = [p.detach().clone() for p in model.parameters()]
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(4, 1, 8, 8, generator=g) * (i + 1) + 3 * i for i in range(3)]
+    assert recalibrate_batch_norm(model, iter(batches)) == 3
+    bn = model[1]
+    assert float(bn.running_mean) == pytest.approx(float(np.mean([b.mean() for b in batches])), rel=1e-5)
+    assert float(bn.running_var) == pytest.approx(float(np.mean([b.var() for b in batches])), rel=1e-5)
+    assert bn.momentum == 0.01 and not model.training  # restored
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+    assert recalibrate_batch_norm(torch.nn.Conv2d(1, 1, 1), iter(batches)) == 0  # no batch norm: nothing
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -127,7 +162,13 @@ def test_training_lowers_val_loss_and_checkpoints_describe_themselves(dataset, t
     )
     assert ckpt.training.get("best_val_loss") == pytest.approx(min(r["val_loss"] for r in rows))
     assert ckpt.training.get("dataset") == str(dataset.resolve()) and ckpt.training.get("version")
-    assert ckpt.normative is not None and ckpt.normative.n == 2
+    # normative statistics are the step after training, not part of it
+    from brainae.slice_anomaly import store_normative_statistics
+
+    assert ckpt.normative is None
+    stats = store_normative_statistics(out, dataset, "cpu")
+    assert stats["n"] == 2 and load_checkpoint(best)[1].normative.n == 2
+    assert load_checkpoint(out / "last.safetensors")[1].normative.n == 2
     x = torch.from_numpy(np.load(dataset / "slices.npy")[-4:])[:, None]
     with torch.no_grad():
         assert load_model(best)(x).shape == x.shape
@@ -154,14 +195,14 @@ def test_resume_continues_at_the_next_epoch_with_the_same_state(dataset, tmp_pat
                 seen["plateau"] = self._plateau.state_dict()
             super().on_train_epoch_start()
 
-    import brainae.train as train_mod
+    import brainae.train.fitting as fitting
 
-    original = train_mod.AutoencoderModule
-    train_mod.AutoencoderModule = Spy
+    original = fitting.AutoencoderModule
+    fitting.AutoencoderModule = Spy
     try:
         fit(dataset, split, tiny(epochs=4), progress=False, resume=True)
     finally:
-        train_mod.AutoencoderModule = original
+        fitting.AutoencoderModule = original
     assert seen["epoch"] == 2  # 0-based: the third epoch
     assert len(seen["square_avg"]) == len(sq_saved)
     assert all(torch.equal(a, b) for a, b in zip(seen["square_avg"], sq_saved, strict=True))
@@ -243,3 +284,100 @@ def test_cli_train_and_errors(dataset, tmp_path):
     result = runner.invoke(app, [*args[:2], "--arch", "nope", "--out", str(tmp_path / "x")])
     assert result.exit_code == 1 and "unknown architecture 'nope'" in result.output
     assert "Traceback" not in result.output
+
+
+# ---------------------------------------------------------------------------------------- streamed data
+
+
+def test_slice_reader_reads_rows_in_the_order_asked(dataset):
+    from brainae.train.data import SliceReader
+
+    full = np.load(dataset / "slices.npy")
+    rows = np.array([5, 3, 4, 40, 0, 63])
+    got = SliceReader(dataset / "slices.npy").read(rows)
+    assert got.dtype == np.float32 and np.array_equal(got, full[rows])
+
+
+def test_auto_data_mode_streams_above_the_memory_limit():
+    from brainae.train import choose_data_mode
+
+    cpu = torch.device("cpu")
+    assert choose_data_mode("auto", 100, cpu, memory_limit=400)[0] == "memory"
+    mode, reason = choose_data_mode("auto", 1600, cpu, memory_limit=400)
+    assert mode == "stream" and "exceed the memory limit" in reason
+    assert choose_data_mode("memory", 1600, cpu, memory_limit=400)[0] == "memory"
+
+
+def test_streamed_training_equals_in_memory_training(dataset, tmp_path):
+    events = []
+    fit(dataset, tmp_path / "mem", tiny(epochs=2, data="memory"), progress=False)
+    nbytes = (48 + 16) * SIZE * SIZE * 4
+    config = tiny(epochs=2, data="auto", memory_limit=nbytes // 4)  # the data are 4x the limit
+    fit(dataset, tmp_path / "stream", config, events.append)
+    assert events[0].kind == "start" and events[0].info["data_mode"] == "stream"
+    assert "exceed the memory limit" in events[0].info["data_reason"]
+    mem, stream = read_metrics(tmp_path / "mem"), read_metrics(tmp_path / "stream")
+    for a, b in zip(mem, stream, strict=True):
+        for key in ("train_loss", "val_loss", "val_mse", "val_dssim", "val_psnr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6), key
+    # progress events count epochs from 1, as metrics.csv does
+    epochs = [e.epoch for e in events if e.kind == "epoch"]
+    assert epochs == [r["epoch"] for r in stream] == [1, 2]
+    steps = [(e.epoch, e.step) for e in events if e.kind == "step"]
+    assert steps == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)]
+    assert all(e.epochs == 2 for e in events)
+
+
+def test_cli_counts_epochs_from_one_everywhere_and_reports_progress(dataset, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import brainae.cli._training as display
+    from brainae.cli import app
+
+    monkeypatch.setattr(display, "LOG_EVERY_S", 0.0)  # a progress line after every step (not a terminal)
+    out = tmp_path / "run"
+    args = ["train", str(dataset), "--arch", "skip-cae", "--latent-channels", "8", "--epochs", "2"]
+    args += ["--batch-size", "8", "--max-steps-per-epoch", "3", "--accelerator", "cpu", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    text = result.output
+    rows = read_metrics(out)
+    logged = [int(m[1]) for m in re.finditer(r"^epoch (\d+)/2  train_loss", text, re.M)]
+    assert logged == [r["epoch"] for r in rows] == [1, 2]
+    assert re.findall(r"^epoch (\d)/2: step (\d)/3", text, re.M) == [
+        ("1", "1"),
+        ("1", "2"),
+        ("2", "1"),
+        ("2", "2"),
+    ]
+    best = min(rows, key=lambda r: r["val_loss"])
+    assert f"best        epoch {best['epoch']} of 2:" in text
+    assert "schedule    epochs 1-2" in text and "batch-norm momentum 0.1, statistics re-estimated" in text
+    assert "note        6 steps in all: a short run" in text
+    assert "data        held in memory" in text
+    # the normative statistics step ran after training
+    from brainae.checkpoint import load_checkpoint
+
+    assert load_checkpoint(out / "best.safetensors")[1].normative.n == 2
+    # --resume with a new total continues at epoch 3 and says so
+    result = CliRunner().invoke(app, ["train", str(dataset), "--out", str(out), "--resume", "--epochs", "3"])
+    assert result.exit_code == 0, result.output
+    assert "schedule    epochs 3-3" in result.output and re.search(
+        r"^epoch 3/3  train_loss", result.output, re.M
+    )
+    assert [r["epoch"] for r in read_metrics(out)] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("command", ["train", "grid"])
+def test_train_and_grid_help_show_defaults_and_no_stray_text(command):
+    from typer.testing import CliRunner
+
+    from brainae.cli import app
+
+    text = CliRunner(env={"COLUMNS": "200"}).invoke(app, [command, "--help"]).output
+    for option in ("--bn-momentum", "--channels-last", "--compile", "--data", "--memory-limit", "--strategy"):
+        assert option in text, option
+    for default in ("[default: 100]", "[default: 32]", "[default: auto]", "[default: 1]"):
+        assert default in text, default
+    assert re.search(r"\*\s+--out\s+-o\s.*\[required\]", text)  # --out is marked required
+    assert not re.search(r"\w \.|\w ;| \. | ; ", text), re.findall(r".{20}\w [.;].{5}", text)

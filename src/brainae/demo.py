@@ -69,7 +69,7 @@ def run_demo(
     quick: bool = False,
     force: bool = False,
     device: str = "auto",
-    progress: bool = True,
+    progress: Callable[..., None] | None = None,
     log: Callable[[str], None] = _quiet,
     track: Track = _no_track,
 ) -> DemoResult:
@@ -81,7 +81,8 @@ def run_demo(
         quick: the tiny install check (see the module doc).
         force: kept for compatibility; changes nothing.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        progress: show the training progress bar.
+        progress: a callable that receives the training step's :class:`brainae.train.TrainProgress` events
+            (the CLI passes its display); None keeps the training silent.
         log: called with one line as each step starts (the CLI prints it; default: nothing).
         track: wraps the long loops (inspect, prepare, evaluate, report) as ``track(iterable, description, total)``,
             e.g. a progress bar; default: no progress.
@@ -98,6 +99,7 @@ def run_demo(
     from brainae.report import build_report
     from brainae.sample import PARTICIPANTS, SAMPLE_DIR, sample_files
     from brainae.scoring import masked_psnr
+    from brainae.slice_anomaly import store_normative_statistics
     from brainae.stats import run_stats
     from brainae.train import TrainConfig, fit
 
@@ -163,12 +165,12 @@ def run_demo(
         seed=0,
         accelerator="cpu" if device == "cpu" else "auto",
         max_steps_per_epoch=2 if quick else None,
-        bn_momentum=0.1,  # a few dozen steps: the thesis's Keras momentum would leave eval-mode BN unsettled
     )
     # named after what it is, so that tables and the report say which model is the demo's short run
     run_dir = out / f"demo-{arch}-mse-{config.epochs}-epoch{'s' if config.epochs != 1 else ''}"
-    log(f"2/5 train: {arch}, MSE, augmentation, {config.epochs} epoch(s) -> {run_dir}")
-    best = fit(out / "dataset", run_dir, config, progress=progress, force=True)
+    log(f"2/5 train: {arch}, MSE, augmentation, epochs 1-{config.epochs} -> {run_dir}")
+    best = fit(out / "dataset", run_dir, config, progress, force=True)
+    store_normative_statistics(run_dir, out / "dataset", device)
 
     # 3. evaluate + stats
     checkpoints = [best] if quick else [best, THESIS_RES_UNET]

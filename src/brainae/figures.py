@@ -6,7 +6,8 @@
   and the slices kept per volume by each method;
 - :func:`selection_montage_figure`: every slice of a few volumes, framed green (kept) or red (discarded),
   one row of panels per method (Figs 5.5 / 5.7);
-- :func:`split_figure`: the distribution of each attribute per split (Fig 5.9).
+- :func:`split_figure`: the distribution of each attribute per split (Fig 5.9);
+- :func:`training_curves_figure`: a training run's loss curves and learning rate (Fig 5.18).
 """
 
 from __future__ import annotations
@@ -157,3 +158,42 @@ def split_figure(volumes, path: Path) -> Path:
         ax.set_title(f"{attr} per split (fraction)", fontsize=10)
         ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def training_curves_figure(rows: list[dict], path: Path, title: str = "") -> Path:
+    """Training curves (thesis Fig 5.18): train and val loss per epoch (log scale) and the learning rate.
+
+    Args:
+        rows: the rows of a run's ``metrics.csv`` (:func:`brainae.train.read_metrics`).
+        path: the PNG to write.
+        title: the figure's title (e.g. the run's name).
+    """
+    plt = _plt()
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax, ax_lr) = plt.subplots(
+        2, 1, figsize=(6.4, 5.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]}, constrained_layout=True
+    )
+    ax.plot(epochs, [r["train_loss"] for r in rows], "o-", ms=3, label="train loss")
+    ax.plot(epochs, [r["val_loss"] for r in rows], "s-", ms=3, label="val loss")
+    if rows:
+        best = min(rows, key=lambda r: r["val_loss"])
+        ax.axvline(best["epoch"], color="0.6", ls=":", lw=1)
+        ax.annotate(
+            f"best {best['val_loss']:.3g} (epoch {best['epoch']})",
+            (best["epoch"], best["val_loss"]),
+            textcoords="offset points",
+            xytext=(4, 8),
+            fontsize=8,
+        )
+    if all(r["train_loss"] > 0 and r["val_loss"] > 0 for r in rows):
+        ax.set_yscale("log")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    ax_lr.plot(epochs, [r["lr"] for r in rows], "k.-", ms=3)
+    ax_lr.set_yscale("log")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_xlabel("epoch")
+    ax_lr.grid(alpha=0.3)
+    return _save(fig, Path(path))

@@ -456,12 +456,17 @@ class Loss(nn.Module):
         Returns:
             Scalar tensor (float32): mean over the batch of ``sum_k w_k * term_k(pred, target)``.
         """
+        return self.combine({name: LOSSES[name](pred, target) for name in self.weights}).mean()
+
+    def combine(self, terms: Mapping[str, Tensor]) -> Tensor:
+        """Per-image loss from per-image terms already computed (e.g. by a validation loop that also reports
+        them): ``sum_k w_k * terms[k]``, a Tensor[N]."""
         total: Tensor | None = None
         for name, w in self.weights.items():
-            value = w * LOSSES[name](pred, target)
+            value = w * terms[name]
             total = value if total is None else total + value
         assert total is not None
-        return total.mean()
+        return total
 
     def extra_repr(self) -> str:
         return repr(self.spec)

@@ -32,13 +32,16 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from brainae.apply import Result, Selection, as_selection, predict_slices, reconstruct
 from brainae.card import Normative
+from brainae.device import resolve_device
 from brainae.errors import BrainaeError, BrainaeWarning
 from brainae.volume import Preprocessing, SliceStack, slices_to_volume
 
@@ -48,6 +51,7 @@ __all__ = [
     "ScoreDefinition",
     "anomaly",
     "normative_statistics",
+    "store_normative_statistics",
     "residual_map",
     "residuals",
     "selection_from",
@@ -294,3 +298,34 @@ def normative_statistics(
         "n_slices": counts,
         "definition": definition.to_dict(),
     }
+
+
+def store_normative_statistics(
+    run_dir: str | os.PathLike, dataset: str | os.PathLike, device: str | object = "cpu"
+) -> dict | None:
+    """The step after training: the normative statistics of a finished run, stored in its checkpoints.
+
+    Computes :func:`normative_statistics` of the run's best model on the dataset's val split (healthy
+    volumes not used for training) and writes them into ``best.safetensors`` (and ``last.safetensors``), so
+    that ``brainae anomaly`` can give z-scores with that checkpoint alone. Run by ``brainae train``, ``grid``
+    and ``demo`` after :func:`brainae.train.fit`.
+
+    Returns:
+        The statistics, or None (with a warning) when they cannot be computed, e.g. a val split whose
+        volumes have no selected slices; the checkpoints are then left without them.
+    """
+    from brainae.checkpoint import load_model, update_checkpoint
+    from brainae.dataset import open_dataset
+
+    run_dir = Path(run_dir)
+    best = run_dir / "best.safetensors"
+    dev = resolve_device(device)
+    try:
+        stats = normative_statistics(load_model(best, dev), open_dataset(dataset), split="val", device=dev)
+    except BrainaeError as exc:
+        warnings.warn(f"{best}: normative statistics not stored: {exc}", BrainaeWarning, stacklevel=2)
+        return None
+    for path in (best, run_dir / "last.safetensors"):
+        if path.is_file():
+            update_checkpoint(path, normative=stats)
+    return stats

@@ -42,22 +42,28 @@ def demo_cmd(
     """
     from rich.table import Table
 
+    from brainae.cli._training import TrainDisplay
     from brainae.demo import run_demo
     from brainae.metrics import METRICS
 
     start = time.monotonic()
-    res = run_demo(
-        out,
-        epochs=epochs,
-        quick=quick,
-        force=force,
-        device=device,
-        log=lambda msg: console.print(
-            f"[bold]{escape(str(msg))}[/bold] [dim](at {duration(time.monotonic() - start)})[/dim]",
-            markup=True,
-        ),
-        track=track,
-    )
+    display = TrainDisplay()
+    try:
+        res = run_demo(
+            out,
+            epochs=epochs,
+            quick=quick,
+            force=force,
+            device=device,
+            progress=display,
+            log=lambda msg: console.print(
+                f"[bold]{escape(str(msg))}[/bold] [dim](at {duration(time.monotonic() - start)})[/dim]",
+                markup=True,
+            ),
+            track=track,
+        )
+    finally:
+        display.close()
     console.print()
     table = Table(title="test split: mean per model and condition (vs the clean target)")
     for col in ("model", "condition", *(m.label for m in METRICS.values())):

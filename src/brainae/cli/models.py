@@ -1,4 +1,4 @@
-"""Stage 7-8 commands: ``import-keras`` (and, later, ``train`` and ``grid``)."""
+"""Stage 7-8 commands: ``import-keras``, ``train`` and ``grid`` (their shared options: :mod:`brainae.cli._training`)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from brainae.cli import _training as T
 from brainae.cli._app import command, console
 
 
@@ -45,17 +46,21 @@ def _split_names(values: list[str] | None) -> list[str] | None:
     return [v.strip() for value in values for v in value.split(",") if v.strip()]
 
 
-def _devices(value: str | None) -> int | str | None:
-    if value is None:
-        return None
-    return int(value) if value.strip().isdigit() else value.strip()
+def _quiet_lightning() -> None:
+    """Lightning's informational lines (GPU available, tips) off for this command's process."""
+    import logging
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @command("train")
 def train_command(
+    ctx: typer.Context,
     dataset: Annotated[
-        Path, typer.Argument(help="Prepared dataset folder (`brainae prepare ... --out DATASET`).")
+        Path, typer.Argument(help="Prepared dataset folder (made by `brainae prepare DIR --out DATASET`).")
     ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder, e.g. runs/res-unet_mse_aug.")],
     arch: Annotated[
         str | None,
         typer.Option(
@@ -72,101 +77,69 @@ def train_command(
     l2: Annotated[
         float, typer.Option(help="Kernel L2 factor as Keras's kernel_regularizer (thesis: 1e-5).")
     ] = 0.0,
-    epochs: Annotated[
-        int | None, typer.Option(help="Maximum epochs [default: 100]; with --resume: the new total.")
-    ] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per step (per device).")] = 32,
-    precision: Annotated[str | None, typer.Option(help="32, bf16-mixed or 16-mixed [default: 32].")] = None,
-    devices: Annotated[
-        str | None, typer.Option(help="Devices per node: a number or 'auto' [default: 1].")
-    ] = None,
-    num_nodes: Annotated[int | None, typer.Option(help="Nodes for multi-node DDP [default: 1].")] = None,
-    accelerator: Annotated[str | None, typer.Option(help="auto, cpu or gpu [default: auto].")] = None,
-    seed: Annotated[int, typer.Option(help="Seeds weights, batch order and augmentation.")] = 0,
-    latent_channels: Annotated[
-        int | None, typer.Option(help="Latent feature maps (thesis: 128; fewer makes a real bottleneck).")
-    ] = None,
-    max_steps_per_epoch: Annotated[int | None, typer.Option(help="Cap the steps of an epoch.")] = None,
-    channels_last: Annotated[
-        bool, typer.Option(help="Channels-last memory format (GPU, mixed precision).")
-    ] = False,
-    compile_model: Annotated[
-        bool, typer.Option("--compile", help="Run the model through torch.compile.")
-    ] = False,
-    bn_momentum: Annotated[
-        float | None,
-        typer.Option(
-            help="Batch-norm momentum (torch terms) [default: the thesis's 0.01]; 0.1 for short runs."
-        ),
-    ] = None,
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Run folder [default: runs/ARCH_LOSS_L2_AUG].")
-    ] = None,
+    epochs: T.Epochs = 100,
+    batch_size: T.BatchSize = 32,
+    precision: T.Precision = "32",
+    accelerator: T.Accelerator = "auto",
+    devices: T.Devices = "1",
+    num_nodes: T.NumNodes = 1,
+    strategy: T.Strategy = "auto",
+    seed: T.Seed = 0,
+    latent_channels: T.LatentChannels = None,
+    max_steps_per_epoch: T.MaxSteps = None,
+    channels_last: T.ChannelsLast = False,
+    compile: T.Compile = False,
+    bn_momentum: T.BnMomentum = None,
+    data: T.Data = "auto",
+    memory_limit: T.MemoryLimit = None,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in --out from its last.ckpt.")
+        bool,
+        typer.Option(
+            "--resume", help="Continue the run in --out from its last.ckpt (options given here override)."
+        ),
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="Delete an existing run in --out first.")] = False,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    progress: T.Progress = True,
 ) -> None:
     """Train an autoencoder with the thesis's schedule (RMSprop, early stopping, reduce-on-plateau).
 
     Writes best.safetensors, last.safetensors, last.ckpt (for --resume), metrics.csv, config.json and
-    curves.png into the run folder.
+    curves.png into the run folder, then stores the normative statistics of the val split in the checkpoints.
     """
     from brainae.errors import BrainaeError
-    from brainae.train import TrainConfig, fit, load_config, read_metrics, run_name
+    from brainae.slice_anomaly import store_normative_statistics
+    from brainae.train import TrainConfig, fit, is_rank_zero_process, load_config, read_metrics
 
     if resume and force:
         raise BrainaeError("--resume and --force contradict each other; choose one")
-    overrides = {
-        "epochs": epochs,
-        "precision": precision,
-        "devices": _devices(devices),
-        "num_nodes": num_nodes,
-        "accelerator": accelerator,
-    }
-    overrides = {k: v for k, v in overrides.items() if v is not None}
+    values = T.config_values(locals())
     if resume:
-        if out is None:
-            raise BrainaeError("--resume needs the run folder: --out RUN")
         config = load_config(out)
-        for key, value in overrides.items():
-            setattr(config, key, value)
+        given = T.given_on_command_line(ctx, [*T.CONFIG_OPTIONS, "arch", "loss", "augment", "l2"])
+        for name in given:  # settings that may not change are reported by fit
+            setattr(config, name, values.get(name, locals()[name]))
     else:
         if arch is None:
             from brainae.models import architecture_names
 
-            raise BrainaeError(
-                f"say which architecture to train: --arch {{{','.join(architecture_names())}}}"
-            )
-        config = TrainConfig(
-            arch=arch,
-            loss=loss,
-            augment=augment,
-            l2=l2,
-            batch_size=batch_size,
-            seed=seed,
-            latent_channels=latent_channels,
-            max_steps_per_epoch=max_steps_per_epoch,
-            channels_last=channels_last,
-            compile=compile_model,
-            bn_momentum=bn_momentum,
-            **overrides,
-        )
+            raise BrainaeError(f"say which architecture to train: --arch {' | '.join(architecture_names())}")
+        config = TrainConfig(arch=arch, loss=loss, augment=augment, l2=l2, **values)
     config.validate()
-    if out is None:
-        out = Path("runs") / run_name(config.arch, config.loss, config.l2 > 0, config.augment)
-    _describe_model(config, dataset, out, resume)
-    best = fit(dataset, out, config, progress=progress, resume=resume, force=force)
-    rows = read_metrics(out)
-    if rows:
-        top = min(rows, key=lambda r: r["val_loss"])
-        console.print(
-            f"best        epoch {top['epoch']} of {rows[-1]['epoch']}: val_loss {top['val_loss']:.4g}, "
-            f"MSE {top['val_mse']:.4g}, DSSIM {top['val_dssim']:.4g}, PSNR {top['val_psnr']:.2f} dB"
-        )
-    console.print(f"wrote       {best}")
-    console.print(f"curves      {out / 'curves.png'}")
+    _quiet_lightning()
+    main = is_rank_zero_process()
+    if main:
+        _describe_model(config, dataset, out, resume)
+    display = T.TrainDisplay(progress)
+    try:
+        best = fit(dataset, out, config, display if main else None, resume=resume, force=force)
+    finally:
+        display.close()
+    if not main:  # a DDP worker process: rank 0 reports and finishes the run
+        return
+    T.print_best(read_metrics(out))
+    store_normative_statistics(out, dataset, T.normative_device(config.accelerator))
+    console.print(f"wrote       {best}", markup=False, soft_wrap=True)
+    console.print(f"curves      {out / 'curves.png'}", markup=False, soft_wrap=True)
 
 
 def _describe_model(config, dataset: Path, out: Path, resume: bool) -> None:  # noqa: ANN001
@@ -179,11 +152,13 @@ def _describe_model(config, dataset: Path, out: Path, resume: bool) -> None:  # 
     ratio = model.latent_ratio(size, size) if hasattr(model, "latent_ratio") else float("nan")
     n_train, n_val = len(ds.split_rows("train")), len(ds.split_rows("val"))
     console.print(
-        f"{'resume' if resume else 'train'}       {config.arch} ({count_parameters(model):,} parameters, "
+        f"{'resume' if resume else 'train':<12}{config.arch} ({count_parameters(model):,} parameters, "
         f"latent/input {ratio:.2g}), loss {config.loss}, l2 {config.l2:g}, "
-        f"{'aug' if config.augment else 'no aug'}, {n_train} train / {n_val} val slices of {size} x {size}"
+        f"{'aug' if config.augment else 'no aug'}, {n_train} train / {n_val} val slices of {size} x {size}",
+        markup=False,
+        soft_wrap=True,
     )
-    console.print(f"run         {out}")
+    console.print(f"run         {out}", markup=False, soft_wrap=True)
 
 
 @command("grid")
@@ -191,48 +166,48 @@ def grid_command(
     dataset: Annotated[Path, typer.Argument(help="Prepared dataset folder.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder of run folders (one per configuration).")],
     arch: Annotated[
-        list[str] | None, typer.Option(help="Architecture(s) (repeat or comma-separate) [default: all five].")
+        list[str] | None,
+        typer.Option(help="Architecture(s), repeated or comma-separated; leave out for all five."),
     ] = None,
-    loss: Annotated[list[str] | None, typer.Option(help="Loss(es) [default: mse and dssim].")] = None,
+    loss: Annotated[
+        list[str] | None, typer.Option(help="Loss(es); leave out for both mse and dssim.")
+    ] = None,
     l2: Annotated[
-        bool | None, typer.Option("--l2/--no-l2", help="Only with / without L2 [default: both].")
+        bool | None, typer.Option("--l2/--no-l2", help="Only with / only without L2; leave out for both.")
     ] = None,
     augment: Annotated[
         bool | None,
-        typer.Option("--augment/--no-augment", help="Only with / without augmentation [default: both]."),
+        typer.Option(
+            "--augment/--no-augment", help="Only with / only without augmentation; leave out for both."
+        ),
     ] = None,
-    l2_value: Annotated[float, typer.Option(help="The L2 factor of the L2 runs.")] = 1e-5,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs per run.")] = 100,
-    batch_size: Annotated[int, typer.Option(help="Images per step (per device).")] = 32,
-    precision: Annotated[str, typer.Option(help="32, bf16-mixed or 16-mixed.")] = "32",
-    devices: Annotated[str, typer.Option(help="Devices per node: a number or 'auto'.")] = "1",
-    num_nodes: Annotated[int, typer.Option(help="Nodes for multi-node DDP.")] = 1,
-    accelerator: Annotated[str, typer.Option(help="auto, cpu or gpu.")] = "auto",
-    seed: Annotated[int, typer.Option(help="Seed of every run.")] = 0,
-    latent_channels: Annotated[int | None, typer.Option(help="Latent feature maps [default: 128].")] = None,
-    max_steps_per_epoch: Annotated[int | None, typer.Option(help="Cap the steps of an epoch.")] = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+    l2_value: Annotated[float, typer.Option(help="The L2 factor of the L2 runs.", show_default=True)] = 1e-5,
+    epochs: T.Epochs = 100,
+    batch_size: T.BatchSize = 32,
+    precision: T.Precision = "32",
+    accelerator: T.Accelerator = "auto",
+    devices: T.Devices = "1",
+    num_nodes: T.NumNodes = 1,
+    strategy: T.Strategy = "auto",
+    seed: T.Seed = 0,
+    latent_channels: T.LatentChannels = None,
+    max_steps_per_epoch: T.MaxSteps = None,
+    channels_last: T.ChannelsLast = False,
+    compile: T.Compile = False,
+    bn_momentum: T.BnMomentum = None,
+    data: T.Data = "auto",
+    memory_limit: T.MemoryLimit = None,
+    progress: T.Progress = True,
 ) -> None:
     """Run the thesis's experiment grid (architectures x losses x L2 x augmentation) or a subset.
 
     One run folder per configuration (e.g. res-unet_mse_l2_aug); finished runs are skipped, interrupted
     ones resumed; a summary table is printed and written to OUT/summary.csv.
     """
-    from rich.table import Table
+    from brainae.slice_anomaly import store_normative_statistics
+    from brainae.train import TrainConfig, grid, grid_configs, is_rank_zero_process
 
-    from brainae.train import TrainConfig, grid, grid_configs
-
-    base = TrainConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        precision=precision,
-        devices=_devices(devices),
-        num_nodes=num_nodes,
-        accelerator=accelerator,
-        seed=seed,
-        latent_channels=latent_channels,
-        max_steps_per_epoch=max_steps_per_epoch,
-    )
+    base = TrainConfig(**T.config_values(locals()))
     runs = grid_configs(
         archs=_split_names(arch),
         losses=_split_names(loss),
@@ -241,11 +216,32 @@ def grid_command(
         base=base,
         l2_value=l2_value,
     )
+    _quiet_lightning()
+    main = is_rank_zero_process()
 
     def announce(i: int, n: int, name: str) -> None:
-        console.print(f"[{i + 1}/{n}] {name}")
+        if main:
+            console.print(f"[{i + 1}/{n}] {name}", markup=False)
 
-    rows = grid(dataset, out, runs, progress=progress, on_start=announce)
+    def normative(run_dir: Path, cfg: TrainConfig) -> None:
+        if is_rank_zero_process():
+            store_normative_statistics(run_dir, dataset, T.normative_device(cfg.accelerator))
+
+    display = T.TrainDisplay(progress)
+    try:
+        rows = grid(dataset, out, runs, display if main else None, on_start=announce, after_run=normative)
+    finally:
+        display.close()
+    if not main:
+        return
+    _print_grid_table(rows, out)
+    console.print(f"wrote       {out / 'summary.csv'}", markup=False, soft_wrap=True)
+
+
+def _print_grid_table(rows: list, out: Path) -> None:
+    """The grid's summary table, best validation loss first within each loss."""
+    from rich.table import Table
+
     table = Table(title=f"grid {out} ({len(rows)} runs)")
     for col in ("run", "status", "epochs", "best", "val_loss", "MSE", "DSSIM", "PSNR"):
         table.add_column(col, justify="left" if col in ("run", "status") else "right")
@@ -261,4 +257,3 @@ def grid_command(
             f"{r.val_psnr:.2f}",
         )
     console.print(table)
-    console.print(f"wrote       {out / 'summary.csv'}")

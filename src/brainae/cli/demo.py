@@ -37,8 +37,8 @@ def demo_cmd(
 ) -> None:
     """Prepare the embedded IXI sample, train briefly, evaluate, report, and denoise a held-out volume.
 
-    1 min 36 s measured on a 2-core CPU with little else running (4-5 min when other jobs keep both cores busy;
-    see the README). Ends with where report.html and the denoised NIfTI are.
+    1 min 36 s measured on a 2-core CPU with little else running (longer when other jobs share it; see the
+    README). Ends with where report.html and the denoised NIfTI are.
     """
     from rich.table import Table
 

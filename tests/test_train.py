@@ -381,3 +381,39 @@ def test_train_and_grid_help_show_defaults_and_no_stray_text(command):
         assert default in text, default
     assert re.search(r"\*\s+--out\s+-o\s.*\[required\]", text)  # --out is marked required
     assert not re.search(r"\w \.|\w ;| \. | ; ", text), re.findall(r".{20}\w [.;].{5}", text)
+
+
+def test_init_starts_from_a_checkpoint_and_refuses_another_architecture(dataset, tmp_path):
+    from typer.testing import CliRunner
+
+    from brainae.checkpoint import load_model
+    from brainae.cli import app
+    from brainae.train import load_config
+
+    base = ["--epochs", "1", "--batch-size", "8", "--max-steps-per-epoch", "2", "--accelerator", "cpu"]
+    base += ["--latent-channels", "8", "--no-progress"]
+    first = tmp_path / "first"
+    assert (
+        CliRunner()
+        .invoke(app, ["train", str(dataset), "--arch", "skip-cae", *base, "--out", str(first)])
+        .exit_code
+        == 0
+    )
+    start = load_model(first / "best.safetensors")
+    # the module of a fine-tuning run starts exactly from the checkpoint's weights
+    config = tiny(arch="skip-cae", latent_channels=8, init=str(first / "best.safetensors"))
+    module = AutoencoderModule(config, np.random.rand(8, 32, 32).astype(np.float32), None)
+    for (k, a), b in zip(start.state_dict().items(), module.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    # and the fine-tuning run trains and records where it started
+    tuned = tmp_path / "tuned"
+    args = ["train", str(dataset), "--arch", "skip-cae", *base, "--lr", "1e-4"]
+    result = CliRunner().invoke(app, [*args, "--init", str(first / "best.safetensors"), "--out", str(tuned)])
+    assert result.exit_code == 0, result.output
+    assert load_config(tuned).init == str(first / "best.safetensors") and load_config(tuned).lr == 1e-4
+    # another architecture: one clear line, no run folder
+    bad = tmp_path / "bad"
+    args = ["train", str(dataset), "--arch", "res-unet", *base, "--init", str(first / "best.safetensors")]
+    result = CliRunner().invoke(app, [*args, "--out", str(bad)])
+    assert result.exit_code != 0 and "does not fit a res-unet run" in result.output
+    assert "Traceback" not in result.output and not (bad / "best.safetensors").exists()

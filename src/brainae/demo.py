@@ -7,8 +7,11 @@ Steps (all outputs under ``out``):
    threshold brain mask (fast, no optional package), 128 x 128, split 5 / 2 / 1 volumes (train / val / test)
    so that the normative statistics have two validation volumes;
 2. ``demo-res-unet-mse-N-epochs/``: :func:`brainae.train.fit` of a Residual U-Net with the thesis's settings
-   (MSE, augmentation) for a few epochs on the CPU — a short training, to show the machinery, not a converged
-   model;
+   (MSE, augmentation) for a few epochs on the CPU, **fine-tuned** from the thesis's trained Residual U-Net
+   (``--init``, RMSprop lr 1e-4) on the sample's 5 training volumes. A few epochs from a random start (``fine_tune
+   =False``, ``brainae demo --from-scratch``) show the machinery only: measured 22.9 dB on ``noise-0.04``, below
+   the noisy input's 28.8 dB, while the fine-tuned model scored 31.8 dB (above the noisy input, the thesis model's
+   29.6 dB and non-local means' 31.3 dB; 2026-11-26, this repository's 2-core machine);
 3. ``eval/``: :func:`brainae.evaluate.evaluate` of that model and of the thesis's own trained Residual U-Net
    (shipped in ``brainae/pretrained``) on the test volume, clean and corrupted inputs, with the identity,
    non-local-means and biharmonic baselines; ``stats/`` the paired tests;
@@ -66,6 +69,8 @@ def run_demo(
     out: str | Path = "brainae-demo",
     *,
     epochs: int = 4,
+    fine_tune: bool = True,
+    lr: float = 1e-4,
     quick: bool = False,
     force: bool = False,
     device: str = "auto",
@@ -78,6 +83,8 @@ def run_demo(
     Args:
         out: the demo folder (replaced when it is an earlier demo folder).
         epochs: training epochs of the short run.
+        fine_tune: start from the thesis's trained Residual U-Net's weights (else from a random initialisation).
+        lr: RMSprop's learning rate when fine-tuning (from a random start: the thesis's 1e-3).
         quick: the tiny install check (see the module doc).
         force: kept for compatibility; changes nothing.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
@@ -165,10 +172,15 @@ def run_demo(
         seed=0,
         accelerator="cpu" if device == "cpu" else "auto",
         max_steps_per_epoch=2 if quick else None,
+        init=str(THESIS_RES_UNET) if fine_tune and not quick else None,
+        lr=lr if fine_tune and not quick else 1e-3,
     )
     # named after what it is, so that tables and the report say which model is the demo's short run
     run_dir = out / f"demo-{arch}-mse-{config.epochs}-epoch{'s' if config.epochs != 1 else ''}"
-    log(f"2/5 train: {arch}, MSE, augmentation, epochs 1-{config.epochs} -> {run_dir}")
+    start = (
+        f"fine-tuned from {THESIS_RES_UNET.name}, lr {config.lr:g}" if config.init else "from a random start"
+    )
+    log(f"2/5 train: {arch}, MSE, augmentation, {start}, epochs 1-{config.epochs} -> {run_dir}")
     best = fit(out / "dataset", run_dir, config, progress, force=True)
     store_normative_statistics(run_dir, out / "dataset", device)
 

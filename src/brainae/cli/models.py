@@ -92,6 +92,18 @@ def train_command(
     bn_momentum: T.BnMomentum = None,
     data: T.Data = "auto",
     memory_limit: T.MemoryLimit = None,
+    lr: Annotated[
+        float,
+        typer.Option(min=0.0, help="Initial learning rate of RMSprop (thesis 1e-3; 1e-4 suits --init)."),
+    ] = 1e-3,
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="CKPT",
+            help="Start from this checkpoint's weights (fine-tuning), e.g. a thesis model or an earlier run's "
+            "best.safetensors; same architecture and latent size.",
+        ),
+    ] = None,
     resume: Annotated[
         bool,
         typer.Option(
@@ -112,10 +124,12 @@ def train_command(
 
     if resume and force:
         raise BrainaeError("--resume and --force contradict each other; choose one")
+    if resume and init is not None:
+        raise BrainaeError("--init starts a new run from a checkpoint; --resume continues one: choose one")
     values = T.config_values(locals())
     if resume:
         config = load_config(out)
-        given = T.given_on_command_line(ctx, [*T.CONFIG_OPTIONS, "arch", "loss", "augment", "l2"])
+        given = T.given_on_command_line(ctx, [*T.CONFIG_OPTIONS, "arch", "loss", "augment", "l2", "lr"])
         for name in given:  # settings that may not change are reported by fit
             setattr(config, name, values.get(name, locals()[name]))
     else:
@@ -123,7 +137,15 @@ def train_command(
             from brainae.models import architecture_names
 
             raise BrainaeError(f"say which architecture to train: --arch {' | '.join(architecture_names())}")
-        config = TrainConfig(arch=arch, loss=loss, augment=augment, l2=l2, **values)
+        config = TrainConfig(
+            arch=arch,
+            loss=loss,
+            augment=augment,
+            l2=l2,
+            lr=lr,
+            init=None if init is None else str(init),
+            **values,
+        )
     config.validate()
     _quiet_lightning()
     main = is_rank_zero_process()

@@ -74,6 +74,8 @@ class TrainConfig:
         memory_limit: bytes the training data may take on the device (``auto`` streams above it); None:
             half of the device's free memory.
         augment_options: fields of :class:`brainae.corrupt.AugmentConfig` that differ from its defaults.
+        init: a checkpoint (brainae ``.safetensors`` or a thesis Keras ``.h5``) of the same architecture whose
+            weights the run starts from (fine-tuning), or None to start from a random initialisation.
     """
 
     arch: str = "res-unet"
@@ -105,6 +107,7 @@ class TrainConfig:
     data: str = "auto"
     memory_limit: int | None = None
     augment_options: dict[str, Any] | None = field(default=None)
+    init: str | None = None
 
     def validate(self) -> TrainConfig:
         """Check names and ranges; return ``self``.
@@ -141,6 +144,10 @@ class TrainConfig:
             raise BrainaeError(f"lr must be positive, got {self.lr}")
         if self.lr_patience < 1 or self.patience < 1:
             raise BrainaeError("patience and lr_patience must be at least 1")
+        if self.init is not None and not Path(self.init).is_file():
+            raise BrainaeError(
+                f"{self.init}: no such checkpoint to start from; give an existing file to --init"
+            )
         return self
 
     @property

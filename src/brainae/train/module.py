@@ -90,6 +90,26 @@ def _batch_norms(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
 
+def load_initial_weights(model: torch.nn.Module, config: TrainConfig) -> None:
+    """Copy the weights of ``config.init`` (a checkpoint of the same architecture) into ``model``.
+
+    Raises:
+        BrainaeError: the checkpoint is of another architecture or shape (naming both).
+    """
+    from brainae.checkpoint import load_checkpoint
+
+    source, ckpt = load_checkpoint(config.init)
+    theirs, ours = source.state_dict(), model.state_dict()
+    shapes = {k: tuple(v.shape) for k, v in theirs.items()}
+    if ckpt.arch != config.arch or shapes != {k: tuple(v.shape) for k, v in ours.items()}:
+        raise BrainaeError(
+            f"{config.init}: a {ckpt.arch} checkpoint ({dict(ckpt.arch_kwargs or {})}) does not fit a "
+            f"{config.arch} run with {config.arch_kwargs() or 'the default settings'}; give a checkpoint of "
+            "the same architecture and latent size to --init"
+        )
+    model.load_state_dict(theirs)
+
+
 class AutoencoderModule(pl.LightningModule):
     """Lightning wrapper that trains one autoencoder (``self.model``) on images held on the device.
 
@@ -119,6 +139,8 @@ class AutoencoderModule(pl.LightningModule):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derived_seed(config.seed, -1, 0))
             self.model = build_model(config.arch, **config.arch_kwargs())
+        if config.init is not None:
+            load_initial_weights(self.model, config)
         self.bn_momentum: float | None = None
         if config.bn_momentum is not None:
             self.set_bn_momentum(config.bn_momentum)

@@ -1083,16 +1083,17 @@ def build_report(
 
 def _check_out(out: Path, force: bool) -> None:
     """Refuse an ``out`` that is a folder, or that exists (without ``force``, or not a brainae report)."""
-    if out.is_dir():
-        raise BrainaeError(f"{out}: is a folder; -o names the HTML file to write (e.g. report.html)")
-    if out.exists() or out.is_symlink():
-        if not force:
-            raise BrainaeError(f"{out}: already exists; add --force to replace it, or choose another -o")
-        if not is_report(out):
-            raise BrainaeError(
-                f"{out}: exists and is not a report that brainae wrote, so --force will not replace it; "
-                "choose another -o"
-            )
+    from brainae.io import check_html_output
+
+    check_html_output(
+        out,
+        force,
+        is_report,
+        what="a report that brainae wrote",
+        name_it="-o names",
+        other="-o",
+        example="report.html",
+    )
 
 
 def _overview(found: Any, out: Path, views: Sequence[str | os.PathLike], inputs: list) -> str:
@@ -1171,9 +1172,6 @@ GENERATOR = '<meta name="generator" content="brainae">'
 
 def is_report(path: str | os.PathLike) -> bool:
     """True for an HTML file that :func:`build_report` wrote (it carries brainae's generator tag)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(512)
-    except OSError:
-        return False
-    return GENERATOR.encode() in head
+    from brainae.io import has_tag
+
+    return has_tag(path, GENERATOR, 512)

@@ -52,6 +52,7 @@ from brainae.volume import (
     PROFILE_AXIS,
     Preprocessing,
     SliceStack,
+    fill_mask,
     slices_to_volume,
     to_view,
     volume_to_slices,
@@ -535,12 +536,7 @@ def inpaint(
     original = volume.data
     volume = skull_strip_for(volume, prep)
     data = volume.data
-    mask = np.asarray(mask_ras) != 0
-    if mask.shape != data.shape:
-        raise BrainaeError(
-            f"mask shape {mask.shape} differs from the volume's {data.shape} (both in RAS+ order); "
-            "give a mask on the same grid as the volume"
-        )
+    mask = fill_mask(mask_ras, data.shape)
     blanked = np.where(mask, data.min(), data).astype(np.float32)
     stack = volume_to_slices(blanked, volume.zooms, prep)
     mask_view = to_view(mask, prep.profile).astype(np.float32)

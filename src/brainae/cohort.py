@@ -86,6 +86,18 @@ def _age_checked(value) -> float | None | str:
     return a if a > 0 else None
 
 
+def _warn_unknown(path: str | os.PathLike, what: str, items: list[str], sep: str, fix: str) -> None:
+    """One warning for the reader's caller: ``len(items)`` ``what``, treated as unknown (the first five named)."""
+    warnings.warn(
+        f"{path}: {len(items)} {what}, treated as unknown: "
+        + sep.join(items[:5])
+        + (" ..." if len(items) > 5 else "")
+        + f"; {fix}",
+        BrainaeWarning,
+        stacklevel=4,  # this function, the check, the reader: the warning names the reader's caller
+    )
+
+
 def _ages(keys, values, path) -> list[float | None]:
     """Ages of a column, with one warning naming the IDs whose age is invalid (they count as unknown)."""
     out: list[float | None] = []
@@ -98,13 +110,7 @@ def _ages(keys, values, path) -> list[float | None]:
         else:
             out.append(a)
     if bad:
-        warnings.warn(
-            f"{path}: {len(bad)} invalid age(s), treated as unknown: {'; '.join(bad[:5])}"
-            + (" ..." if len(bad) > 5 else "")
-            + "; fix them in the table",
-            BrainaeWarning,
-            stacklevel=3,
-        )
+        _warn_unknown(path, "invalid age(s)", bad, "; ", "fix them in the table")
     return out
 
 
@@ -207,13 +213,8 @@ def _merge_duplicates(table, path: str | os.PathLike = "demographics"):
             conflicts.append(f"{key} ({', '.join(what)})")
             merged.loc[merged["key"] == key, ["age", "sex", "ethnicity"]] = None
     if conflicts:
-        warnings.warn(
-            f"{path}: {len(conflicts)} ID(s) have duplicated rows that disagree, treated as unknown: "
-            + ", ".join(conflicts[:5])
-            + (" ..." if len(conflicts) > 5 else "")
-            + "; keep one row per ID",
-            BrainaeWarning,
-            stacklevel=3,
+        _warn_unknown(
+            path, "ID(s) have duplicated rows that disagree", conflicts, ", ", "keep one row per ID"
         )
     return merged
 

@@ -143,6 +143,20 @@ def _levels(
     return values * gate
 
 
+def _sd_and_normal(
+    n: int,
+    generator: torch.Generator,
+    device: torch.device | str | None,
+    size: Size,
+    sd: Level,
+    p: float,
+    channels: int,
+) -> tuple[Tensor, Tensor]:
+    """Per-image noise sds (:func:`_levels`), then N x ``channels`` x H x W standard normal draws (Gaussian: 1
+    channel; Rician: real and imaginary)."""
+    return _levels(sd, n, p, generator, device), _randn((n, channels, *size), generator, device)
+
+
 def _per_image(t: Tensor) -> Tensor:
     """Tensor[N] -> N x 1 x 1 x 1 for broadcasting over images."""
     return t.view(-1, 1, 1, 1)
@@ -209,8 +223,7 @@ def sample_noise(
     p: float = 1.0,
 ) -> NoiseParams:
     """Sample additive Gaussian noise (thesis: ``sd ~ U(0, 0.04)`` per image)."""
-    sds = _levels(sd, n, p, generator, device)
-    return NoiseParams(sd=sds, normal=_randn((n, 1, *size), generator, device))
+    return NoiseParams(*_sd_and_normal(n, generator, device, size, sd, p, channels=1))
 
 
 def apply_noise(batch: Tensor, params: NoiseParams) -> Tensor:
@@ -342,8 +355,7 @@ def sample_rician(
     p: float = 1.0,
 ) -> RicianParams:
     """Sample Rician noise of standard deviation ``sd`` per (real, imaginary) channel."""
-    sds = _levels(sd, n, p, generator, device)
-    return RicianParams(sd=sds, normal=_randn((n, 2, *size), generator, device))
+    return RicianParams(*_sd_and_normal(n, generator, device, size, sd, p, channels=2))
 
 
 def apply_rician(batch: Tensor, params: RicianParams) -> Tensor:

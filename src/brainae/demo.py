@@ -98,22 +98,46 @@ def run_demo(
         BrainaeError: ``out`` exists and is not an earlier demo folder (``force`` does not change that: a
             folder that brainae did not write is never replaced).
     """
-    from brainae.apply import denoise
-    from brainae.evaluate import evaluate
-    from brainae.io import load_volume, read_marker, save_like, write_marker
-    from brainae.prepare import PrepareConfig, prepare, write_inspect
-    from brainae.pretrained import THESIS_RES_UNET
     from brainae.report import build_report
-    from brainae.sample import PARTICIPANTS, SAMPLE_DIR, sample_files
-    from brainae.scoring import masked_psnr
-    from brainae.slice_anomaly import store_normative_statistics
-    from brainae.stats import run_stats
-    from brainae.train import TrainConfig, fit
 
     start = time.perf_counter()
     out = Path(out)
-    marker = out / "demo.json"
-    ours = marker.exists() or (read_marker(out) or {}).get("kind") == "demo"
+    _fresh_demo_folder(out, force)
+    facts: dict = {}
+
+    facts.update(_prepare_step(out, quick, log, track))  # 1. prepare
+    run_dir, best = _train_step(out, epochs, quick, device, progress, log)  # 2. train
+    _evaluate_step(out, best, quick, device, log, track)  # 3. evaluate + stats
+
+    # 4. report
+    report = out / "report.html"
+    log(f"4/5 report -> {report}")
+    build_report(
+        [out / "inspect", out / "dataset", run_dir, out / "eval", out / "stats"],
+        report,
+        title="brainae demo: IXI sample",
+        track=track,
+    )
+
+    # 5. denoise a held-out volume
+    noisy_path, denoised_path, facts["denoise"] = _denoise_step(out, best, quick, device, log)
+
+    import pandas as pd
+
+    summary = pd.read_csv(out / "eval" / "summary.csv")
+    facts["evaluation"] = summary.to_dict(orient="records")
+    seconds = time.perf_counter() - start
+    (out / "demo.json").write_text(
+        json.dumps({"seconds": seconds, "quick": quick, **facts}, indent=2, default=str)
+    )
+    return DemoResult(out, report, noisy_path, denoised_path, seconds, facts)
+
+
+def _fresh_demo_folder(out: Path, force: bool) -> None:
+    """Empty ``out`` when it is an earlier demo folder (refuse any other folder) and mark it as a demo's."""
+    from brainae.io import read_marker, write_marker
+
+    ours = (out / "demo.json").exists() or (read_marker(out) or {}).get("kind") == "demo"
     if out.exists() and not out.is_dir():
         raise BrainaeError(f"{out}: is a file; choose a folder for --out")
     if out.exists() and any(out.iterdir()) and not ours:
@@ -126,9 +150,13 @@ def run_demo(
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     write_marker(out, "demo")  # at once, so that a killed demo is recognised (and replaced) by the next one
-    facts: dict = {}
 
-    # 1. prepare
+
+def _prepare_step(out: Path, quick: bool, log: Callable[[str], None], track: Track) -> dict:
+    """Step 1: ``out/dataset`` and ``out/inspect`` from the embedded sample; returns the facts it measured."""
+    from brainae.prepare import PrepareConfig, prepare, write_inspect
+    from brainae.sample import PARTICIPANTS, SAMPLE_DIR, sample_files
+
     files = sample_files()
     with tempfile.TemporaryDirectory() as tmp:
         source = SAMPLE_DIR
@@ -158,10 +186,21 @@ def run_demo(
                 track=track,
             )
         write_inspect(source, out / "inspect", track=track)  # what the report's Data section shows first
-    facts["slices"] = prep.n_slices
-    facts["splits"] = prep.splits
+    return {"slices": prep.n_slices, "splits": prep.splits}
 
-    # 2. train
+
+def _train_step(
+    out: Path,
+    epochs: int,
+    quick: bool,
+    device: str,
+    progress: Callable[..., None] | None,
+    log: Callable[[str], None],
+) -> tuple[Path, Path]:
+    """Step 2: the short training run and its normative statistics; returns its run folder and best checkpoint."""
+    from brainae.slice_anomaly import store_normative_statistics
+    from brainae.train import TrainConfig, fit
+
     arch = "skip-cae" if quick else "res-unet"
     config = TrainConfig(
         arch=arch,
@@ -183,8 +222,17 @@ def run_demo(
     log(f"2/5 train: {arch}, MSE, augmentation, {start}, epochs 1-{config.epochs} -> {run_dir}")
     best = fit(out / "dataset", run_dir, config, progress, force=True)
     store_normative_statistics(run_dir, out / "dataset", device)
+    return run_dir, best
 
-    # 3. evaluate + stats
+
+def _evaluate_step(
+    out: Path, best: Path, quick: bool, device: str, log: Callable[[str], None], track: Track
+) -> None:
+    """Step 3: ``out/eval`` (the run's model, the thesis's model, the baselines) and ``out/stats``."""
+    from brainae.evaluate import evaluate
+    from brainae.pretrained import THESIS_RES_UNET
+    from brainae.stats import run_stats
+
     checkpoints = [best] if quick else [best, THESIS_RES_UNET]
     conditions = (
         ["clean", "noise-0.04", "blank-20"]
@@ -207,20 +255,20 @@ def run_demo(
     )
     run_stats(out / "eval", metrics=("mse", "psnr"), out=out / "stats")
 
-    # 4. report
-    report = out / "report.html"
-    log(f"4/5 report -> {report}")
-    build_report(
-        [out / "inspect", out / "dataset", run_dir, out / "eval", out / "stats"],
-        report,
-        title="brainae demo: IXI sample",
-        track=track,
-    )
 
-    # 5. denoise a held-out volume
+def _denoise_step(
+    out: Path, best: Path, quick: bool, device: str, log: Callable[[str], None]
+) -> tuple[Path, Path, dict]:
+    """Step 5: a held-out volume with noise, denoised two ways; returns the noisy and denoised files and the PSNRs."""
     import pandas as pd
 
+    from brainae.apply import denoise
     from brainae.checkpoint import load_checkpoint
+    from brainae.infer import denoise_volume, load_volumetric
+    from brainae.io import load_volume, save_like
+    from brainae.pretrained import THESIS_RES_UNET
+    from brainae.sample import SAMPLE_DIR
+    from brainae.scoring import masked_psnr
 
     volumes = pd.read_csv(out / "dataset" / "volumes.csv")
     held_out = volumes[volumes["split"] == "test"].iloc[0]
@@ -240,12 +288,10 @@ def run_demo(
     result = denoise(noisy, model, ckpt.preprocessing, device=device)
     save_like(den_dir / f"denoised_{'run' if quick else 'thesis'}.nii.gz", result.data, noisy)
     brain = result.inside  # the voxels the slice model processed: both results are scored on them
-    from brainae.infer import denoise_volume, load_volumetric
-
     ours = denoise_volume(noisy, load_volumetric(None, task="denoise", device=device), device=device)
     denoised_path = save_like(den_dir / "denoised.nii.gz", ours, noisy)
     peak = float(clean.data.max())  # PSNR over the processed voxels, the clean volume's maximum as peak
-    facts["denoise"] = {
+    facts = {
         "volume": held_out["file"],
         "model": "brainae-denoise.safetensors (the default of brainae denoise)",
         "psnr_noisy_db": round(masked_psnr(clean.data, noisy_data, brain, peak), 2),
@@ -254,8 +300,4 @@ def run_demo(
         "psnr_slice_model_db": round(masked_psnr(clean.data, result.data, brain, peak), 2),
         "slices_processed": int(result.n_processed),
     }
-    summary = pd.read_csv(out / "eval" / "summary.csv")
-    facts["evaluation"] = summary.to_dict(orient="records")
-    seconds = time.perf_counter() - start
-    marker.write_text(json.dumps({"seconds": seconds, "quick": quick, **facts}, indent=2, default=str))
-    return DemoResult(out, report, noisy_path, denoised_path, seconds, facts)
+    return noisy_path, denoised_path, facts

@@ -78,7 +78,7 @@ import platform
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -592,23 +592,119 @@ def evaluate(
         BrainaeError: unknown condition or baseline, empty split, checkpoint/dataset mismatch,
             existing output.
     """
-    import torch
 
-    from brainae.dataset import open_dataset
     from brainae.io import atomic_dir, check_output, write_marker
 
     out = Path(out)
     check_output(out, "evaluation", [dataset, *checkpoints], force=force)
-    unknown = [b for b in baselines if b not in BASELINES]
-    if unknown:
-        raise BrainaeError(f"unknown baseline {unknown[0]!r}; valid: {', '.join(BASELINES)}")
-    baselines = [b for b in BASELINES if b in baselines]
+    plan = _plan(
+        checkpoints,
+        dataset,
+        split,
+        conditions,
+        seed,
+        batch_size,
+        device,
+        baselines,
+        nlm_sigma,
+        example_condition,
+    )
+    needs_pool = workers > 1 and any(
+        b != "identity" and baseline_applies(b, c) for b in plan.baselines for c in plan.conds
+    )
+    with atomic_dir(out) as tmp, _pool(workers if needs_pool else 1) as pool:
+        _write_slices(tmp / "slices.csv", plan, batch_size, pool, progress)
+        _tables(tmp, plan.names, plan.conds)
+        _examples(tmp, plan, example_condition, n_examples)
+        _write_provenance(tmp, plan, split, batch_size, example_condition)
+        write_marker(tmp, "evaluation")
+    return out
+
+
+@dataclass
+class _Plan:
+    """What one evaluation runs: the split's rows of a dataset, the models and baselines, the conditions."""
+
+    ds: Any
+    rows: np.ndarray
+    specs: list[ModelSpec]
+    baselines: list[str]
+    conds: list[str]
+    seed: int
+    dev: str
+    nlm_sigma: float | None
+
+    @property
+    def names(self) -> list[str]:
+        """The models' names, then the baselines'."""
+        return [s.name for s in self.specs] + list(self.baselines)
+
+    def unpack(self) -> tuple:
+        """The fields, in order (not copied, unlike :func:`dataclasses.astuple`)."""
+        return tuple(getattr(self, f.name) for f in fields(self))
+
+
+def _plan(
+    checkpoints: Sequence[str | os.PathLike],
+    dataset: str | os.PathLike,
+    split: str,
+    conditions: str | Sequence[str],
+    seed: int,
+    batch_size: int,
+    device: str,
+    baselines: Sequence[str],
+    nlm_sigma: float | None,
+    example_condition: str | None,
+) -> _Plan:
+    """Check the options, open the dataset and load the models (in that order: cheap checks first)."""
+    from brainae.dataset import open_dataset
+
+    baselines = _known_baselines(baselines)
     if batch_size < 1:
         raise BrainaeError(f"--batch-size {batch_size}: must be at least 1")
     conds = resolve_conditions(conditions)
     if example_condition:
         _condition_parts(example_condition)
     ds = open_dataset(dataset)
+    rows = _split_rows(ds, split)
+    dev = str(resolve_device(device))
+    specs = _load_models(checkpoints, ds, dev)
+    if not specs and not baselines:
+        raise BrainaeError("nothing to evaluate: give at least one checkpoint or keep a baseline")
+    return _Plan(ds, rows, specs, baselines, conds, seed, dev, nlm_sigma)
+
+
+def _write_provenance(
+    folder: Path, plan: _Plan, split: str, batch_size: int, example_condition: str | None
+) -> None:
+    """``provenance.json``: what was evaluated, on what, how (see :func:`_provenance`)."""
+    prov = _provenance(
+        plan.specs,
+        plan.ds,
+        split=split,
+        seed=plan.seed,
+        conditions=plan.conds,
+        baselines=list(plan.baselines),
+        nlm_sigma=plan.nlm_sigma,
+        batch_size=batch_size,
+        device=plan.dev,
+        example_condition=example_condition,
+        n_slices=int(len(plan.rows)),
+    )
+    prov["baseline_names"] = list(plan.baselines)
+    (folder / "provenance.json").write_text(json.dumps(prov, indent=2, default=str, allow_nan=True))
+
+
+def _known_baselines(baselines: Sequence[str]) -> list[str]:
+    """The requested baselines in the order of :data:`BASELINES`; refuses an unknown one."""
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise BrainaeError(f"unknown baseline {unknown[0]!r}; valid: {', '.join(BASELINES)}")
+    return [b for b in BASELINES if b in baselines]
+
+
+def _split_rows(ds: Any, split: str) -> np.ndarray:
+    """The dataset rows of ``split``; refuses an empty split."""
     rows = ds.split_rows(split)
     if len(rows) == 0:
         counts = ds.index["split"].value_counts().to_dict()
@@ -616,68 +712,53 @@ def evaluate(
             f"{ds.path}: the {split!r} split is empty (split sizes: {counts}); choose another --split "
             "or re-prepare the dataset"
         )
-    dev = str(resolve_device(device))
-    specs = _load_models(checkpoints, ds, dev)
-    if not specs and not baselines:
-        raise BrainaeError("nothing to evaluate: give at least one checkpoint or keep a baseline")
-    names = [s.name for s in specs] + list(baselines)
+    return rows
+
+
+def _write_slices(
+    path: Path,
+    plan: _Plan,
+    batch_size: int,
+    pool: Any,
+    progress: Callable[[Iterable, int], Iterable] | None,
+) -> None:
+    """``slices.csv``: one batch at a time, corrupt, run every model and baseline, score, write the rows."""
+    import torch
+
+    ds, rows, specs, baselines, conds, seed, dev, nlm_sigma = plan.unpack()
     vol_ids = ds.index["volume_id"].astype(str).to_numpy()
     slice_ids = ds.index["slice"].to_numpy()
-
-    needs_pool = workers > 1 and any(
-        b != "identity" and baseline_applies(b, c) for b in baselines for c in conds
-    )
-    with atomic_dir(out) as tmp, _pool(workers if needs_pool else 1) as pool:
-        with open(tmp / "slices.csv", "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["model", "condition", "volume_id", "slice", "row", *METRIC_NAMES])
-            # one step per (batch, condition), so that progress moves every few seconds even with few batches
-            steps: Iterable[tuple[np.ndarray, str]] = (
-                (batch_rows, cond) for batch_rows in _batches(rows, batch_size) for cond in conds
-            )
-            if progress is not None:
-                steps = progress(steps, math.ceil(len(rows) / batch_size) * len(conds))
-            loaded: np.ndarray | None = None
-            for batch_rows, cond in steps:
-                if batch_rows is not loaded:
-                    loaded = batch_rows
-                    clean = torch.from_numpy(np.asarray(ds.slices[batch_rows], dtype=np.float32)).unsqueeze(1)
-                    target = clean.to(dev)
-                corrupted, mask = corrupt_rows(cond, clean, batch_rows, seed=seed)
-                for spec in specs:
-                    _write_rows(
-                        writer,
-                        spec.name,
-                        cond,
-                        batch_rows,
-                        vol_ids,
-                        slice_ids,
-                        _scores(_run_model(spec.model, corrupted, dev), target),
-                    )
-                for b in baselines:
-                    if not baseline_applies(b, cond):
-                        continue
-                    res = torch.from_numpy(_run_baseline(b, corrupted.numpy(), mask, nlm_sigma, pool))
-                    _write_rows(writer, b, cond, batch_rows, vol_ids, slice_ids, _scores(res, clean))
-        _tables(tmp, names, conds)
-        _examples(tmp, ds, rows, specs, baselines, conds, example_condition, seed, dev, nlm_sigma, n_examples)
-        prov = _provenance(
-            specs,
-            ds,
-            split=split,
-            seed=seed,
-            conditions=conds,
-            baselines=list(baselines),
-            nlm_sigma=nlm_sigma,
-            batch_size=batch_size,
-            device=dev,
-            example_condition=example_condition,
-            n_slices=int(len(rows)),
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["model", "condition", "volume_id", "slice", "row", *METRIC_NAMES])
+        # one step per (batch, condition), so that progress moves every few seconds even with few batches
+        steps: Iterable[tuple[np.ndarray, str]] = (
+            (batch_rows, cond) for batch_rows in _batches(rows, batch_size) for cond in conds
         )
-        prov["baseline_names"] = list(baselines)
-        (tmp / "provenance.json").write_text(json.dumps(prov, indent=2, default=str, allow_nan=True))
-        write_marker(tmp, "evaluation")
-    return out
+        if progress is not None:
+            steps = progress(steps, math.ceil(len(rows) / batch_size) * len(conds))
+        loaded: np.ndarray | None = None
+        for batch_rows, cond in steps:
+            if batch_rows is not loaded:
+                loaded = batch_rows
+                clean = torch.from_numpy(np.asarray(ds.slices[batch_rows], dtype=np.float32)).unsqueeze(1)
+                target = clean.to(dev)
+            corrupted, mask = corrupt_rows(cond, clean, batch_rows, seed=seed)
+            for spec in specs:
+                _write_rows(
+                    writer,
+                    spec.name,
+                    cond,
+                    batch_rows,
+                    vol_ids,
+                    slice_ids,
+                    _scores(_run_model(spec.model, corrupted, dev), target),
+                )
+            for b in baselines:
+                if not baseline_applies(b, cond):
+                    continue
+                res = torch.from_numpy(_run_baseline(b, corrupted.numpy(), mask, nlm_sigma, pool))
+                _write_rows(writer, b, cond, batch_rows, vol_ids, slice_ids, _scores(res, clean))
 
 
 def _write_rows(
@@ -720,22 +801,11 @@ def _tables(folder: Path, names: list[str], conds: list[str]) -> None:
     summary.to_csv(folder / "summary.csv", index=False)
 
 
-def _examples(
-    folder: Path,
-    ds: Any,
-    rows: np.ndarray,
-    specs: list[ModelSpec],
-    baselines: list[str],
-    conds: list[str],
-    example_condition: str | None,
-    seed: int,
-    dev: str,
-    nlm_sigma: float | None,
-    n_examples: int,
-) -> None:
+def _examples(folder: Path, plan: _Plan, example_condition: str | None, n_examples: int) -> None:
     """``examples.npz``: inputs, every model's outputs and targets for a few fixed slices."""
     import torch
 
+    ds, rows, specs, baselines, conds, seed, dev, nlm_sigma = plan.unpack()
     ex_rows = rows[_example_positions(len(rows), n_examples)]
     all_conds = list(conds) + (
         [example_condition] if example_condition and example_condition not in conds else []

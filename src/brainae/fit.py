@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -400,6 +401,34 @@ def fit_folder(
 
     result = fit(train, val, config, device=device, progress=step_log)
     say(f"done in {result.seconds:.0f} s on {result.device}: validation loss {result.val_loss:.6f}")
+    preprocessing, training, source = _card(task, config, data, split, train_ids, val_ids, result)
+    preprocessing, normative = _calibrate(
+        task, result, preprocessing, training, source, val, device, config.seed, say
+    )
+    path = save_checkpoint(
+        out,
+        result.model.float(),
+        arch="unet3d",
+        arch_kwargs=task.arch_kwargs(),
+        preprocessing=preprocessing,
+        training=training,
+        normative=normative,
+        source=source,
+    )
+    return {
+        "out": str(path),
+        "steps": config.steps,
+        "seconds": result.seconds,
+        "val_loss": result.val_loss,
+        "final_loss": result.history[-1]["loss"] if result.history else None,
+        "device": result.device,
+    }
+
+
+def _card(
+    task: Task, config: FitConfig, data: Any, split: Any, train_ids: list, val_ids: list, result: FitResult
+) -> tuple[VolumetricPreprocessing, Training, Source]:
+    """The trained model's card before calibration: how inputs are prepared, the training record, the source."""
     preprocessing = VolumetricPreprocessing(
         task=task.name,
         grid_mm=task.grid_mm,
@@ -431,13 +460,28 @@ def fit_folder(
             else None,
         },
     )
+    return preprocessing, training, source
+
+
+def _calibrate(
+    task: Task,
+    result: FitResult,
+    preprocessing: VolumetricPreprocessing,
+    training: Training,
+    source: Source,
+    val: list,
+    device: Any,
+    seed: int,
+    say: Callable[[str], None],
+) -> tuple[VolumetricPreprocessing, dict | None]:
+    """Calibrate on the validation volumes: the denoiser's blend table, an anomaly model's normative statistics."""
     normative = None
     if task.name == "denoise":
         from brainae.infer import VolumetricModel, calibrate_denoise
 
         vm = VolumetricModel(result.model, task, preprocessing, None, training, source)
         preprocessing = dataclasses.replace(
-            preprocessing, blend=calibrate_denoise(vm, val, device=device, seed=config.seed)
+            preprocessing, blend=calibrate_denoise(vm, val, device=device, seed=seed)
         )
         say(f"blend table from {preprocessing.blend['cases']} noisy validation cases")
     if task.name in ("anomaly", "plain-ae"):
@@ -446,21 +490,4 @@ def fit_folder(
         vm = VolumetricModel(result.model, task, preprocessing, None, training, source)
         normative = calibrate(vm, val, [v.brain for v in val], device=device)
         say(f"calibrated on {normative['n']} validation volumes ({normative['voxels']} brain voxels)")
-    path = save_checkpoint(
-        out,
-        result.model.float(),
-        arch="unet3d",
-        arch_kwargs=task.arch_kwargs(),
-        preprocessing=preprocessing,
-        training=training,
-        normative=normative,
-        source=source,
-    )
-    return {
-        "out": str(path),
-        "steps": config.steps,
-        "seconds": result.seconds,
-        "val_loss": result.val_loss,
-        "final_loss": result.history[-1]["loss"] if result.history else None,
-        "device": result.device,
-    }
+    return preprocessing, normative

@@ -38,7 +38,7 @@ from brainae.card import Normative, Source, Training
 from brainae.errors import BrainaeError, BrainaeWarning
 from brainae.slice_anomaly import volume_score
 from brainae.tasks import Task, get_task
-from brainae.volume import VolumetricPreprocessing
+from brainae.volume import VolumetricPreprocessing, fill_mask
 from brainae.volumetric import (
     background_noise_sd,
     fit_intensity,
@@ -245,12 +245,7 @@ def inpaint_volume(
 ) -> np.ndarray:
     """RAS+ volume with the masked voxels filled; every other voxel is bit-identical to the input."""
     data = volume.data
-    mask = np.asarray(mask) != 0
-    if mask.shape != data.shape:
-        raise BrainaeError(
-            f"mask shape {mask.shape} differs from the volume's {data.shape} (both in RAS+ order); "
-            "give a mask on the same grid as the volume"
-        )
+    mask = fill_mask(mask, data.shape)
     out = data.copy()
     if not mask.any():
         return out

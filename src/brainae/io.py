@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -624,6 +624,40 @@ def foreign_files(folder: Path, marker: dict) -> list[Path]:
                 continue
             found.append(p)
     return sorted(found)
+
+
+def has_tag(path: str | os.PathLike, tag: str, head: int) -> bool:
+    """True when the first ``head`` bytes of the file at ``path`` hold ``tag`` (False when it cannot be read)."""
+    try:
+        with open(path, "rb") as fh:
+            start = fh.read(head)
+    except OSError:
+        return False
+    return tag.encode() in start
+
+
+def check_html_output(
+    out: Path,
+    force: bool,
+    is_ours: Callable[[Path], bool],
+    *,
+    what: str,
+    name_it: str,
+    other: str,
+    example: str,
+) -> None:
+    """Refuse an HTML file ``out`` that is a folder, or that exists (without ``force``, or ``is_ours`` says
+    brainae did not write it: ``force`` replaces only its own pages). ``what``, ``name_it``, ``other`` and
+    ``example`` word the messages (e.g. "a report that brainae wrote", "-o names", "-o", "report.html")."""
+    if out.is_dir():
+        raise BrainaeError(f"{out}: is a folder; {name_it} the HTML file to write (e.g. {example})")
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise BrainaeError(f"{out}: already exists; add --force to replace it, or choose another {other}")
+        if not is_ours(out):
+            raise BrainaeError(
+                f"{out}: exists and is not {what}, so --force will not replace it; choose another {other}"
+            )
 
 
 def check_output(

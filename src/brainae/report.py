@@ -1051,26 +1051,55 @@ def build_report(
         BrainaeError: no inputs, a path that does not exist, ``out`` is or lies inside an input, or
             ``out`` exists (without ``force``, or is not a brainae report).
     """
-    from brainae import __version__
     from brainae.io import atomic_path, check_not_input
 
     if not inputs:
         raise BrainaeError("give at least one run, evaluation, stats or dataset folder")
     out = Path(out)
     check_not_input(out, list(inputs), "report")
-    if out.is_dir():
-        raise BrainaeError(f"{out}: is a folder; -o names the HTML file to write (e.g. report.html)")
-    if out.exists() or out.is_symlink():
-        if not force:
-            raise BrainaeError(f"{out}: already exists; add --force to replace it, or choose another -o")
-        if not is_report(out):
-            raise BrainaeError(
-                f"{out}: exists and is not a report that brainae wrote, so --force will not replace it; "
-                "choose another -o"
-            )
+    _check_out(out, force)
     found = classify(list(inputs))
     track = track or (lambda steps, description="", total=None: steps)
     body: dict[str, str] = {}
+    body["overview"] = _overview(found, out, views, inputs)
+    steps = [
+        lambda: {"data": _data_section(found.datasets, found.inspects)},
+        lambda: {"training": _training_section(found.runs)},
+        *(lambda e=e: _eval_sections([e]) for e in found.evals),
+        lambda: {"stats": _stats_section(found.stats)},
+    ]
+    for step in track(steps, "building the report", len(steps)):
+        for key, html_part in step().items():
+            body[key] = body.get(key, "") + html_part
+    if not found.evals:
+        note = _note("No evaluation folder given (run `brainae evaluate CKPT... --data DATASET --out EVAL`).")
+        for k in ("headline", "results", "corrupted", "baselines", "charts", "examples", "provenance"):
+            body[k] = note
+    doc = _page(title, body)
+    with atomic_path(out) as tmp:
+        tmp.write_text(doc, encoding="utf-8")
+    return out
+
+
+def _check_out(out: Path, force: bool) -> None:
+    """Refuse an ``out`` that is a folder, or that exists (without ``force``, or not a brainae report)."""
+    from brainae.io import check_html_output
+
+    check_html_output(
+        out,
+        force,
+        is_report,
+        what="a report that brainae wrote",
+        name_it="-o names",
+        other="-o",
+        example="report.html",
+    )
+
+
+def _overview(found: Any, out: Path, views: Sequence[str | os.PathLike], inputs: list) -> str:
+    """The overview section: when and from which folders the report was built, notes, links to 3-D views."""
+    from brainae import __version__
+
     overview = [
         f"<p>Built {time.strftime('%Y-%m-%d %H:%M')} by brainae {_esc(__version__)} from:</p><ul>",
         *(
@@ -1085,20 +1114,11 @@ def build_report(
     for note in found.notes:
         overview.append(_note(note))
     overview.append(_view_links(out, list(views), list(inputs)))
-    body["overview"] = "".join(overview)
-    steps = [
-        lambda: {"data": _data_section(found.datasets, found.inspects)},
-        lambda: {"training": _training_section(found.runs)},
-        *(lambda e=e: _eval_sections([e]) for e in found.evals),
-        lambda: {"stats": _stats_section(found.stats)},
-    ]
-    for step in track(steps, "building the report", len(steps)):
-        for key, html_part in step().items():
-            body[key] = body.get(key, "") + html_part
-    if not found.evals:
-        note = _note("No evaluation folder given (run `brainae evaluate CKPT... --data DATASET --out EVAL`).")
-        for k in ("headline", "results", "corrupted", "baselines", "charts", "examples", "provenance"):
-            body[k] = note
+    return "".join(overview)
+
+
+def _page(title: str, body: dict[str, str]) -> str:
+    """The whole HTML document: title, navigation and every section of :data:`SECTIONS` in order."""
     nav = "".join(f'<a href="#{k}">{_esc(v)}</a>' for k, v in SECTIONS.items())
     sections = "".join(
         f'<section id="{k}"><h2>{_esc(v)}</h2>{body.get(k) or _note("Nothing to show.")}</section>'
@@ -1108,9 +1128,7 @@ def build_report(
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">{GENERATOR}<title>{_esc(title)}</title>'
         f"<style>{_CSS}</style></head><body><h1>{_esc(title)}</h1><nav>{nav}</nav>{sections}</body></html>"
     )
-    with atomic_path(out) as tmp:
-        tmp.write_text(doc, encoding="utf-8")
-    return out
+    return doc
 
 
 def _view_links(out: Path, views: list, inputs: list) -> str:
@@ -1154,9 +1172,6 @@ GENERATOR = '<meta name="generator" content="brainae">'
 
 def is_report(path: str | os.PathLike) -> bool:
     """True for an HTML file that :func:`build_report` wrote (it carries brainae's generator tag)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(512)
-    except OSError:
-        return False
-    return GENERATOR.encode() in head
+    from brainae.io import has_tag
+
+    return has_tag(path, GENERATOR, 512)

@@ -56,6 +56,12 @@ HEAD_FRACTION = 0.05
 """The head is the clean volume above this fraction of the peak."""
 
 
+def _values_in(values: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """``values`` as float64, only those where ``mask`` is true (all of them when ``mask`` is None)."""
+    values = np.asarray(values, dtype=np.float64)
+    return values if mask is None else values[np.asarray(mask, dtype=bool)]
+
+
 def robust_peak(clean: np.ndarray, mask: np.ndarray | None = None) -> float:
     """The 99.5th percentile of ``clean`` (of its voxels in ``mask`` when given).
 
@@ -63,9 +69,7 @@ def robust_peak(clean: np.ndarray, mask: np.ndarray | None = None) -> float:
         >>> robust_peak(np.arange(1001.0))
         995.0
     """
-    values = np.asarray(clean, dtype=np.float64)
-    if mask is not None:
-        values = values[np.asarray(mask, dtype=bool)]
+    values = _values_in(clean, mask)
     if values.size == 0:
         raise ValueError("robust_peak: no voxels to take a percentile of")
     return float(np.percentile(values, PEAK_PERCENTILE))
@@ -292,9 +296,7 @@ def fpr_at(
         >>> fpr_at(np.array([0.1, 0.5, 0.9, 0.95]), np.array([1, 1, 1, 0]), 0.5)
         0.6666666666666666
     """
-    s = np.asarray(scores, dtype=np.float64)
-    if healthy_mask_values is not None:
-        s = s[np.asarray(healthy_mask_values, dtype=bool)]
+    s = _values_in(scores, healthy_mask_values)
     if s.size == 0:
         return float("nan")
     return float(np.mean(s >= threshold))

@@ -98,6 +98,74 @@ def _wilcoxon(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float(res.statistic), float(res.pvalue)
 
 
+_PAIRED_COLUMNS = [
+    "metric",
+    "condition",
+    "model_a",
+    "model_b",
+    "n_slices",
+    "n_volumes",
+    "mean_a",
+    "mean_b",
+    "diff",
+    "better",
+    "t_slice",
+    "p_slice",
+    "p_slice_holm",
+    "w_volume",
+    "p_volume",
+    "p_volume_holm",
+    "significant_slice",
+    "significant_volume",
+    "p_volume_min",
+    "volume_can_reach",
+]
+"""The columns of :func:`paired_tests`, in order."""
+
+
+def _pair_record(wide: Any, ma: str, mb: str, metric: str, cond: Any) -> dict[str, Any]:
+    """The two tests of one pair of models on one condition (``wide``: one column per model)."""
+    pair = wide[[ma, mb]].dropna()
+    a, b = pair[ma].to_numpy(float), pair[mb].to_numpy(float)
+    vols = pair.groupby(level="volume_id").mean()
+    va, vb = vols[ma].to_numpy(float), vols[mb].to_numpy(float)
+    t, p_t = _ttest(a, b)
+    w, p_w = _wilcoxon(va, vb)
+    mean_a, mean_b = float(a.mean()) if len(a) else np.nan, float(b.mean()) if len(b) else np.nan
+    if mean_a == mean_b:
+        better = ""
+    else:
+        better = ma if (mean_a > mean_b) == HIGHER_IS_BETTER[metric] else mb
+    return {
+        "metric": metric,
+        "condition": cond,
+        "model_a": ma,
+        "model_b": mb,
+        "n_slices": len(a),
+        "n_volumes": len(va),
+        "mean_a": mean_a,
+        "mean_b": mean_b,
+        "diff": mean_a - mean_b,
+        "better": better,
+        "t_slice": t,
+        "p_slice": p_t,
+        "w_volume": w,
+        "p_volume": p_w,
+    }
+
+
+def _adjust(block: list[dict[str, Any]], alpha: float) -> None:
+    """Holm-adjust the p-values of one condition's pairs, in place; add the smallest reachable volume p."""
+    for key in ("slice", "volume"):
+        adj = holm([r[f"p_{key}"] for r in block])
+        for r, p in zip(block, adj, strict=True):
+            r[f"p_{key}_holm"] = float(p)
+            r[f"significant_{key}"] = bool(p < alpha)
+    for r in block:
+        r["p_volume_min"] = min_volume_p(r["n_volumes"], len(block))
+        r["volume_can_reach"] = bool(r["p_volume_min"] < alpha)
+
+
 def paired_tests(slices: Any, metric: str = "mse", *, alpha: float = ALPHA) -> Any:
     """Paired tests between every pair of models, per condition (see the module notes).
 
@@ -127,67 +195,9 @@ def paired_tests(slices: Any, metric: str = "mse", *, alpha: float = ALPHA) -> A
         models = [m for m in pd.unique(sub["model"]) if m in wide.columns]
         start = len(records)
         for ma, mb in itertools.combinations(models, 2):
-            pair = wide[[ma, mb]].dropna()
-            a, b = pair[ma].to_numpy(float), pair[mb].to_numpy(float)
-            vols = pair.groupby(level="volume_id").mean()
-            va, vb = vols[ma].to_numpy(float), vols[mb].to_numpy(float)
-            t, p_t = _ttest(a, b)
-            w, p_w = _wilcoxon(va, vb)
-            mean_a, mean_b = float(a.mean()) if len(a) else np.nan, float(b.mean()) if len(b) else np.nan
-            if mean_a == mean_b:
-                better = ""
-            else:
-                better = ma if (mean_a > mean_b) == HIGHER_IS_BETTER[metric] else mb
-            records.append(
-                {
-                    "metric": metric,
-                    "condition": cond,
-                    "model_a": ma,
-                    "model_b": mb,
-                    "n_slices": len(a),
-                    "n_volumes": len(va),
-                    "mean_a": mean_a,
-                    "mean_b": mean_b,
-                    "diff": mean_a - mean_b,
-                    "better": better,
-                    "t_slice": t,
-                    "p_slice": p_t,
-                    "w_volume": w,
-                    "p_volume": p_w,
-                }
-            )
-        block = records[start:]
-        for key in ("slice", "volume"):
-            adj = holm([r[f"p_{key}"] for r in block])
-            for r, p in zip(block, adj, strict=True):
-                r[f"p_{key}_holm"] = float(p)
-                r[f"significant_{key}"] = bool(p < alpha)
-        for r in block:
-            r["p_volume_min"] = min_volume_p(r["n_volumes"], len(block))
-            r["volume_can_reach"] = bool(r["p_volume_min"] < alpha)
-    columns = [
-        "metric",
-        "condition",
-        "model_a",
-        "model_b",
-        "n_slices",
-        "n_volumes",
-        "mean_a",
-        "mean_b",
-        "diff",
-        "better",
-        "t_slice",
-        "p_slice",
-        "p_slice_holm",
-        "w_volume",
-        "p_volume",
-        "p_volume_holm",
-        "significant_slice",
-        "significant_volume",
-        "p_volume_min",
-        "volume_can_reach",
-    ]
-    return pd.DataFrame.from_records(records, columns=columns)
+            records.append(_pair_record(wide, ma, mb, metric, cond))
+        _adjust(records[start:], alpha)
+    return pd.DataFrame.from_records(records, columns=_PAIRED_COLUMNS)
 
 
 MIN_VOLUMES_FOR_CI = 3

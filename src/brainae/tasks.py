@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -330,6 +331,17 @@ class Task:
         }
 
 
+_ANOMALY_GRID: dict[str, Any] = {
+    "grid_mm": 2.0,
+    "voxel_mm": (2.0, 2.0),
+    "native_fraction": 1.0,
+    "reference": "median",
+    "stripped": 1.0,
+    "flips": (0,),
+}
+"""The anomaly models' data (``anomaly`` and its ``plain-ae`` comparison): skull-stripped 2 mm volumes on the
+median grid, left-right flips only."""
+
 TASKS: dict[str, Task] = {
     "denoise": Task(
         "denoise",
@@ -352,12 +364,7 @@ TASKS: dict[str, Task] = {
         "coarse-noise denoising autoencoder whose residual |x - f(x)| maps anomalies (skull-stripped, 2 mm)",
         _anomaly_batch,
         widths=(12, 24, 48, 96),
-        grid_mm=2.0,
-        voxel_mm=(2.0, 2.0),
-        native_fraction=1.0,
-        reference="median",
-        stripped=1.0,
-        flips=(0,),
+        **_ANOMALY_GRID,
     ),
     "plain-ae": Task(
         "plain-ae",
@@ -366,12 +373,7 @@ TASKS: dict[str, Task] = {
         widths=(12, 24, 48, 96),
         residual=False,
         skips=False,
-        grid_mm=2.0,
-        voxel_mm=(2.0, 2.0),
-        native_fraction=1.0,
-        reference="median",
-        stripped=1.0,
-        flips=(0,),
+        **_ANOMALY_GRID,
     ),
 }
 """Task name -> :class:`Task`."""

@@ -374,33 +374,29 @@ def _bits_note(specs: list[dict]) -> str:
 
 def is_view_page(path: str | os.PathLike) -> bool:
     """True for an HTML file that :func:`write_view` wrote (it carries the generator tag)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(1024)
-    except OSError:
-        return False
-    return GENERATOR.encode() in head
+    from brainae.io import has_tag
+
+    return has_tag(path, GENERATOR, 1024)
 
 
 def check_view_output(out: str | os.PathLike, inputs: Sequence[str | os.PathLike], *, force: bool) -> Path:
     """Refuse a page path that is not ``.html``/``.htm``, is an input, or exists (without ``force``, or is not
     a page that brainae view wrote). Call before any work."""
-    from brainae.io import check_not_input
+    from brainae.io import check_html_output, check_not_input
 
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise BrainaeError(f"{out}: a view is an HTML page; end the name with .html")
     check_not_input(out, [Path(p) for p in inputs], "view page")
-    if out.is_dir():
-        raise BrainaeError(f"{out}: is a folder; name the HTML file to write (e.g. view.html)")
-    if out.exists() or out.is_symlink():
-        if not force:
-            raise BrainaeError(f"{out}: already exists; add --force to replace it, or choose another name")
-        if not is_view_page(out):
-            raise BrainaeError(
-                f"{out}: exists and is not a page that brainae view wrote, so --force will not replace it; "
-                "choose another name"
-            )
+    check_html_output(
+        out,
+        force,
+        is_view_page,
+        what="a page that brainae view wrote",
+        name_it="name",
+        other="name",
+        example="view.html",
+    )
     return out
 
 

@@ -356,3 +356,14 @@ def slices_to_volume(
     if vol.shape != tuple(shape):
         raise BrainaeError(f"internal: rebuilt volume {vol.shape} differs from {tuple(shape)}")
     return vol, inside
+
+
+def fill_mask(mask_ras: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """An inpainting mask as booleans (non-zero = fill); refused unless it has the volume's (RAS+) ``shape``."""
+    mask = np.asarray(mask_ras) != 0
+    if mask.shape != shape:
+        raise BrainaeError(
+            f"mask shape {mask.shape} differs from the volume's {shape} (both in RAS+ order); "
+            "give a mask on the same grid as the volume"
+        )
+    return mask

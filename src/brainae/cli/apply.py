@@ -208,6 +208,17 @@ def _write_view(view: Path | None, vol, results: list, *, mode: str, title: str)
     return f"{summary.path}: 3-D view ({summary.bytes / 1e6:.1f} MB)"
 
 
+def _view_beside(view: Path, vol, name: str, data, title: str) -> str | None:
+    """The ``--view`` page of a job's result ``data`` (named ``name``) beside its input ``vol``."""
+    return _write_view(view, vol, [(name, data, None, True)], mode="beside", title=title)
+
+
+def _print(lines: list) -> None:
+    """Print a job's report lines, one per output (after the outputs are in place)."""
+    for line in lines:
+        console.print(line)
+
+
 def _iterate(pairs: list, what: str):
     return track(pairs, description=what) if len(pairs) > 1 else iter(pairs)
 
@@ -248,17 +259,8 @@ def _run_simple(
                 f"(selection: {_describe(sel)})"
             )
         if view is not None:
-            lines.append(
-                _write_view(
-                    view,
-                    vol,
-                    [(kind + "d", res.data, None, True)],
-                    mode="beside",
-                    title=f"{src.name}: {kind}",
-                )
-            )
-    for line in lines:
-        console.print(line)
+            lines.append(_view_beside(view, vol, kind + "d", res.data, f"{src.name}: {kind}"))
+    _print(lines)
 
 
 @command("denoise")
@@ -295,12 +297,10 @@ def denoise_cmd(
             outputs.save(dst, result, vol)
             lines.append(f"{dst}: denoised with {loaded.name}")
         if view is not None:
-            title = f"{src.name}: denoised with {loaded.name}"
             lines.append(
-                _write_view(view, vol, [("denoised", result, None, True)], mode="beside", title=title)
+                _view_beside(view, vol, "denoised", result, f"{src.name}: denoised with {loaded.name}")
             )
-    for line in lines:
-        console.print(line)
+    _print(lines)
 
 
 @command("reconstruct")
@@ -415,12 +415,8 @@ def inpaint_cmd(
             note = f", {left} outside the field of view kept" if left else ""
             lines.append(f"{dst}: {int(res.inside.sum())} voxels filled{note}")
         if view is not None:
-            title = f"{src.name}: inpainted"
-            lines.append(
-                _write_view(view, vol, [("inpainted", filled, None, True)], mode="beside", title=title)
-            )
-    for line in lines:
-        console.print(line)
+            lines.append(_view_beside(view, vol, "inpainted", filled, f"{src.name}: inpainted"))
+    _print(lines)
 
 
 @command("anomaly")
@@ -514,8 +510,7 @@ def anomaly_cmd(
         rows, lines = _volumetric_anomaly(
             inp, pairs, extra, loaded, brain_mask, fpr, device, mask_method, as_json, view
         )
-    for line in lines:
-        console.print(line)
+    _print(lines)
     if as_json:
         typer.echo(json.dumps(rows if inp.is_dir() else rows[0], allow_nan=False))
 

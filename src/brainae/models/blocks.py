@@ -275,3 +275,47 @@ class Autoencoder(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         """Latent code. Shapes: N x C x H x W -> N x latent_channels x H / 8 x W / 8."""
         raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """Reconstruct.
+
+        Args:
+            x: N x C x H x W images in [0, 1], H and W divisible by 8.
+
+        Returns:
+            N x C x H x W reconstruction in (0, 1).
+        """
+        raise NotImplementedError
+
+    def _add_plain_decoder(self) -> None:
+        """The decoder of ``shallow-res-*`` and ``myronenko``: upsampling blocks to 64, 32, 16 filters, then the
+        output head (modules ``up1``, ``up2``, ``up3``, ``head``)."""
+        self.up1 = UpBlock(self.latent_channels, 64)
+        self.up2 = UpBlock(64, 32)
+        self.up3 = UpBlock(32, 16)
+        self.head = OutputHead(16, self.in_channels)
+
+    def _plain_decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Run the decoder of :meth:`_add_plain_decoder` on a latent code."""
+        return self.head(self.up3(self.up2(self.up1(z))))
+
+
+class ResidualEncoderAE(Autoencoder):
+    """An autoencoder whose encoder is ``shallow-res-*``'s and ``res-unet``'s: a 3x3 stem conv, 32 filters,
+    stride 2 (no BN), then residual blocks to 64 (stride 2), 64 (stride 1) and ``latent_channels`` (stride 2)
+    (modules ``stem``, ``block1``, ``block2``, ``block3``). Subclasses add the decoder.
+    """
+
+    def __init__(self, in_channels: int, latent_channels: int, block: type[nn.Module]) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.latent_channels = latent_channels
+        self.stem = SameConv2d(in_channels, 32, 3, stride=2)
+        self.block1 = block(32, 64, stride=2)
+        self.block2 = block(64, 64, stride=1)
+        self.block3 = block(64, latent_channels, stride=2)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Latent code. Shapes: N x C x H x W -> N x latent_channels x H / 8 x W / 8."""
+        check_spatial(x, self.downsampling)
+        return self.block3(self.block2(self.block1(self.stem(x))))

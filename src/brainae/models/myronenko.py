@@ -22,14 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from brainae.models.blocks import (
-    Autoencoder,
-    OutputHead,
-    ResidualBlockPreact,
-    SameConv2d,
-    UpBlock,
-    check_spatial,
-)
+from brainae.models.blocks import Autoencoder, ResidualBlockPreact, SameConv2d, check_spatial
 
 
 class MyronenkoAE(Autoencoder):
@@ -55,10 +48,7 @@ class MyronenkoAE(Autoencoder):
         self.block128a = ResidualBlockPreact(64, 128, project=True)
         self.block128b = ResidualBlockPreact(128, 128, project=True)
         self.down3 = SameConv2d(128, latent_channels, 3, stride=2)
-        self.up1 = UpBlock(latent_channels, 64)
-        self.up2 = UpBlock(64, 32)
-        self.up3 = UpBlock(32, 16)
-        self.head = OutputHead(16, in_channels)
+        self._add_plain_decoder()
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Latent code. Shapes: N x C x H x W -> N x latent_channels x H / 8 x W / 8."""
@@ -68,12 +58,5 @@ class MyronenkoAE(Autoencoder):
         return self.down3(self.block128b(self.block128a(y)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Reconstruct.
-
-        Args:
-            x: N x C x H x W images in [0, 1], H and W divisible by 8.
-
-        Returns:
-            N x C x H x W reconstruction in (0, 1).
-        """
-        return self.head(self.up3(self.up2(self.up1(self.encode(x)))))
+        """Reconstruct (see :meth:`Autoencoder.forward`)."""
+        return self._plain_decode(self.encode(x))

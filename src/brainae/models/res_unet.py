@@ -11,17 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from brainae.models.blocks import (
-    Autoencoder,
-    OutputHead,
-    ResidualBlockPreact,
-    SameConv2d,
-    UpBlock,
-    check_spatial,
-)
+from brainae.models.blocks import OutputHead, ResidualBlockPreact, ResidualEncoderAE, UpBlock, check_spatial
 
 
-class ResUNet(Autoencoder):
+class ResUNet(ResidualEncoderAE):
     """U-Net with full pre-activation residual blocks and concatenation skips (483,649 parameters).
 
     Args:
@@ -30,32 +23,14 @@ class ResUNet(Autoencoder):
     """
 
     def __init__(self, in_channels: int = 1, latent_channels: int = 128) -> None:
-        super().__init__()
-        self.in_channels = in_channels
-        self.latent_channels = latent_channels
-        self.stem = SameConv2d(in_channels, 32, 3, stride=2)
-        self.block1 = ResidualBlockPreact(32, 64, stride=2)
-        self.block2 = ResidualBlockPreact(64, 64, stride=1)
-        self.block3 = ResidualBlockPreact(64, latent_channels, stride=2)
+        super().__init__(in_channels, latent_channels, ResidualBlockPreact)
         self.up1 = UpBlock(latent_channels, 64)
         self.up2 = UpBlock(64 + 64, 32)
         self.up3 = UpBlock(32 + 32, 16)
         self.head = OutputHead(16, in_channels)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Latent code (the decoder also needs the skips). Shapes: N x C x H x W -> N x latent x H/8 x W/8."""
-        check_spatial(x, self.downsampling)
-        return self.block3(self.block2(self.block1(self.stem(x))))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Reconstruct.
-
-        Args:
-            x: N x C x H x W images in [0, 1], H and W divisible by 8.
-
-        Returns:
-            N x C x H x W reconstruction in (0, 1).
-        """
+        """Reconstruct (see :meth:`Autoencoder.forward`); the decoder also takes the encoder's skips."""
         check_spatial(x, self.downsampling)
         s1 = self.stem(x)
         s2 = self.block2(self.block1(s1))

@@ -27,18 +27,10 @@ from typing import Literal
 import torch
 from torch import nn
 
-from brainae.models.blocks import (
-    Autoencoder,
-    OutputHead,
-    ResidualBlockOriginal,
-    ResidualBlockPreact,
-    SameConv2d,
-    UpBlock,
-    check_spatial,
-)
+from brainae.models.blocks import ResidualBlockOriginal, ResidualBlockPreact, ResidualEncoderAE
 
 
-class ShallowResidualAE(Autoencoder):
+class ShallowResidualAE(ResidualEncoderAE):
     """Shallow residual autoencoder with original or full pre-activation residual blocks.
 
     Args:
@@ -53,37 +45,19 @@ class ShallowResidualAE(Autoencoder):
         latent_channels: int = 128,
         block: Literal["original", "preact"] = "preact",
     ) -> None:
-        super().__init__()
         if block not in ("original", "preact"):
             raise ValueError(f"block must be 'original' or 'preact', got {block!r}")
-        res = ResidualBlockOriginal if block == "original" else ResidualBlockPreact
-        self.in_channels = in_channels
-        self.latent_channels = latent_channels
+        super().__init__(
+            in_channels,
+            latent_channels,
+            ResidualBlockOriginal if block == "original" else ResidualBlockPreact,
+        )
         self.block_type = block
-        self.stem = SameConv2d(in_channels, 32, 3, stride=2)
-        self.block1 = res(32, 64, stride=2)
-        self.block2 = res(64, 64, stride=1)
-        self.block3 = res(64, latent_channels, stride=2)
-        self.up1 = UpBlock(latent_channels, 64)
-        self.up2 = UpBlock(64, 32)
-        self.up3 = UpBlock(32, 16)
-        self.head = OutputHead(16, in_channels)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Latent code. Shapes: N x C x H x W -> N x latent_channels x H / 8 x W / 8."""
-        check_spatial(x, self.downsampling)
-        return self.block3(self.block2(self.block1(self.stem(x))))
+        self._add_plain_decoder()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Reconstruct.
-
-        Args:
-            x: N x C x H x W images in [0, 1], H and W divisible by 8.
-
-        Returns:
-            N x C x H x W reconstruction in (0, 1).
-        """
-        return self.head(self.up3(self.up2(self.up1(self.encode(x)))))
+        """Reconstruct (see :meth:`Autoencoder.forward`)."""
+        return self._plain_decode(self.encode(x))
 
 
 def shallow_res_original(in_channels: int = 1, latent_channels: int = 128) -> nn.Module:

@@ -40,14 +40,7 @@ class SkipCAE(Autoencoder):
         return self.enc3(self.enc2(self.enc1(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Reconstruct.
-
-        Args:
-            x: N x C x H x W images in [0, 1], H and W divisible by 8.
-
-        Returns:
-            N x C x H x W reconstruction in (0, 1).
-        """
+        """Reconstruct (see :meth:`Autoencoder.forward`); the decoder also takes the encoder's skips."""
         check_spatial(x, self.downsampling)
         skip1, y = self.enc1.forward_with_preactivation(x)
         skip2, y = self.enc2.forward_with_preactivation(y)

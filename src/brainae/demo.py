@@ -98,6 +98,7 @@ def run_demo(
         BrainaeError: ``out`` exists and is not an earlier demo folder (``force`` does not change that: a
             folder that brainae did not write is never replaced).
     """
+    from brainae.pretrained import THESIS_RES_UNET
     from brainae.report import build_report
 
     start = time.perf_counter()
@@ -106,7 +107,8 @@ def run_demo(
     facts: dict = {}
 
     facts.update(_prepare_step(out, quick, log, track))  # 1. prepare
-    run_dir, best = _train_step(out, epochs, quick, device, progress, log)  # 2. train
+    start_from = THESIS_RES_UNET if fine_tune and not quick else None
+    run_dir, best = _train_step(out, epochs, quick, device, progress, log, start_from, lr)  # 2. train
     _evaluate_step(out, best, quick, device, log, track)  # 3. evaluate + stats
 
     # 4. report
@@ -196,8 +198,13 @@ def _train_step(
     device: str,
     progress: Callable[..., None] | None,
     log: Callable[[str], None],
+    start_from: Path | None,
+    lr: float,
 ) -> tuple[Path, Path]:
-    """Step 2: the short training run and its normative statistics; returns its run folder and best checkpoint."""
+    """Step 2: the short training run and its normative statistics; returns its run folder and best checkpoint.
+
+    ``start_from``: the checkpoint it is fine-tuned from (with RMSprop's learning rate ``lr``), or None for a
+    random start (with the thesis's 1e-3)."""
     from brainae.slice_anomaly import store_normative_statistics
     from brainae.train import TrainConfig, fit
 
@@ -211,13 +218,15 @@ def _train_step(
         seed=0,
         accelerator="cpu" if device == "cpu" else "auto",
         max_steps_per_epoch=2 if quick else None,
-        init=str(THESIS_RES_UNET) if fine_tune and not quick else None,
-        lr=lr if fine_tune and not quick else 1e-3,
+        init=None if start_from is None else str(start_from),
+        lr=1e-3 if start_from is None else lr,
     )
     # named after what it is, so that tables and the report say which model is the demo's short run
     run_dir = out / f"demo-{arch}-mse-{config.epochs}-epoch{'s' if config.epochs != 1 else ''}"
     start = (
-        f"fine-tuned from {THESIS_RES_UNET.name}, lr {config.lr:g}" if config.init else "from a random start"
+        f"fine-tuned from {start_from.name}, lr {config.lr:g}"
+        if start_from is not None
+        else "from a random start"
     )
     log(f"2/5 train: {arch}, MSE, augmentation, {start}, epochs 1-{config.epochs} -> {run_dir}")
     best = fit(out / "dataset", run_dir, config, progress, force=True)

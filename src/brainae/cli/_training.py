@@ -120,6 +120,14 @@ def given_on_command_line(ctx: typer.Context, names: tuple[str, ...] | list[str]
     return given
 
 
+def quiet_lightning() -> None:
+    """Lightning's informational lines (GPU available, tips) off for this command's process."""
+    import logging
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def normative_device(accelerator: str) -> str:
     """The device of the normative-statistics step for a training accelerator name."""
     return "cpu" if accelerator == "cpu" else "auto"
@@ -167,11 +175,14 @@ class TrainDisplay:
             f"{ev.steps} steps, batch-norm momentum {info.get('bn_momentum')}"
             + (", statistics re-estimated before each validation" if info.get("bn_recalibrated") else "")
         )
-        if total < SHORT_RUN_STEPS:
+        if info.get("init"):
+            self._print(f"start       from the weights of {info['init']} (fine-tuning)")
+        elif total < SHORT_RUN_STEPS:
             self._print(
                 f"note        {total} steps in all: a short run that shows the machinery. Expect a blurry "
                 "model far below the thesis's (up to 100 epochs of the full IXI): e.g. 4 epochs of the embedded "
-                "sample at 128 x 128 reach 24 dB val PSNR (README, training)."
+                "sample at 128 x 128 reach 24 dB val PSNR (README, training). To adapt a trained model in a "
+                "short run, start from it: --init CKPT --lr 1e-4."
             )
         if self.live:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

@@ -45,15 +45,16 @@ def demo_cmd(
 ) -> None:
     """Prepare the embedded IXI sample, fine-tune briefly, evaluate, report, and denoise a held-out volume.
 
-    1 min 36 s measured on a 2-core CPU with little else running (longer when other jobs share it; see the
+    2 min 03 s measured on a 2-core CPU with little else running (longer when other jobs share it; see the
     README). Ends with where report.html and the denoised NIfTI are.
     """
     from rich.table import Table
 
-    from brainae.cli._training import TrainDisplay
+    from brainae.cli._training import TrainDisplay, quiet_lightning
     from brainae.demo import run_demo
     from brainae.metrics import METRICS
 
+    quiet_lightning()
     start = time.monotonic()
     display = TrainDisplay()
     try:

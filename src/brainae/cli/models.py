@@ -46,14 +46,6 @@ def _split_names(values: list[str] | None) -> list[str] | None:
     return [v.strip() for value in values for v in value.split(",") if v.strip()]
 
 
-def _quiet_lightning() -> None:
-    """Lightning's informational lines (GPU available, tips) off for this command's process."""
-    import logging
-
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
 @command("train")
 def train_command(
     ctx: typer.Context,
@@ -147,7 +139,7 @@ def train_command(
             **values,
         )
     config.validate()
-    _quiet_lightning()
+    T.quiet_lightning()
     main = is_rank_zero_process()
     if main:
         _describe_model(config, dataset, out, resume)
@@ -238,7 +230,7 @@ def grid_command(
         base=base,
         l2_value=l2_value,
     )
-    _quiet_lightning()
+    T.quiet_lightning()
     main = is_rank_zero_process()
 
     def announce(i: int, n: int, name: str) -> None:

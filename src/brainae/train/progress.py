@@ -79,6 +79,7 @@ class ProgressReporter(pl.Callback):
             **self.info,
             "bn_momentum": getattr(pl_module, "bn_momentum", None),
             "bn_recalibrated": bool(getattr(pl_module, "recalibrate", False)),
+            "init": getattr(getattr(pl_module, "config", None), "init", None),
         }
         self._event(trainer, "start", info=info)
 

@@ -335,9 +335,9 @@ class EpochCommit(pl.Callback):
         out = self.writer.out
         if trainer.is_global_zero:
             with atomic_path(out / "last.ckpt") as tmp:
-                trainer.save_checkpoint(tmp)
+                trainer.save_checkpoint(tmp, weights_only=False)  # the full state, for --resume
         else:  # a collective call; only rank 0 writes
-            trainer.save_checkpoint(out / "last.ckpt")
+            trainer.save_checkpoint(out / "last.ckpt", weights_only=False)
         if trainer.is_global_zero:
             write_metrics(out / "metrics.csv", self.writer.rows)
         self.writer.pending = False

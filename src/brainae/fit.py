@@ -37,12 +37,15 @@ from brainae.volume import VolumetricPreprocessing
 
 __all__ = [
     "FitConfig",
+    "FittedModel",
     "PatchSampler",
     "RECIPES",
     "TrainingVolume",
     "fit",
+    "fit_folder",
     "load_split",
     "load_training_volumes",
+    "save_fitted",
 ]
 
 SPLIT_FILE = Path(__file__).resolve().parent / "pretrained" / "ixi-split.json"
@@ -360,31 +363,49 @@ def _evaluate(model, batches, amp: bool, dev) -> float:
     return total / len(batches)
 
 
+@dataclass
+class FittedModel:
+    """A trained volumetric model and its card, not yet calibrated or written (see :func:`fit_folder`).
+
+    Attributes:
+        task: the task it was trained for.
+        result: the training result (model, history, losses, device).
+        preprocessing, training, source: the card's parts.
+        val: the validation volumes (for the calibration step, :func:`brainae.infer.calibrate_fitted`).
+        summary: steps, seconds, final losses, device (what ``brainae fit`` prints).
+    """
+
+    task: Task
+    result: FitResult
+    preprocessing: VolumetricPreprocessing
+    training: Training
+    source: Source
+    val: list
+    summary: dict
+
+
 def fit_folder(
     data: str | os.PathLike,
-    out: str | os.PathLike,
     config: FitConfig,
     *,
     split: str | os.PathLike | None = "ixi",
     masks: str | os.PathLike | None = None,
     device: str | object = "auto",
     log: Callable[[str], None] | None = None,
-) -> dict:
-    """Train ``config.task`` on a folder of NIfTI volumes and write one self-describing checkpoint.
+) -> FittedModel:
+    """Train ``config.task`` on a folder of NIfTI volumes; returns the model and its card.
 
-    The checkpoint's card records the task and how inputs are prepared (``preprocessing``), the recipe, the
-    volumes used and the loss history (``training``), the data source (``source``) and, for anomaly
-    models, the healthy calibration from the validation volumes (``normative``,
-    :func:`brainae.infer.calibrate`).
-
-    Returns:
-        A summary dict (steps, seconds, final losses, device, output path).
+    The card records the task and how inputs are prepared (``preprocessing``), the recipe, the volumes used
+    and the loss history (``training``) and the data source (``source``). Training ends here: the
+    calibration on the validation volumes (a denoiser's blend table, an anomaly model's healthy-data
+    statistics) runs the trained model, which is inference, so it is the next step,
+    :func:`brainae.infer.calibrate_fitted`; :func:`save_fitted` then writes the checkpoint. ``brainae fit``
+    runs the three.
     """
-    from brainae.checkpoint import save_checkpoint
-    from brainae.io import list_niftis, volume_id
-
     say = log or (lambda _msg: None)
     task = get_task(config.task)
+    from brainae.io import list_niftis, volume_id
+
     files = list_niftis(Path(data))
     by_id = {volume_id(f): f for f in files}
     train_ids, val_ids = load_split(split, sorted(by_id), config.seed)
@@ -402,27 +423,31 @@ def fit_folder(
     result = fit(train, val, config, device=device, progress=step_log)
     say(f"done in {result.seconds:.0f} s on {result.device}: validation loss {result.val_loss:.6f}")
     preprocessing, training, source = _card(task, config, data, split, train_ids, val_ids, result)
-    preprocessing, normative = _calibrate(
-        task, result, preprocessing, training, source, val, device, config.seed, say
-    )
-    path = save_checkpoint(
-        out,
-        result.model.float(),
-        arch="unet3d",
-        arch_kwargs=task.arch_kwargs(),
-        preprocessing=preprocessing,
-        training=training,
-        normative=normative,
-        source=source,
-    )
-    return {
-        "out": str(path),
+    summary = {
         "steps": config.steps,
         "seconds": result.seconds,
         "val_loss": result.val_loss,
         "final_loss": result.history[-1]["loss"] if result.history else None,
         "device": result.device,
     }
+    return FittedModel(task, result, preprocessing, training, source, val, summary)
+
+
+def save_fitted(out: str | os.PathLike, fitted: FittedModel, normative: dict | None = None) -> dict:
+    """Write the fitted model as one self-describing checkpoint; returns its summary with ``out`` added."""
+    from brainae.checkpoint import save_checkpoint
+
+    path = save_checkpoint(
+        out,
+        fitted.result.model.float(),
+        arch="unet3d",
+        arch_kwargs=fitted.task.arch_kwargs(),
+        preprocessing=fitted.preprocessing,
+        training=fitted.training,
+        normative=normative,
+        source=fitted.source,
+    )
+    return {"out": str(path), **fitted.summary}
 
 
 def _card(
@@ -461,33 +486,3 @@ def _card(
         },
     )
     return preprocessing, training, source
-
-
-def _calibrate(
-    task: Task,
-    result: FitResult,
-    preprocessing: VolumetricPreprocessing,
-    training: Training,
-    source: Source,
-    val: list,
-    device: Any,
-    seed: int,
-    say: Callable[[str], None],
-) -> tuple[VolumetricPreprocessing, dict | None]:
-    """Calibrate on the validation volumes: the denoiser's blend table, an anomaly model's normative statistics."""
-    normative = None
-    if task.name == "denoise":
-        from brainae.infer import VolumetricModel, calibrate_denoise
-
-        vm = VolumetricModel(result.model, task, preprocessing, None, training, source)
-        preprocessing = dataclasses.replace(
-            preprocessing, blend=calibrate_denoise(vm, val, device=device, seed=seed)
-        )
-        say(f"blend table from {preprocessing.blend['cases']} noisy validation cases")
-    if task.name in ("anomaly", "plain-ae"):
-        from brainae.infer import VolumetricModel, calibrate
-
-        vm = VolumetricModel(result.model, task, preprocessing, None, training, source)
-        normative = calibrate(vm, val, [v.brain for v in val], device=device)
-        say(f"calibrated on {normative['n']} validation volumes ({normative['voxels']} brain voxels)")
-    return preprocessing, normative

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,7 @@ __all__ = [
     "VolumetricModel",
     "anomaly_volume",
     "calibrate",
+    "calibrate_fitted",
     "default_model_path",
     "denoise_volume",
     "inpaint_volume",
@@ -425,3 +427,32 @@ def warn_if_threshold_mask(stripped_input: bool) -> None:
             BrainaeWarning,
             stacklevel=2,
         )
+
+
+def calibrate_fitted(
+    fitted, *, device: str | object = "cpu", seed: int = 0, log: Callable[[str], None] | None = None
+):
+    """The step after :func:`brainae.fit.fit_folder`: calibrate the trained model on its validation volumes.
+
+    A denoiser gets its blend table (:func:`calibrate_denoise`, stored in the preprocessing), an anomaly model
+    its healthy-data statistics (:func:`calibrate`); other tasks need none.
+
+    Returns:
+        ``(preprocessing, normative)``: the card's preprocessing (with the blend table for a denoiser) and the
+        normative statistics (None but for anomaly models), for :func:`brainae.fit.save_fitted`.
+    """
+    import dataclasses
+
+    say = log or (lambda _msg: None)
+    task, preprocessing, val = fitted.task, fitted.preprocessing, fitted.val
+    vm = VolumetricModel(fitted.result.model, task, preprocessing, None, fitted.training, fitted.source)
+    normative = None
+    if task.name == "denoise":
+        preprocessing = dataclasses.replace(
+            preprocessing, blend=calibrate_denoise(vm, val, device=device, seed=seed)
+        )
+        say(f"blend table from {preprocessing.blend['cases']} noisy validation cases")
+    if task.name in ("anomaly", "plain-ae"):
+        normative = calibrate(vm, val, [v.brain for v in val], device=device)
+        say(f"calibrated on {normative['n']} validation volumes ({normative['voxels']} brain voxels)")
+    return preprocessing, normative

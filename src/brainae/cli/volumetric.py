@@ -56,7 +56,8 @@ def fit_command(
     import dataclasses
 
     from brainae.checkpoint import check_checkpoint_output
-    from brainae.fit import RECIPES, fit_folder
+    from brainae.fit import RECIPES, fit_folder, save_fitted
+    from brainae.infer import calibrate_fitted
     from brainae.tasks import get_task
 
     get_task(task)
@@ -74,15 +75,14 @@ def fit_command(
         if v is not None
     }
     config = dataclasses.replace(config, seed=seed, **changes)
-    summary = fit_folder(
-        data,
-        out,
-        config,
-        split=None if split in (None, "random") else split,
-        masks=masks,
-        device=device,
-        log=lambda msg: err_console.print(msg, markup=False, highlight=False),
-    )
+
+    def log(msg: str) -> None:
+        err_console.print(msg, markup=False, highlight=False)
+
+    split = None if split in (None, "random") else split
+    fitted = fit_folder(data, config, split=split, masks=masks, device=device, log=log)  # train
+    preprocessing, normative = calibrate_fitted(fitted, device=device, seed=config.seed, log=log)  # calibrate
+    summary = save_fitted(out, dataclasses.replace(fitted, preprocessing=preprocessing), normative)  # write
     console.print(json.dumps(summary))
 
 

@@ -257,7 +257,7 @@ def _read_csv(path: Path) -> Any:
 
     try:
         return pd.read_csv(path)
-    except Exception:  # unreadable tables are reported as missing, never a crash
+    except (OSError, ValueError):  # unreadable or malformed (parser errors are ValueErrors): missing
         return None
 
 

@@ -221,3 +221,19 @@ def test_cli_report_shows_progress_in_a_log(tmp_path: Path, monkeypatch) -> None
     assert res.exit_code == 0, res.output
     lines = [ln for ln in res.output.splitlines() if ln.startswith("building the report: ")]
     assert len(lines) == 3 and lines[-1].startswith("building the report: 3/3 done in "), res.output
+
+
+def test_short_run_note_tells_fine_tuning_from_a_random_start():
+    from brainae.report import _short_runs
+
+    scratch = _short_runs({"models": [{"name": "a", "training": {"epochs_run": 4}}]})
+    tuned = _short_runs(
+        {"models": [{"name": "b", "training": {"epochs_run": 4, "init": "/x/thesis.safetensors"}}]}
+    )
+    full = _short_runs({"models": [{"name": "c", "training": {"epochs_run": 60}}]})
+    assert "well below a fully trained one" in scratch and "fine-tuned" not in scratch
+    assert (
+        "fine-tuned for 4 epoch(s) from the weights of thesis.safetensors" in tuned
+        and "well below" not in tuned
+    )
+    assert full == ""

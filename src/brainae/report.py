@@ -726,7 +726,13 @@ def _short_runs(prov: dict) -> str:
     for m in prov.get("models", []):
         t = m.get("training") or {}
         epochs = t.get("epochs_run", t.get("epochs"))
-        if isinstance(epochs, int) and epochs < 20 and not m.get("source"):
+        if isinstance(epochs, int) and epochs < 20 and not m.get("source") and t.get("init"):
+            notes.append(
+                f"{m.get('name')} was fine-tuned for {epochs} epoch(s) from the weights of "
+                f"{Path(str(t['init'])).name}: a short run that adapts a trained model, so it starts from that "
+                "model's quality rather than from scratch."
+            )
+        elif isinstance(epochs, int) and epochs < 20 and not m.get("source"):
             notes.append(
                 f"{m.get('name')} was trained for {epochs} epoch(s) (the thesis trains up to 100 with early "
                 "stopping): a short run shows the pipeline, not a converged model, so expect it to score well "

@@ -286,3 +286,23 @@ def test_anomaly_on_a_scan_with_skull_needs_a_real_brain_mask(monkeypatch):
     monkeypatch.setattr(brainae.brainmask, "deepbet_available", lambda: False)
     with pytest.raises(BrainaeError, match="has its skull and deepbet is not installed"):
         anomaly_volume(load_volume(TEST_VOLUME), load_volumetric(None, task="anomaly"))
+
+
+def test_denoise_folder_with_workers_matches_one_process(tmp_path):
+    import shutil
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for f in sorted(IXI_2MM.glob("*.nii.gz"))[:3]:
+        shutil.copy(f, folder / f.name)
+    for workers in ("1", "2"):
+        res = runner.invoke(
+            app, ["denoise", str(folder), str(tmp_path / workers), "--device", "cpu", "--workers", workers]
+        )
+        assert res.exit_code == 0, res.output
+    for f in sorted(folder.iterdir()):
+        one = np.asarray(nib.load(str(tmp_path / "1" / f.name)).dataobj)
+        two = np.asarray(nib.load(str(tmp_path / "2" / f.name)).dataobj)
+        # the same code per volume; only torch's thread count differs (float rounding of the convolutions)
+        assert one.shape == two.shape and np.abs(one - two).max() <= 1e-6 * np.abs(one).max()
+        assert not np.array_equal(one, np.asarray(nib.load(str(f)).dataobj))  # it did denoise

@@ -39,6 +39,15 @@ DeviceOpt = Annotated[
     ),
 ]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Slices per forward pass.")]
+WorkersOpt = Annotated[
+    int,
+    typer.Option(
+        "--workers",
+        min=1,
+        help="For a folder IN on the CPU: volumes in this many processes, sharing the cores (outputs equal "
+        "those of 1 process up to float rounding; little gain when the model already uses every core).",
+    ),
+]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
 ViewOpt = Annotated[
     Path | None,
@@ -223,6 +232,59 @@ def _iterate(pairs: list, what: str):
     return track(pairs, description=what) if len(pairs) > 1 else iter(pairs)
 
 
+_JOB = None  # the job of the running _each (inherited by its forked worker processes)
+
+
+def _run_job(pair: tuple) -> object:
+    return _JOB(*pair)
+
+
+def _worker_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _each(pairs: list, what: str, workers: int, device: str, job):
+    """``(src, dst, job(src, dst))`` for each pair, in order, with progress.
+
+    With ``workers > 1``, a folder and the CPU, the jobs run in that many forked processes, which share the
+    cores (``torch`` threads = cores // workers); each volume is processed alone by the same code, so the
+    outputs depend on ``workers`` only through the float rounding of torch's multi-threaded kernels (measured
+    on 2 mm IXI volumes: 1e-7 of the volume's maximum). The outputs are still written here, by
+    :class:`_Outputs`.
+    """
+    global _JOB
+    if workers <= 1 or len(pairs) < 2 or not str(device).startswith(("cpu", "auto")) or _cuda():
+        for src, dst in _iterate(pairs, what):
+            yield src, dst, job(src, dst)
+        return
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    _JOB = job
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    ctx = multiprocessing.get_context(
+        "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    )
+    try:
+        with ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_worker_threads, initargs=(threads,)
+        ) as ex:
+            results = ex.map(_run_job, pairs)
+            for (src, dst), result in zip(_iterate(pairs, what), results):
+                yield src, dst, result
+    finally:
+        _JOB = None
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _selection(min_brain_frac: float | None, mask_method: str | None, normative):
     """The checkpoint's slice selection, with the command-line overrides (:func:`brainae.apply.resolve_selection`)."""
     from brainae.apply import resolve_selection
@@ -238,7 +300,7 @@ def _describe(sel) -> str:
 
 
 def _run_simple(
-    kind: str, inp, out, loaded, device, batch_size, force, min_brain_frac, mask_method, view=None
+    kind: str, inp, out, loaded, device, batch_size, force, min_brain_frac, mask_method, view=None, workers=1
 ) -> None:
     """denoise / reconstruct with a slice autoencoder; ``loaded`` is (model, prep, normative)."""
     from brainae.apply import denoise, reconstruct
@@ -249,10 +311,13 @@ def _run_simple(
     sel = _selection(min_brain_frac, mask_method, normative)
     func = denoise if kind == "denoise" else reconstruct
     lines = []
+
+    def job(src: Path, _dst: Path) -> tuple:
+        vol = load_volume(src)
+        return vol, func(vol, model, prep, batch_size=batch_size, device=device, selection=sel)
+
     with _Outputs() as outputs:
-        for src, dst in _iterate(pairs, kind):
-            vol = load_volume(src)
-            res = func(vol, model, prep, batch_size=batch_size, device=device, selection=sel)
+        for src, dst, (vol, res) in _each(pairs, kind, workers, device, job):  # noqa: B007 (src: the view)
             outputs.save(dst, res.data, vol)
             lines.append(
                 f"{dst}: {res.n_processed} slices through the model, {res.n_passed} passed through unchanged "
@@ -274,6 +339,7 @@ def denoise_cmd(
     min_brain_frac: FracOpt = None,
     mask_method: MaskMethodOpt = None,
     view: ViewOpt = None,
+    workers: WorkersOpt = 1,
 ) -> None:
     """Denoise a T1 volume (Gaussian / Rician noise of any level; written on the input's grid and header).
 
@@ -286,14 +352,19 @@ def denoise_cmd(
     _check_view(view, inp, force)
     kind, loaded = _job_model(model, "denoise", device)
     if kind == "slice":
-        _run_simple("denoise", inp, out, loaded, device, batch_size, force, min_brain_frac, mask_method, view)
+        _run_simple(
+            "denoise", inp, out, loaded, device, batch_size, force, min_brain_frac, mask_method, view, workers
+        )
         return
     pairs = _pairs(inp, out, force)
     lines = []
+
+    def job(src: Path, _dst: Path) -> tuple:
+        vol = load_volume(src)
+        return vol, denoise_volume(vol, loaded, device=device)
+
     with _Outputs() as outputs:
-        for src, dst in _iterate(pairs, "denoise"):
-            vol = load_volume(src)
-            result = denoise_volume(vol, loaded, device=device)
+        for src, dst, (vol, result) in _each(pairs, "denoise", workers, device, job):  # noqa: B007
             outputs.save(dst, result, vol)
             lines.append(f"{dst}: denoised with {loaded.name}")
         if view is not None:

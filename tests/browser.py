@@ -34,12 +34,17 @@ def chromium_path() -> str | None:
 
 
 def require_chromium() -> str:
-    """The Chromium binary; skips the calling test when none is installed (call it before costly set-up)."""
+    """The Chromium binary; skips the calling test when none is installed (call it before costly set-up).
+
+    With ``BRAINAE_REQUIRE_BROWSER=1`` (set by ``.ci/run`` once Chromium is installed) a missing Chromium fails
+    the test instead, so that CI cannot pass these checks by skipping them.
+    """
     exe = chromium_path()
     if exe is None:
-        pytest.skip(
-            "no Chromium installed (apt-get install chromium); needed to open pages in a real browser"
-        )
+        why = "no Chromium installed (apt-get install chromium); needed to open pages in a real browser"
+        if os.environ.get("BRAINAE_REQUIRE_BROWSER") == "1":
+            pytest.fail(why + " (BRAINAE_REQUIRE_BROWSER=1)")
+        pytest.skip(why)
     return exe
 
 
@@ -84,11 +89,7 @@ def open_page(
 
     Skips the test when no Chromium is installed. A JavaScript error on the page fails the test.
     """
-    exe = chromium_path()
-    if exe is None:
-        pytest.skip(
-            "no Chromium installed (apt-get install chromium); needed to open pages in a real browser"
-        )
+    exe = require_chromium()
     from playwright.sync_api import sync_playwright
 
     errors: list[str] = []

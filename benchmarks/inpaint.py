@@ -53,6 +53,7 @@ from _common import (
     brainae_api,
     cached_brain_mask,
     emit,
+    mean,
     seed_for,
     split_files,
 )
@@ -120,11 +121,6 @@ def make_masks(brain, zooms, rng, args) -> list[tuple[str, str, np.ndarray]]:
         ml = mls[k % len(mls)]
         out.append(("irregular", f"{ml:g}ml", irregular_mask(brain.shape, zooms, rng, ml, brain_mask=brain)))
     return out
-
-
-def mean(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return round(float(np.mean(values)), 3) if values else None
 
 
 def main() -> None:

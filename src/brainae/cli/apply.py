@@ -387,6 +387,7 @@ def reconstruct_cmd(
     force: ForceOpt = False,
     min_brain_frac: FracOpt = None,
     mask_method: MaskMethodOpt = None,
+    workers: WorkersOpt = 1,
 ) -> None:
     """Write a slice autoencoder's reconstruction of a T1 volume (slices with little brain pass through)."""
     from brainae.cli.volumetric import resolve_model_name
@@ -404,7 +405,9 @@ def reconstruct_cmd(
                 "reconstruct needs a slice autoencoder (e.g. --model thesis)"
             )
     loaded = _load_model(path, device)
-    _run_simple("reconstruct", inp, out, loaded, device, batch_size, force, min_brain_frac, mask_method)
+    _run_simple(
+        "reconstruct", inp, out, loaded, device, batch_size, force, min_brain_frac, mask_method, None, workers
+    )
 
 
 def _load_mask(mask_path: Path, vol):
@@ -441,11 +444,12 @@ def inpaint_cmd(
     batch_size: BatchOpt = 64,
     force: ForceOpt = False,
     view: ViewOpt = None,
+    workers: WorkersOpt = 1,
 ) -> None:
     """Fill the masked voxels; every other voxel stays exactly as in the input.
 
-    The default model is brainae's 3-D inpainter (works with and without skull); it fills each masked
-    region from a box of 40 mm of 3-D context around it.
+    The default model is brainae's 3-D inpainter (works with and without skull): it starts from the
+    biharmonic fill of each masked region and corrects it from a box of 40 mm of 3-D context around it.
     """
     from brainae.apply import inpaint
     from brainae.errors import BrainaeError
@@ -462,29 +466,28 @@ def inpaint_cmd(
         masks[src] = m
     kind, loaded = ("biharmonic", None) if model == "biharmonic" else _job_model(model, "inpaint", device)
     lines = []
-    with _Outputs() as outputs:
-        for src, dst in _iterate(pairs, "inpaint"):
-            vol = load_volume(src)
-            m = _load_mask(masks[src], vol)
-            if kind == "biharmonic":
-                from brainae.baselines import biharmonic_inpaint
 
-                filled = biharmonic_inpaint(vol.data, m)
-                outputs.save(dst, filled, vol)
-                lines.append(f"{dst}: {int(m.sum())} voxels filled (biharmonic)")
-                continue
-            if kind == "volumetric":
-                filled = inpaint_volume(vol, m, loaded, device=device)
-                outputs.save(dst, filled, vol)
-                lines.append(f"{dst}: {int(m.sum())} voxels filled with {loaded.name}")
-                continue
-            model_, prep, _ = loaded
-            res = inpaint(vol, m, model_, prep, batch_size=batch_size, device=device)
-            filled = res.data
-            outputs.save(dst, res.data, vol)
-            left = int(m.sum() - res.inside.sum())
-            note = f", {left} outside the field of view kept" if left else ""
-            lines.append(f"{dst}: {int(res.inside.sum())} voxels filled{note}")
+    def job(src: Path, dst: Path) -> tuple:
+        """(volume, filled data, the output's line)."""
+        vol = load_volume(src)
+        m = _load_mask(masks[src], vol)
+        if kind == "biharmonic":
+            from brainae.baselines import biharmonic_inpaint
+
+            return vol, biharmonic_inpaint(vol.data, m), f"{dst}: {int(m.sum())} voxels filled (biharmonic)"
+        if kind == "volumetric":
+            filled = inpaint_volume(vol, m, loaded, device=device)
+            return vol, filled, f"{dst}: {int(m.sum())} voxels filled with {loaded.name}"
+        model_, prep, _ = loaded
+        res = inpaint(vol, m, model_, prep, batch_size=batch_size, device=device)
+        left = int(m.sum() - res.inside.sum())
+        note = f", {left} outside the field of view kept" if left else ""
+        return vol, res.data, f"{dst}: {int(res.inside.sum())} voxels filled{note}"
+
+    with _Outputs() as outputs:
+        for src, dst, (vol, filled, line) in _each(pairs, "inpaint", workers, device, job):  # noqa: B007
+            outputs.save(dst, filled, vol)
+            lines.append(line)
         if view is not None:
             lines.append(_view_beside(view, vol, "inpainted", filled, f"{src.name}: inpainted"))
     _print(lines)
@@ -544,6 +547,7 @@ def anomaly_cmd(
             show_default=False,
         ),
     ] = None,
+    workers: WorkersOpt = 1,
 ) -> None:
     """Anomaly maps of a T1 scan and its anomaly score with a z-score against healthy volumes.
 
@@ -570,43 +574,48 @@ def anomaly_cmd(
             extra[name] = [dst for _, dst in _pairs(inp, target, force)]
     kind, loaded = _job_model(model, "anomaly", device)
     if kind == "slice":
-        if extra or brain_mask is not None:
+        if extra or brain_mask is not None or workers > 1:
             raise BrainaeError(
-                "--calibrated, --lesion-mask and --brain-mask need a brainae anomaly model, not a slice autoencoder"
+                "--calibrated, --lesion-mask, --brain-mask and --workers need a brainae anomaly model, "
+                "not a slice autoencoder"
             )
         rows, lines = _slice_anomaly(
             inp, pairs, loaded, model, signed, device, batch_size, min_brain_frac, mask_method, as_json, view
         )
     else:
         rows, lines = _volumetric_anomaly(
-            inp, pairs, extra, loaded, brain_mask, fpr, device, mask_method, as_json, view
+            inp, pairs, extra, loaded, brain_mask, fpr, device, mask_method, as_json, view, workers
         )
     _print(lines)
     if as_json:
         typer.echo(json.dumps(rows if inp.is_dir() else rows[0], allow_nan=False))
 
 
-def _volumetric_anomaly(inp, pairs, extra, vm, brain_mask, fpr, device, mask_method, as_json, view=None):
+def _volumetric_anomaly(
+    inp, pairs, extra, vm, brain_mask, fpr, device, mask_method, as_json, view=None, workers=1
+):
     import numpy as np
 
     from brainae.errors import BrainaeError
     from brainae.infer import anomaly_volume, warn_if_threshold_mask
     from brainae.io import load_volume
 
+    def job(src: Path, _dst) -> tuple:
+        """(volume, whether a brain mask was given, the maps)."""
+        vol = load_volume(src)
+        brain = None
+        if brain_mask is not None:
+            bpath = brain_mask / src.name if brain_mask.is_dir() else brain_mask
+            if not bpath.exists():
+                raise BrainaeError(f"{bpath}: no such brain mask; give a mask NIfTI on the scan's grid")
+            brain = _load_mask(bpath, vol)
+        res = anomaly_volume(vol, vm, brain=brain, device=device, mask_method=mask_method or "auto", fpr=fpr)
+        return vol, brain is not None, res
+
     rows, lines = [], []
     with _Outputs() as outputs:
-        for i, (src, dst) in enumerate(_iterate(pairs, "anomaly")):
-            vol = load_volume(src)
-            brain = None
-            if brain_mask is not None:
-                bpath = brain_mask / src.name if brain_mask.is_dir() else brain_mask
-                if not bpath.exists():
-                    raise BrainaeError(f"{bpath}: no such brain mask; give a mask NIfTI on the scan's grid")
-                brain = _load_mask(bpath, vol)
-            res = anomaly_volume(
-                vol, vm, brain=brain, device=device, mask_method=mask_method or "auto", fpr=fpr
-            )
-            if brain is None:
+        for i, (src, dst, (vol, given, res)) in enumerate(_each(pairs, "anomaly", workers, device, job)):
+            if not given:
                 warn_if_threshold_mask(res.stripped_input)
             if dst is not None:
                 outputs.save(dst, res.residual, vol)

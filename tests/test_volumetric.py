@@ -20,6 +20,7 @@ from brainae.models import build_model
 from brainae.tasks import (
     TASKS,
     apply_holes,
+    biharmonic_fill,
     estimate_noise_sd,
     get_task,
     sample_coarse_noise,
@@ -87,6 +88,46 @@ def test_smooth_fill_fills_a_constant_exactly():
     holes[..., 3:9, 3:9, 3:9] = 1
     filled = smooth_fill(img * (1 - holes), holes)
     torch.testing.assert_close(filled, img)
+
+
+def test_biharmonic_fill_matches_scikit_image_and_keeps_known_voxels(crop):
+    from brainae.baselines import biharmonic_inpaint
+    from brainae.infer import fill_holes
+
+    data, _ = crop
+    img = (data / np.percentile(data, 99.5)).astype(np.float32)
+    mask = np.zeros(img.shape, bool)
+    mask[20:30, 24:34, 22:32] = True  # a 20 mm cube
+    mask[40:44, 10:16, 40:45] = True  # a second, smaller hole
+    blank = np.where(mask, 0, img).astype(np.float32)
+    ref = biharmonic_inpaint(blank, mask)
+    ours = fill_holes(blank, mask, "biharmonic")
+    assert np.array_equal(ours[~mask], blank[~mask])
+    err_ref = np.abs(ours - ref)[mask].max()
+    assert err_ref < 0.01, err_ref  # the same solution, to the solver's tolerance
+    # and it is the classical answer, not a trivial one: far better than the smooth fill where anatomy varies
+    smooth = fill_holes(blank, mask, "smooth")
+    assert np.abs(ours - img)[mask].mean() < np.abs(smooth - img)[mask].mean()
+    # batched on tensors: a constant is filled exactly
+    const = torch.full((2, 1, 12, 12, 12), 0.3)
+    holes = torch.zeros_like(const)
+    holes[..., 3:9, 3:9, 3:9] = 1
+    torch.testing.assert_close(biharmonic_fill(const * (1 - holes), holes), const)
+
+
+def test_inpaint_correction_weight_follows_each_holes_volume():
+    from brainae.infer import correction_weights
+
+    mask = np.zeros((20, 20, 20), bool)
+    mask[2:4, 2:4, 2:4] = True  # 8 voxels of 8 mm^3: 0.064 ml
+    mask[10:15, 10:15, 10:15] = True  # 125 voxels: 1 ml
+    table = {"hole_ml": [0.064, 1.0], "alpha": [0.2, 0.8]}
+    w = correction_weights(table, mask, (2.0, 2.0, 2.0))
+    assert w[3, 3, 3] == pytest.approx(0.2) and w[12, 12, 12] == pytest.approx(0.8)
+    assert correction_weights(None, mask, (2.0, 2.0, 2.0)) == 1.0
+    big = np.zeros((20, 20, 20), bool)
+    big[:, :10] = True  # 2000 voxels = 16 ml, beyond the table: its last weight
+    assert correction_weights(table, big, (2.0, 2.0, 2.0))[big].max() == pytest.approx(0.8)
 
 
 def test_noise_estimate_follows_the_noise_level():
@@ -258,6 +299,26 @@ def test_fit_writes_a_self_describing_checkpoint(tmp_path, cohort):
         assert TASKS[task].name == task
 
 
+def test_fit_widths_and_time_limit(tmp_path, cohort):
+    out = tmp_path / "inp.safetensors"
+    args = ["fit", "inpaint", str(cohort), "--out", str(out), "--patch", "16", "--batch-size", "1"]
+    args += ["--mask-method", "threshold", "--device", "cpu", "--widths", "4,8"]
+    res = runner.invoke(app, [*args, "--steps", "100000", "--max-seconds", "2"])
+    assert res.exit_code == 0, res.output
+    vm = load_volumetric(out, task="inpaint")
+    assert [m.out_channels for m in vm.model.modules() if isinstance(m, torch.nn.Conv3d)][0] == 4
+    done = vm.training.get("steps_done")
+    assert 1 <= done < 100000  # stopped by the clock, and the card says where
+    assert vm.training.recipe["max_seconds"] == 2 and vm.preprocessing.fill == "biharmonic"
+    table = vm.preprocessing.blend  # the correction table, from the validation volumes' holes
+    assert len(table["hole_ml"]) == len(table["alpha"]) >= 1 and table["cases"] >= 8
+    assert all(0.0 <= a <= 1.0 for a in table["alpha"])
+    info = runner.invoke(app, ["info", str(out)])
+    assert f"stopped by the clock at step {done}" in info.output
+    bad = runner.invoke(app, [*args, "--widths", "4,x", "--force"])
+    assert bad.exit_code == 1 and "--widths '4,x'" in bad.output and "Traceback" not in bad.output
+
+
 def test_public_functions_are_not_shadowed_by_modules():
     import brainae.cli  # noqa: F401 - imports every stage module
     import brainae.slice_anomaly  # noqa: F401
@@ -306,3 +367,36 @@ def test_denoise_folder_with_workers_matches_one_process(tmp_path):
         # the same code per volume; only torch's thread count differs (float rounding of the convolutions)
         assert one.shape == two.shape and np.abs(one - two).max() <= 1e-6 * np.abs(one).max()
         assert not np.array_equal(one, np.asarray(nib.load(str(f)).dataobj))  # it did denoise
+
+
+def test_inpaint_and_anomaly_folders_with_workers_match_one_process(tmp_path, crop):
+    data, affine = crop
+    folder, masks = tmp_path / "in", tmp_path / "masks"
+    folder.mkdir()
+    masks.mkdir()
+    brain = np.zeros(data.shape, bool)
+    brain[8:48, 8:56, 8:48] = True
+    for i in range(3):
+        stripped = np.where(brain, np.roll(data, 2 * i, axis=1), 0).astype(np.float32)
+        nib.save(nib.Nifti1Image(stripped, affine), str(folder / f"s{i}.nii.gz"))
+        hole = np.zeros(data.shape, np.uint8)
+        hole[20 + i : 28 + i, 24:32, 20:28] = 1
+        nib.save(nib.Nifti1Image(hole, affine), str(masks / f"s{i}.nii.gz"))
+    for workers in ("1", "2"):
+        res = runner.invoke(
+            app, ["inpaint", str(folder), str(masks), str(tmp_path / f"i{workers}"), "--workers", workers]
+        )
+        assert res.exit_code == 0, res.output
+        res = runner.invoke(
+            app, ["anomaly", str(folder), "-o", str(tmp_path / f"a{workers}"), "--workers", workers]
+        )
+        assert res.exit_code == 0, res.output
+    for f in sorted(folder.iterdir()):
+        for kind in ("i", "a"):
+            one = np.asarray(nib.load(str(tmp_path / f"{kind}1" / f.name)).dataobj)
+            two = np.asarray(nib.load(str(tmp_path / f"{kind}2" / f.name)).dataobj)
+            assert one.shape == two.shape and np.abs(one - two).max() <= 1e-5 * np.abs(one).max()
+        filled = np.asarray(nib.load(str(tmp_path / "i2" / f.name)).dataobj)
+        hole = np.asarray(nib.load(str(masks / f.name)).dataobj) > 0
+        original = np.asarray(nib.load(str(f)).dataobj)
+        assert np.array_equal(filled[~hole], original[~hole]) and not np.array_equal(filled, original)

@@ -10,7 +10,9 @@ Data flow: volumes are read into RAS+ (:func:`brainae.io.load_volume`), brain ma
 everything is held on the training device. Each step draws a batch of random 3-D patches there
 (:class:`PatchSampler`: centred near a head voxel, or a brain voxel for skull-stripped patches, voxel size in the task's range by trilinear upsampling,
 flips, a mild gamma), corrupts it as the task says (:mod:`brainae.tasks`) and takes one Adam step on the
-weighted MSE. The learning rate warms up for 5 % of the steps and then follows a cosine to 2 %.
+weighted MSE. The learning rate warms up for 5 % of the steps and then follows a cosine to 2 % (with
+``max_seconds``, of the steps or of the time, whichever is further along). The patch choices are drawn on the
+CPU and the patches cut on the training device, so a GPU does not wait on each random choice.
 
 A plain PyTorch loop is used rather than Lightning: a recipe is a fixed number of steps with no epochs,
 early stopping or resume to manage, and the loop is what the GPU benchmark compares against anyway.
@@ -51,7 +53,7 @@ __all__ = [
 SPLIT_FILE = Path(__file__).resolve().parent / "pretrained" / "ixi-split.json"
 INPUTS = {
     "denoise": ["image", "noise-level estimate"],
-    "inpaint": ["image with its holes smoothly filled", "hole mask"],
+    "inpaint": ["image with its holes filled (biharmonic)", "hole mask"],
 }
 """The model input channels of each task, as recorded in the checkpoint card (default: the image alone)."""
 
@@ -69,6 +71,10 @@ class FitConfig:
         seed: seeds the model initialisation, the patch sampler and the corruptions.
         mask_method: brain masks for training (``auto``: deepbet when installed).
         val_patches: fixed validation patches drawn once from the validation volumes.
+        widths: the 3-D U-Net's channels per level (None: the task's).
+        max_seconds: stop training after this many seconds (None: run every step). The learning-rate
+            schedule then follows whichever of the step count and the clock is further along, and the card
+            records the steps actually taken (``--steps`` with that number re-runs the same schedule).
     """
 
     task: str
@@ -79,14 +85,23 @@ class FitConfig:
     seed: int = 0
     mask_method: str = "auto"
     val_patches: int = 16
+    widths: tuple[int, ...] | None = None
+    max_seconds: float | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def arch_kwargs(self, task: Task) -> dict:
+        """The model's constructor arguments: the task's, with ``widths`` when set."""
+        kwargs = task.arch_kwargs()
+        if self.widths is not None:
+            kwargs["widths"] = [int(w) for w in self.widths]
+        return kwargs
+
 
 RECIPES: dict[str, FitConfig] = {
     "denoise": FitConfig("denoise", steps=2000, mask_method="deepbet"),
-    "inpaint": FitConfig("inpaint", steps=2500, mask_method="deepbet"),
+    "inpaint": FitConfig("inpaint", steps=830, batch_size=16, patch=64, mask_method="deepbet"),
     "anomaly": FitConfig("anomaly", steps=1000, mask_method="deepbet"),
     "plain-ae": FitConfig("plain-ae", steps=1000, mask_method="deepbet"),
 }
@@ -198,16 +213,19 @@ class PatchSampler:
             head = v.data > 0.05 * np.percentile(v.data, 99.5)
             for key, region in (("brain_centres", v.brain), ("head_centres", head)):
                 idx = np.argwhere(region)
-                entry[key] = torch.from_numpy(idx if len(idx) else np.argwhere(np.ones_like(region))).to(
-                    device
-                )
+                entry[key] = idx if len(idx) else np.argwhere(np.ones_like(region))
             self.items.append(entry)
 
     def sample(self, n: int, generator):
-        """(clean N x 1 x P^3, brain N x 1 x P^3 bool, voxel_mm (n,)) patches."""
+        """(clean N x 1 x P^3, brain N x 1 x P^3 bool, voxel_mm (n,)) patches.
+
+        The random choices are drawn from ``generator`` on its own device: a CPU generator keeps a GPU
+        from waiting on each of them (the patches themselves are cut and resampled on ``self.device``).
+        """
         import torch
 
         dev = self.device
+        gdev = generator.device
         t = self.task
         p = self.patch
         clean = torch.empty((n, 1, p, p, p), device=dev)
@@ -215,10 +233,13 @@ class PatchSampler:
         voxel = torch.empty(n, device=dev)
 
         def rand() -> float:
-            return float(torch.rand(1, generator=generator, device=dev))
+            return float(torch.rand(1, generator=generator, device=gdev))
+
+        def randint(k: int) -> int:
+            return int(torch.randint(k, (1,), generator=generator, device=gdev))
 
         for i in range(n):
-            item = self.items[int(torch.randint(len(self.items), (1,), generator=generator, device=dev))]
+            item = self.items[randint(len(self.items))]
             key = (
                 "stripped" if ("head" not in item or ("stripped" in item and rand() < t.stripped)) else "head"
             )
@@ -231,7 +252,7 @@ class PatchSampler:
                 v_mm = t.voxel_mm[0] + rand() * (t.voxel_mm[1] - t.voxel_mm[0])
                 side = [min(s, max(2, math.ceil(p * v_mm / z))) for s, z in zip(img.shape, zoom)]
             centres = item["brain_centres" if key == "stripped" else "head_centres"]
-            cidx = centres[int(torch.randint(len(centres), (1,), generator=generator, device=dev))]
+            cidx = centres[randint(len(centres))]
             starts = []
             for a in range(3):
                 jitter = int((rand() - 0.5) * side[a] * 0.6)
@@ -267,6 +288,7 @@ class FitResult:
     val_loss: float = float("nan")
     seconds: float = 0.0
     device: str = "cpu"
+    steps: int = 0
 
 
 def _weighted_mse(pred, target, weight):
@@ -291,60 +313,76 @@ def fit(
     task = get_task(config.task)
     dev = resolve_device(device)
     torch.manual_seed(config.seed)
-    model = build_model("unet3d", **task.arch_kwargs()).to(dev, memory_format=torch.channels_last_3d)
+    model = build_model("unet3d", **config.arch_kwargs(task)).to(dev, memory_format=torch.channels_last_3d)
     factor = model.factor
     if config.patch % factor:
         raise BrainaeError(f"--patch {config.patch}: must be a multiple of {factor} for task {task.name}")
-    gen = torch.Generator(device=dev)
+    # patch choices from a CPU generator (no GPU round trip per choice), corruptions on the device
+    pick, gen = torch.Generator(), torch.Generator(device=dev)
+    pick.manual_seed(config.seed)
     gen.manual_seed(config.seed)
     sampler = PatchSampler(train, task, config.patch, dev)
-    val_gen = torch.Generator(device=dev)
+    val_pick, val_gen = torch.Generator(), torch.Generator(device=dev)
+    val_pick.manual_seed(config.seed + 1)
     val_gen.manual_seed(config.seed + 1)
     val_batches = []
     if val:
         vs = PatchSampler(val, task, config.patch, dev)
         for _ in range(max(1, config.val_patches // config.batch_size)):
-            clean, brain, vox = vs.sample(config.batch_size, val_gen)
+            clean, brain, vox = vs.sample(config.batch_size, val_pick)
             val_batches.append(task.make_batch(clean, brain, vox, val_gen))
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    warm = max(1, int(0.05 * config.steps))
+    warm = 0.05
 
-    def lr_at(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        t = (step - warm) / max(1, config.steps - warm)
+    def lr_factor(done: float) -> float:
+        """Linear warm-up over the first 5 % of training, then a cosine to 2 % (``done`` in [0, 1])."""
+        if done < warm:
+            return min(1.0, done / warm + 1e-3)
+        t = min(1.0, (done - warm) / (1 - warm))
         return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     amp = dev.type == "cuda"
     history: list[dict] = []
-    running = 0.0
+    running = torch.zeros((), device=dev)
     start = time.perf_counter()
     model.train()
+    steps_done = 0
     for step in range(config.steps):
-        clean, brain, vox = sampler.sample(config.batch_size, gen)
+        elapsed = time.perf_counter() - start
+        done = step / config.steps
+        if config.max_seconds:
+            if elapsed >= config.max_seconds:
+                break
+            done = max(done, elapsed / config.max_seconds)
+        for group in opt.param_groups:
+            group["lr"] = config.lr * lr_factor(done)
+        clean, brain, vox = sampler.sample(config.batch_size, pick)
         x, target, weight = task.make_batch(clean, brain, vox, gen)
         x = x.contiguous(memory_format=torch.channels_last_3d)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
             pred = model(x)
         loss = _weighted_mse(pred.float(), target, weight)
-        if not torch.isfinite(loss):
-            raise BrainaeError(f"training diverged at step {step + 1} (loss {loss.item()}); lower --lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        sched.step()
-        running += float(loss.detach())
-        if (step + 1) % log_every == 0 or step + 1 == config.steps:
+        running += loss.detach()
+        steps_done = step + 1
+        if steps_done % log_every == 0 or steps_done == config.steps:
             k = (step % log_every) + 1
-            history.append({"step": step + 1, "loss": running / k, "seconds": time.perf_counter() - start})
+            mean_loss = float(running) / k  # one device sync per log line
+            if not math.isfinite(mean_loss):
+                raise BrainaeError(f"training diverged by step {steps_done} (loss {mean_loss}); lower --lr")
+            history.append({"step": steps_done, "loss": mean_loss, "seconds": time.perf_counter() - start})
             if progress:
-                progress(step + 1, config.steps, running / k)
-            running = 0.0
+                progress(steps_done, config.steps, mean_loss)
+            running.zero_()
+    if steps_done % log_every and steps_done != config.steps:  # stopped by the clock between log lines
+        mean_loss = float(running) / (steps_done % log_every)
+        history.append({"step": steps_done, "loss": mean_loss, "seconds": time.perf_counter() - start})
     val_loss = _evaluate(model, val_batches, amp, dev)
     model.eval()
-    return FitResult(model, history, val_loss, time.perf_counter() - start, str(dev))
+    return FitResult(model, history, val_loss, time.perf_counter() - start, str(dev), steps_done)
 
 
 def _evaluate(model, batches, amp: bool, dev) -> float:
@@ -382,6 +420,7 @@ class FittedModel:
     source: Source
     val: list
     summary: dict
+    arch_kwargs: dict = field(default_factory=dict)
 
 
 def fit_folder(
@@ -424,13 +463,13 @@ def fit_folder(
     say(f"done in {result.seconds:.0f} s on {result.device}: validation loss {result.val_loss:.6f}")
     preprocessing, training, source = _card(task, config, data, split, train_ids, val_ids, result)
     summary = {
-        "steps": config.steps,
+        "steps": result.steps,
         "seconds": result.seconds,
         "val_loss": result.val_loss,
         "final_loss": result.history[-1]["loss"] if result.history else None,
         "device": result.device,
     }
-    return FittedModel(task, result, preprocessing, training, source, val, summary)
+    return FittedModel(task, result, preprocessing, training, source, val, summary, config.arch_kwargs(task))
 
 
 def save_fitted(out: str | os.PathLike, fitted: FittedModel, normative: dict | None = None) -> dict:
@@ -441,7 +480,7 @@ def save_fitted(out: str | os.PathLike, fitted: FittedModel, normative: dict | N
         out,
         fitted.result.model.float(),
         arch="unet3d",
-        arch_kwargs=fitted.task.arch_kwargs(),
+        arch_kwargs=fitted.arch_kwargs or fitted.task.arch_kwargs(),
         preprocessing=fitted.preprocessing,
         training=fitted.training,
         normative=normative,
@@ -461,6 +500,7 @@ def _card(
         reference=task.reference,
         skull_stripped=task.stripped >= 1,
         inputs=tuple(INPUTS.get(task.name, ["image"])),
+        fill=task.fill,
     )
     training = Training(
         recipe=config.to_dict(),
@@ -471,6 +511,7 @@ def _card(
             "history": result.history,
             "val_loss": result.val_loss,
             "seconds": result.seconds,
+            "steps_done": result.steps,
             "device": result.device,
         },
         nested=True,

@@ -13,9 +13,10 @@ shipped default by task name) into a :class:`VolumetricModel`; the functions bel
   level (:func:`calibrate_denoise`: little for a scan that is already clean, most of it for a noisy one), undo
   the normalisation. Every voxel is denoised, background and edge slices included; the result is computed
   on the input's grid (nothing is resampled), so it keeps the input's resolution.
-- :func:`inpaint_volume`: the masked voxels are filled smoothly from their surroundings
-  (:func:`brainae.tasks.smooth_fill`) and the model corrects that fill, from a box around the mask (3-D
-  context, 40 mm of margin); only the masked voxels change.
+- :func:`inpaint_volume`: the masked voxels are filled as the checkpoint's card says (``fill``: biharmonic
+  interpolation of their surroundings, :func:`brainae.tasks.biharmonic_fill`, for brainae's current models)
+  and the model corrects that fill, from a box around the mask (3-D context, 40 mm of margin); only the
+  masked voxels change.
 - :func:`anomaly_volume`: skull-strip when needed, resample to the model's 2 mm grid, residual
   ``|x - f(x)|`` inside the brain, 3 x 3 x 3 median filter (as in the literature's post-processing), back to
   the input's grid; calibrated with the residuals of healthy validation volumes (:func:`calibrate`):
@@ -257,17 +258,125 @@ def inpaint_volume(
     lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
     pad = [int(math.ceil(margin_mm / z)) for z in volume.zooms]
     box = tuple(slice(max(0, a - p), min(n, b + p)) for a, b, p, n in zip(lo, hi, pad, data.shape))
-    import torch
-
-    from brainae.tasks import smooth_fill
-
-    holes = torch.from_numpy(mask[box].astype(np.float32))[None, None]
-    img = torch.from_numpy(norm.forward(known[box]))[None, None]
-    filled = smooth_fill(img, holes)[0, 0].numpy()
+    # checkpoints from before the fill was recorded used the smooth fill
+    filled = fill_holes(norm.forward(known[box]), mask[box], vm.preprocessing.fill or "smooth")
     x = np.stack([filled, mask[box].astype(np.float32)])
-    y = norm.inverse(run_blocks(vm.model, x, device=device)[0])
+    y = run_blocks(vm.model, x, device=device)[0]
+    weight = correction_weights(vm.preprocessing.blend, mask[box], volume.zooms)
+    y = norm.inverse(filled + weight * (y - filled))
     region = out[box]
     region[mask[box]] = np.maximum(y[mask[box]], norm.lo)
+    return out
+
+
+def correction_weights(blend: dict | None, mask: np.ndarray, zooms) -> np.ndarray | float:
+    """How much of an inpainting model's correction of the fill to keep, per voxel of each hole (1 without a
+    table).
+
+    The table (``preprocessing.blend`` of an inpainting checkpoint, from :func:`calibrate_inpaint`) gives the
+    least-squares weight of the correction on healthy validation volumes as a function of the hole's volume
+    in ml; each connected component of ``mask`` gets the weight of its own volume (the table's end values
+    beyond its range).
+    """
+    if not blend or "hole_ml" not in blend:
+        return 1.0
+    from scipy import ndimage
+
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return 1.0
+    ml = np.bincount(labels.ravel())[1:] * float(np.prod(zooms)) / 1000.0
+    per = np.clip(np.interp(ml, blend["hole_ml"], blend["alpha"]), 0.0, 1.0)
+    return np.concatenate([[1.0], per]).astype(np.float32)[labels]
+
+
+CUBES_MM = (10.0, 20.0, 30.0, 40.0)
+IRREGULAR_ML = (1.0, 3.0, 10.0, 30.0, 60.0)
+"""The holes of :func:`calibrate_inpaint` (cube sides in mm, irregular masks in ml)."""
+
+
+def calibrate_inpaint(
+    vm: VolumetricModel, volumes: list, *, device: str | object = "cpu", seed: int = 0
+) -> dict | None:
+    """The correction table of an inpainting model: for each hole volume, the share of its correction to keep.
+
+    On each healthy validation volume (with and without its skull), holes fully inside the brain: cubes of
+    10, 20, 30 and 40 mm and irregular lesion-like masks of 1, 3, 10, 30 and 60 ml (:mod:`brainae.lesions`).
+    For each, the least-squares weight ``alpha = <f - b, c - b> / <f - b, f - b>`` inside the hole (``c``
+    clean, ``b`` the fill the model starts from, ``f`` the model's output), clipped to [0, 1], paired with
+    the hole's volume; the table holds the mean weight in bins of 8 cases sorted by volume. With it the model
+    keeps its correction where it helped on healthy validation data, and falls back towards the classical fill
+    where it did not. Holes that fit nowhere inside a brain are skipped (None when none fits).
+    """
+    import dataclasses as dc
+
+    from brainae.lesions import irregular_mask, random_cube_mask
+
+    raw = dc.replace(vm, preprocessing=dc.replace(vm.preprocessing, blend=None))
+    rng = np.random.default_rng(seed)
+    pairs: list[tuple[float, float]] = []
+    for vol in volumes:
+        for stripped in (False, True):
+            data = np.where(vol.brain, vol.data, vol.data.min()).astype(np.float32) if stripped else vol.data
+            for kind, size in [("cube", s) for s in CUBES_MM] + [("irregular", ml) for ml in IRREGULAR_ML]:
+                try:
+                    if kind == "cube":
+                        hole = random_cube_mask(vol.brain, vol.zooms, rng, side_mm=size)
+                    else:
+                        hole = irregular_mask(vol.brain.shape, vol.zooms, rng, size, brain_mask=vol.brain)
+                except ValueError:  # a brain too small for this hole
+                    continue
+                blank = np.where(hole, data.min(), data).astype(np.float32)
+                norm = fit_intensity(blank)
+                fill = norm.inverse(fill_holes(norm.forward(blank), hole, vm.preprocessing.fill or "smooth"))
+                out = inpaint_volume(_Vol(blank, vol.zooms), hole, raw, device=device)
+                d = (out - fill)[hole].astype(np.float64)
+                t = (data - fill)[hole].astype(np.float64)
+                denom = float((d * d).sum())
+                alpha = float(np.clip((d * t).sum() / denom, 0.0, 1.0)) if denom > 0 else 0.0
+                pairs.append((float(hole.sum()) * float(np.prod(vol.zooms)) / 1000.0, alpha))
+    if not pairs:
+        return None
+    pairs.sort()
+    k = 8
+    ml = [float(np.mean([p[0] for p in pairs[i : i + k]])) for i in range(0, len(pairs), k)]
+    alpha = [float(np.mean([p[1] for p in pairs[i : i + k]])) for i in range(0, len(pairs), k)]
+    return {"hole_ml": ml, "alpha": alpha, "cases": len(pairs)}
+
+
+@dataclass
+class _Vol:
+    """The two attributes of a volume that :func:`inpaint_volume` reads."""
+
+    data: np.ndarray
+    zooms: tuple
+
+
+def fill_holes(img: np.ndarray, mask: np.ndarray, fill: str = "biharmonic") -> np.ndarray:
+    """``img`` with its ``mask`` voxels filled as an inpainting model expects (a :data:`brainae.tasks.FILLS` name).
+
+    The biharmonic fill is solved to convergence (relative residual 1e-3, as close to scikit-image's
+    ``inpaint_biharmonic`` as makes no difference) in the mask's bounding box grown by 8 voxels; the smooth
+    fill uses the whole image, as it did when the models that use it were trained.
+    """
+    import torch
+
+    from brainae.tasks import biharmonic_fill, smooth_fill
+
+    sub: tuple[slice, ...] = tuple(slice(0, n) for n in img.shape)
+    if fill == "biharmonic":
+        idx = np.argwhere(mask)
+        lo, hi = np.maximum(idx.min(axis=0) - 8, 0), np.minimum(idx.max(axis=0) + 9, img.shape)
+        sub = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    x = torch.from_numpy(np.ascontiguousarray(img[sub], dtype=np.float32))[None, None]
+    holes = torch.from_numpy(mask[sub].astype(np.float32))[None, None]
+    with torch.inference_mode():
+        if fill == "biharmonic":
+            filled = biharmonic_fill(x, holes, iterations=2000, tol=1e-3)
+        else:
+            filled = smooth_fill(x, holes)
+    out = np.array(img, dtype=np.float32, copy=True)
+    out[sub] = filled[0, 0].numpy()
     return out
 
 
@@ -434,11 +543,12 @@ def calibrate_fitted(
 ):
     """The step after :func:`brainae.fit.fit_folder`: calibrate the trained model on its validation volumes.
 
-    A denoiser gets its blend table (:func:`calibrate_denoise`, stored in the preprocessing), an anomaly model
+    A denoiser gets its blend table (:func:`calibrate_denoise`, stored in the preprocessing), an inpainter its
+    correction table (:func:`calibrate_inpaint`, stored the same way), an anomaly model
     its healthy-data statistics (:func:`calibrate`); other tasks need none.
 
     Returns:
-        ``(preprocessing, normative)``: the card's preprocessing (with the blend table for a denoiser) and the
+        ``(preprocessing, normative)``: the card's preprocessing (with the table of a denoiser or inpainter) and the
         normative statistics (None but for anomaly models), for :func:`brainae.fit.save_fitted`.
     """
     import dataclasses
@@ -452,6 +562,10 @@ def calibrate_fitted(
             preprocessing, blend=calibrate_denoise(vm, val, device=device, seed=seed)
         )
         say(f"blend table from {preprocessing.blend['cases']} noisy validation cases")
+    if task.name == "inpaint":
+        table = calibrate_inpaint(vm, val, device=device, seed=seed)
+        preprocessing = dataclasses.replace(preprocessing, blend=table)
+        say(f"correction table from {table['cases']} validation holes" if table else "no correction table")
     if task.name in ("anomaly", "plain-ae"):
         normative = calibrate(vm, val, [v.brain for v in val], device=device)
         say(f"calibrated on {normative['n']} validation volumes ({normative['voxels']} brain voxels)")

@@ -98,7 +98,11 @@ class VolumetricPreprocessing:
         reference: intensity reference (``"median"`` of the brain, ``"p99.5"``).
         skull_stripped: the model sees skull-stripped inputs.
         inputs: the input channels, in words.
-        blend: the denoiser's noise-level -> blend-weight table (``None`` for other tasks).
+        blend: the denoiser's noise-level -> blend-weight table, or the inpainter's hole-volume -> correction-
+            weight table (``None`` for other tasks).
+        fill: how an inpainting model's holes are filled before it corrects them (a
+            :data:`brainae.tasks.FILLS` name; ``None`` for other tasks, and for inpainting checkpoints written
+            before brainae recorded it, which used ``"smooth"``).
     """
 
     task: str
@@ -108,6 +112,7 @@ class VolumetricPreprocessing:
     skull_stripped: bool = False
     inputs: tuple[str, ...] = ("image",)
     blend: dict | None = None
+    fill: str | None = None
 
     kind = "volumetric"
 
@@ -123,6 +128,8 @@ class VolumetricPreprocessing:
         }
         if self.blend is not None:
             d["blend"] = self.blend
+        if self.fill is not None:
+            d["fill"] = self.fill
         return d
 
     @classmethod
@@ -136,6 +143,7 @@ class VolumetricPreprocessing:
             skull_stripped=bool(d.get("skull_stripped", False)),
             inputs=tuple(str(i) for i in d.get("inputs", ("image",))),
             blend=dict(d["blend"]) if d.get("blend") is not None else None,
+            fill=str(d["fill"]) if d.get("fill") is not None else None,
         )
 
 

@@ -34,6 +34,21 @@ def fit_command(
         int | None, typer.Option("--patch", min=8, help="Patch side in voxels [default: 48].")
     ] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate [default: 1e-3].")] = None,
+    widths: Annotated[
+        str | None,
+        typer.Option(
+            "--widths", help="The 3-D U-Net's channels per level, e.g. 16,32,64,128 [default: the recipe's]."
+        ),
+    ] = None,
+    max_seconds: Annotated[
+        float | None,
+        typer.Option(
+            "--max-seconds",
+            min=1,
+            help="Stop after this many seconds of training; the learning-rate schedule follows the clock "
+            "(the card records the steps taken).",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     mask_method: Annotated[
         str | None,
@@ -56,12 +71,21 @@ def fit_command(
     import dataclasses
 
     from brainae.checkpoint import check_checkpoint_output
+    from brainae.errors import BrainaeError
     from brainae.fit import RECIPES, fit_folder, save_fitted
     from brainae.infer import calibrate_fitted
     from brainae.tasks import get_task
 
     get_task(task)
     check_checkpoint_output(out, [data, masks], force)
+    width_list = None
+    if widths is not None:
+        try:
+            width_list = tuple(int(w) for w in widths.split(","))
+        except ValueError:
+            width_list = ()
+        if len(width_list) < 2 or min(width_list) < 1:
+            raise BrainaeError(f"--widths {widths!r}: give two or more positive integers, e.g. 16,32,64")
     config = RECIPES[task]
     changes = {
         k: v
@@ -71,6 +95,8 @@ def fit_command(
             "patch": patch,
             "lr": lr,
             "mask_method": mask_method,
+            "widths": width_list,
+            "max_seconds": max_seconds,
         }.items()
         if v is not None
     }
@@ -132,6 +158,11 @@ def info_command(
             f"{len(training.get('val_ids', []))} validation; split {training.get('split')}; "
             f"recipe {json.dumps(training.recipe)}; {training.get('seconds', 0):.0f} s on "
             f"{training.get('device')}"
+            + (
+                f", stopped by the clock at step {training.get('steps_done')}"
+                if training.recipe.get("max_seconds") and training.get("steps_done")
+                else ""
+            )
         )
     else:
         lines.append(f"input        {json.dumps(prep.to_dict()) if prep else 'thesis preprocessing'}")
@@ -147,7 +178,13 @@ def info_command(
         )
     elif ckpt.volumetric and prep.task not in ("anomaly", "plain-ae"):
         blend = prep.blend
-        if blend:
+        if blend and "hole_ml" in blend:
+            lines.append(
+                f"calibration  share of the correction kept, by hole volume, from {blend.get('cases')} "
+                "validation holes: "
+                + ", ".join(f"{m:.1f} ml {a:.2f}" for m, a in zip(blend["hole_ml"], blend["alpha"]))
+            )
+        elif blend:
             lines.append(f"calibration  blend table from {blend.get('cases')} noisy validation cases")
     else:
         lines.append("normative    none (anomaly z-scores not available)")

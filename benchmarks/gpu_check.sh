@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # One-shot GPU check (run from the repository root on a lent H100/H200). Every step has its own time limit and
-# the limits add up to 230 s, so the whole script ends in under 4 minutes whatever happens; each step's JSON is
+# the limits add up to 250 s, so the whole script ends in under 4.5 minutes whatever happens; each step's JSON is
 # printed as soon as the step ends.
 #
-# Status: not yet run on a GPU with this layout. One earlier, unbounded attempt on an H200 (2026-11-26) ran past
-# its 520 s limit and returned nothing; the steps are now bounded one by one. The script was run end to end on
-# the CPU (GPU_CHECK_ACCELERATOR=cpu, see below) to check that every step works.
+# Status: ran on a lent H200 on 2026-11-26 in 162 s (results in benchmarks/RESULTS.md, "GPU check script");
+# the apply timing then hit its 25 s limit, now 45 s. It also runs end to end on the CPU
+# (GPU_CHECK_ACCELERATOR=cpu, see below) to check that every step works.
 #
 # Environment: `python` with torch (CUDA); brainae's other dependencies either installed or carried as wheels in
 # ./.whl (installed first into /tmp/site, see the device tool's README); brainae itself is taken from ./src.
@@ -121,7 +121,7 @@ rm -rf "$DATA" "$OUT/train/run/last.ckpt"
 # 5. apply: seconds per volume of the three default models (2 mm and a 256 x 256 x 150 resample)
 VOLUME="${GPU_CHECK_VOLUME:-$(ls ../shared/data/ixi-t1-2mm/IXI212-*.nii.gz 2>/dev/null | head -n 1)}"
 if [[ -n "$VOLUME" ]]; then
-    step apply_timing 25 python benchmarks/timing.py --device "$DEVICE" --volume "$VOLUME" \
+    step apply_timing 45 python benchmarks/timing.py --device "$DEVICE" --volume "$VOLUME" \
         --mask-method threshold --mask-cache "$OUT/.masks" --repeats $REPEATS --grids $GRIDS
 else
     echo "apply_timing skipped: no volume (set GPU_CHECK_VOLUME)" | tee -a "$STATUS"

@@ -300,7 +300,8 @@ def calibrate_inpaint(
 ) -> dict | None:
     """The correction table of an inpainting model: for each hole volume, the share of its correction to keep.
 
-    On each healthy validation volume (with and without its skull), holes fully inside the brain: cubes of
+    On each healthy validation volume (a dataclass with ``data``, ``zooms`` and ``brain``, such as
+    :class:`brainae.fit.TrainingVolume`; with and without its skull), holes fully inside the brain: cubes of
     10, 20, 30 and 40 mm and irregular lesion-like masks of 1, 3, 10, 30 and 60 ml (:mod:`brainae.lesions`).
     For each, the least-squares weight ``alpha = <f - b, c - b> / <f - b, f - b>`` inside the hole (``c``
     clean, ``b`` the fill the model starts from, ``f`` the model's output), clipped to [0, 1], paired with
@@ -329,7 +330,7 @@ def calibrate_inpaint(
                 blank = np.where(hole, data.min(), data).astype(np.float32)
                 norm = fit_intensity(blank)
                 fill = norm.inverse(fill_holes(norm.forward(blank), hole, vm.preprocessing.fill or "smooth"))
-                out = inpaint_volume(_Vol(blank, vol.zooms), hole, raw, device=device)
+                out = inpaint_volume(dc.replace(vol, data=blank), hole, raw, device=device)
                 d = (out - fill)[hole].astype(np.float64)
                 t = (data - fill)[hole].astype(np.float64)
                 denom = float((d * d).sum())
@@ -342,14 +343,6 @@ def calibrate_inpaint(
     ml = [float(np.mean([p[0] for p in pairs[i : i + k]])) for i in range(0, len(pairs), k)]
     alpha = [float(np.mean([p[1] for p in pairs[i : i + k]])) for i in range(0, len(pairs), k)]
     return {"hole_ml": ml, "alpha": alpha, "cases": len(pairs)}
-
-
-@dataclass
-class _Vol:
-    """The two attributes of a volume that :func:`inpaint_volume` reads."""
-
-    data: np.ndarray
-    zooms: tuple
 
 
 def fill_holes(img: np.ndarray, mask: np.ndarray, fill: str = "biharmonic") -> np.ndarray:

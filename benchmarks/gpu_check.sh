@@ -30,9 +30,9 @@ export PYTHONUNBUFFERED=1
 ACC="${GPU_CHECK_ACCELERATOR:-gpu}"
 LIMIT_SCALE="${GPU_CHECK_LIMIT_SCALE:-1}"  # the CPU smoke test on a loaded machine needs longer limits
 if [[ "$ACC" == gpu ]]; then  # steps / warm-up steps / big batch / synthetic train slices / repeats / grids
-    DEVICE=cuda S32=40 W32=10 S256=30 W256=10 B256=256 NTRAIN=2048 REPEATS=3 GRIDS=2mm,1mm
+    DEVICE=cuda BLK=10 S32=40 W32=10 S256=30 W256=10 B256=256 NTRAIN=2048 REPEATS=3 GRIDS=2mm,1mm
 else
-    DEVICE=cpu S32=1 W32=1 S256=1 W256=1 B256=8 NTRAIN=256 REPEATS=1 GRIDS=2mm
+    DEVICE=cpu BLK=1 S32=1 W32=1 S256=1 W256=1 B256=8 NTRAIN=256 REPEATS=1 GRIDS=2mm
 fi
 if [[ -d .whl ]] && ls .whl/*.whl > /dev/null 2>&1; then
     timeout 30 python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -71,16 +71,16 @@ PY
 
 # 1. five archs, batch 32, fp32 (thesis settings)
 step throughput_fp32_b32 40 python benchmarks/train_throughput.py --accelerator "$ACC" --batch 32 \
-    --precision 32 --steps $S32 --warmup $W32
+    --precision 32 --steps $S32 --warmup $W32 --block $BLK
 
 # 2. res-unet, batch 256, bf16-mixed, channels-last
 step throughput_bf16_b256 30 python benchmarks/train_throughput.py --accelerator "$ACC" --archs res-unet \
-    --batch $B256 --precision bf16-mixed --channels-last --steps $S256 --warmup $W256
+    --batch $B256 --precision bf16-mixed --channels-last --steps $S256 --warmup $W256 --block $BLK
 
 # 3. the same compiled (first compile takes a while; bounded)
 step throughput_bf16_b256_compile 60 python benchmarks/train_throughput.py --accelerator "$ACC" \
     --archs res-unet --batch $B256 --precision bf16-mixed --channels-last --compile \
-    --steps $S256 --warmup $W256
+    --steps $S256 --warmup $W256 --block $BLK
 
 # 4. a real training run through the CLI: synthetic prepared dataset (2,048 train / 256 val slices), 2 epochs
 DATA="$OUT/.synthetic-dataset"

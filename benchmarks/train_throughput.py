@@ -1,17 +1,27 @@
-"""Training throughput: brainae's real training step vs a minimal plain-PyTorch loop, in one run.
+"""Training throughput: brainae's real training step vs a minimal plain-PyTorch loop, timed in interleaved blocks.
 
 brainae side: ``lightning.Trainer.fit`` on :class:`brainae.train.AutoencoderModule` (data held on the device,
 batches drawn there by index from a per-epoch permutation, inputs corrupted there with
-``brainae.corrupt.augment``), timed from the end of the warm-up steps to the end of training (CUDA
-synchronised). Reference side: the same model, batch, precision (``torch.autocast`` + GradScaler for fp16),
-RMSprop settings, loss and the SAME ``augment`` call, as a bare loop over synthetic data on the device.
-Both use synthetic 128 x 128 images and the thesis's MSE loss.
+``brainae.corrupt.augment``). Reference side: the same model, batch, precision (``torch.autocast`` +
+GradScaler for fp16), RMSprop settings, loss and the SAME ``augment`` call, as a bare loop over synthetic data on
+the device. Both use synthetic 128 x 128 images and the thesis's MSE loss.
+
+Interleaving: after the warm-up, every block of ``--block`` brainae steps (1 on CPU; 20 on a GPU, so that the
+GPU keeps its queue full between synchronisations) is followed by as many reference steps, run from a
+callback at the end of brainae's step (``on_train_batch_end``), so that the two sides of a pair run back to
+back and a change of machine load hits both alike. A brainae block is timed from the end of the previous
+reference block (or of the warm-up) to the end of its last optimizer step, so it includes everything
+Lightning's loop does between steps (fetching the batch, hooks); a reference block is timed around its step
+calls (CUDA synchronised at both ends). Each pair gives a ratio ``reference seconds / brainae seconds``; the reported
+ratio is the median of all pairs of all ``--repeats`` fits (on a shared CPU a burst of load that hits one side
+of one pair moves the median of the pairs far less than it moves a ratio of two separately timed runs).
 
 Prints ONE JSON object: ``{"device": ..., "results": [{"arch", "batch", "precision", "brainae_img_s",
-"reference_img_s", "ratio", "ratio_per_repeat"}, ...]}`` (ratio = brainae / reference, medians over
-``--repeats`` alternated measurements; the quality bar is >= 0.8).
+"reference_img_s", "ratio", "ratio_per_repeat", "pairs"}, ...]}`` (img/s from the median block times; ratio =
+median of the pair ratios, brainae / reference in throughput terms; ``ratio_per_repeat`` = the same median
+per fit; the quality bar is >= 0.8).
 
-    python benchmarks/train_throughput.py                                   # CPU: five archs, batch 32, fp32
+    python benchmarks/train_throughput.py --steps 8                         # CPU: five archs, batch 32, fp32
     python benchmarks/train_throughput.py --archs res-unet --batch 256 --precision bf16-mixed --channels-last
 """
 
@@ -40,23 +50,47 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class _Timer(pl.Callback):
-    def __init__(self, warmup: int) -> None:
+class _Interleaved(pl.Callback):
+    """Times blocks of ``block`` brainae steps and runs (and times) as many reference steps after each."""
+
+    def __init__(self, warmup: int, block: int, reference_step, device: torch.device) -> None:  # noqa: ANN001
         self.warmup = warmup
-        self.t0: float | None = None
-        self.t1: float | None = None
+        self.block = block
+        self.reference_step = reference_step
+        self.device = device
+        self.resume: float | None = None
+        self.brainae: list[float] = []
+        self.reference: list[float] = []
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
-        if self.t0 is None and trainer.global_step == self.warmup:
-            _sync(pl_module.device)
-            self.t0 = time.perf_counter()
+    def on_train_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+        _sync(self.device)
+        self.resume = time.perf_counter()
 
-    def on_train_end(self, trainer, pl_module) -> None:  # noqa: ANN001
-        _sync(pl_module.device)
-        self.t1 = time.perf_counter()
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        done = trainer.global_step - self.warmup  # global_step counts finished optimizer steps
+        if done <= 0:  # still warming up
+            _sync(self.device)
+            self.resume = time.perf_counter()
+            return
+        if done % self.block:
+            return
+        _sync(self.device)
+        now = time.perf_counter()
+        self.brainae.append(now - self.resume)
+        for _ in range(self.block):
+            self.reference_step()
+        _sync(self.device)
+        self.resume = time.perf_counter()
+        self.reference.append(self.resume - now)
 
 
-def bench_brainae(args: argparse.Namespace, arch: str, images: torch.Tensor, accelerator: str) -> float:
+def bench_pairs(
+    args: argparse.Namespace, arch: str, images: torch.Tensor, accelerator: str, device: torch.device
+) -> tuple[list[float], list[float]]:
+    """One fit of ``warmup + steps`` brainae steps; returns (brainae, reference) seconds per timed pair."""
+    reference_step = make_reference(args, arch, images, device)
+    for _ in range(args.warmup):
+        reference_step()
     config = TrainConfig(
         arch=arch,
         loss="mse",
@@ -69,7 +103,7 @@ def bench_brainae(args: argparse.Namespace, arch: str, images: torch.Tensor, acc
         compile=args.compile,
     )
     module = AutoencoderModule(config, images, None)
-    timer = _Timer(args.warmup)
+    timer = _Interleaved(args.warmup, args.block, reference_step, device)
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=1,
@@ -87,10 +121,11 @@ def bench_brainae(args: argparse.Namespace, arch: str, images: torch.Tensor, acc
         callbacks=[timer],
     )
     trainer.fit(module, train_dataloaders=IndexBatches(module, "train"))
-    return args.steps * args.batch / (timer.t1 - timer.t0)
+    return timer.brainae, timer.reference
 
 
-def bench_reference(args: argparse.Namespace, arch: str, images: torch.Tensor, device: torch.device) -> float:
+def make_reference(args: argparse.Namespace, arch: str, images: torch.Tensor, device: torch.device):  # noqa: ANN201
+    """The plain loop's step function (its own model, optimizer and generator)."""
     torch.manual_seed(0)
     model = build_model(arch).to(device)
     memory = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -123,14 +158,7 @@ def bench_reference(args: argparse.Namespace, arch: str, images: torch.Tensor, d
         scaler.step(opt)
         scaler.update()
 
-    for _ in range(args.warmup):
-        step()
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    _sync(device)
-    return args.steps * args.batch / (time.perf_counter() - t0)
+    return step
 
 
 def main() -> None:
@@ -138,14 +166,20 @@ def main() -> None:
     parser.add_argument("--archs", default=",".join(architecture_names()), help="comma-separated names")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--precision", default="32", choices=("32", "bf16-mixed", "16-mixed"))
-    parser.add_argument("--steps", type=int, default=None, help="timed steps [CPU 3, GPU 60]")
+    parser.add_argument("--steps", type=int, default=None, help="timed brainae steps per fit [CPU 8, GPU 60]")
+    parser.add_argument(
+        "--block",
+        type=int,
+        default=None,
+        help="steps per side of a timed pair; --steps is rounded up to a multiple [CPU 1, GPU 20]",
+    )
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first [CPU 1, GPU 15]")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument(
         "--repeats",
         type=int,
         default=1,
-        help="alternated reference / brainae measurements (medians reported)",
+        help="fits per architecture (the pairs of all fits are pooled)",
     )
     parser.add_argument("--images", type=int, default=None, help="synthetic images on the device")
     parser.add_argument("--channels-last", action="store_true")
@@ -156,7 +190,9 @@ def main() -> None:
     use_gpu = args.accelerator == "gpu" or (args.accelerator == "auto" and torch.cuda.is_available())
     accelerator = "gpu" if use_gpu else "cpu"
     device = torch.device("cuda" if use_gpu else "cpu")
-    args.steps = args.steps or (60 if use_gpu else 3)
+    args.steps = args.steps or (60 if use_gpu else 8)
+    args.block = args.block or (20 if use_gpu else 1)
+    args.steps = -(-args.steps // args.block) * args.block
     args.warmup = args.warmup if args.warmup is not None else (15 if use_gpu else 1)
     n_images = args.images or args.batch * (16 if use_gpu else 4)
     images = torch.rand(n_images, args.size, args.size, generator=torch.Generator().manual_seed(0))
@@ -166,12 +202,14 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if use_gpu else f"cpu ({torch.get_num_threads()} threads)"
     results = []
     for arch in [a.strip() for a in args.archs.split(",") if a.strip()]:
-        pairs = []
-        for _ in range(args.repeats):  # alternated, so that a change of load hits both sides alike
-            reference = bench_reference(args, arch, images, device)
-            pairs.append((bench_brainae(args, arch, images, accelerator), reference))
-        brainae = statistics.median(b for b, _ in pairs)
-        reference = statistics.median(r for _, r in pairs)
+        pairs: list[tuple[float, float]] = []
+        per_repeat = []
+        for _ in range(args.repeats):
+            times = list(zip(*bench_pairs(args, arch, images, accelerator, device)))
+            per_repeat.append(statistics.median(r / b for b, r in times))
+            pairs += times
+        brainae_s = statistics.median(b for b, _ in pairs)
+        reference_s = statistics.median(r for _, r in pairs)
         results.append(
             {
                 "arch": arch,
@@ -179,10 +217,15 @@ def main() -> None:
                 "precision": args.precision,
                 "channels_last": args.channels_last,
                 "compile": args.compile,
-                "brainae_img_s": round(brainae, 2),
-                "reference_img_s": round(reference, 2),
-                "ratio": round(brainae / reference, 3),
-                "ratio_per_repeat": [round(b / r, 3) for b, r in pairs],
+                "brainae_img_s": round(args.block * args.batch / brainae_s, 2),
+                "reference_img_s": round(args.block * args.batch / reference_s, 2),
+                "ratio": round(statistics.median(r / b for b, r in pairs), 3),
+                "ratio_per_repeat": [round(x, 3) for x in per_repeat],
+                "pairs": len(pairs),
+                "pair_ratio_range": [
+                    round(min(r / b for b, r in pairs), 3),
+                    round(max(r / b for b, r in pairs), 3),
+                ],
             }
         )
     out = {
@@ -191,7 +234,9 @@ def main() -> None:
         "size": args.size,
         "steps": args.steps,
         "warmup": args.warmup,
+        "block": args.block,
         "repeats": args.repeats,
+        "timing": "interleaved pairs (block reference steps after every block brainae steps); ratio = median pair ratio",
         "reference": "plain PyTorch loop, same model/optimizer/loss/precision and the same augment() call",
         "cpu_count": os.cpu_count(),
         "results": results,

@@ -208,6 +208,49 @@ def test_denoise_leaves_a_clean_scan_nearly_unchanged(crop):
     assert psnr > 38
 
 
+def test_fine_voxels_without_background_get_a_sure_tuned_strength(crop):
+    """~1 mm input with no air around it (a crop inside the head, like a skull-stripped scan): the strength
+    is chosen per volume (SURE), not by the in-head table calibrated on 2 mm volumes (which keeps ~nothing)."""
+    from scipy import ndimage
+
+    from brainae.infer import sure_tune
+    from brainae.tasks import estimate_noise_sd
+    from brainae.volumetric import background_noise_sd, haar_noise_sd
+
+    data, _ = crop
+    fine = ndimage.zoom(data, 2, order=1).astype(np.float32)  # smooth, like many clinical 1 mm scans
+    grid = np.indices(fine.shape).astype(np.float32)
+    centre = (np.array(fine.shape, np.float32) - 1) / 2
+    brain = sum(((g - c) / (0.45 * n)) ** 2 for g, c, n in zip(grid, centre, fine.shape)) < 1
+    fine = np.where(brain, fine, 0).astype(np.float32)  # skull-stripped: no air to read the noise in
+    peak = np.percentile(fine[brain], 99.5)
+    noise = np.random.default_rng(1).normal(0, 0.04 * peak, fine.shape).astype(np.float32)
+    noisy = np.where(brain, fine + noise, 0).astype(np.float32)
+    norm = fit_intensity(noisy)
+    x = norm.forward(noisy)
+    assert background_noise_sd(x, (1.0, 1.0, 1.0)) is None
+    true_sd = 0.04 * peak / (norm.hi - norm.lo)
+    assert abs(haar_noise_sd(x) - true_sd) < 0.15 * true_sd
+    est = float(estimate_noise_sd(torch.from_numpy(x)[None, None])[0])
+    model = load_volumetric(None, task="denoise").model
+    gain, alpha = sure_tune(model, x, est, haar_noise_sd(x))
+    assert gain >= 1.0 and 0.5 < alpha <= 1.0
+    assert sure_tune(model, x, est, 0.0) == (1.0, 0.0)
+
+    def mse(a):
+        return float(np.mean((a[brain] - fine[brain]) ** 2))
+
+    at_1mm = brainae.denoise((noisy, np.eye(4))).get_fdata()
+    tables = brainae.denoise((noisy, np.eye(4)), strength="tables").get_fdata()
+    assert np.array_equal(brainae.denoise((noisy, np.eye(4)), strength="sure").get_fdata(), at_1mm)
+    assert mse(at_1mm) < 0.6 * mse(noisy)  # the in-head table path keeps ~97 % of the noise here
+    assert mse(at_1mm) < 0.8 * mse(tables)
+    with pytest.raises(BrainaeError, match="unknown denoising strength 'strong'"):
+        brainae.denoise((noisy, np.eye(4)), strength="strong")
+    clean = brainae.denoise((fine, np.eye(4))).get_fdata()
+    assert 10 * np.log10(peak**2 / mse(clean)) > 38
+
+
 def test_inpaint_changes_only_masked_voxels_and_beats_zero_fill(crop):
     data, affine = crop
     mask = np.zeros(data.shape, bool)

@@ -61,13 +61,16 @@ def _model(model, task: str, device):
     return load_volumetric(model, task=task, device=device)
 
 
-def denoise(img, *, model=None, device: str = "cpu"):
-    """Denoised scan (nibabel image on the input's grid) with brainae's default denoiser or ``model``."""
+def denoise(img, *, model=None, device: str = "cpu", strength: str = "auto"):
+    """Denoised scan (nibabel image on the input's grid) with brainae's default denoiser or ``model``.
+
+    ``strength``: ``auto`` (default), ``tables`` or ``sure``; see :data:`brainae.infer.STRENGTHS`.
+    """
     from brainae.infer import denoise_volume
 
     vol = as_volume(img)
     vm = _model(model, "denoise", device)
-    return to_image(denoise_volume(vol, vm, device=device), vol)
+    return to_image(denoise_volume(vol, vm, device=device, strength=strength), vol)
 
 
 def inpaint(img, mask, *, model=None, device: str = "cpu"):

@@ -11,8 +11,13 @@ shipped default by task name) into a :class:`VolumetricModel`; the functions bel
   input's own grid (blocks of at most 160 voxels per side with 16 voxels of overlap, about 1.7 GB for a
   256 x 256 x 150 scan), keep the share of its change that the checkpoint's blend table gives for that noise
   level (:func:`calibrate_denoise`: little for a scan that is already clean, most of it for a noisy one), undo
-  the normalisation. Every voxel is denoised, background and edge slices included; the result is computed
-  on the input's grid (nothing is resampled), so it keeps the input's resolution.
+  the normalisation. The tables were calibrated on 2 mm volumes, where anatomy inflates the in-head noise
+  estimate; a skull-stripped volume (no air to read the noise in) with voxels finer than 1.5 mm (geometric
+  mean of the spacings), where that in-head table keeps almost none of the model's change, gets its strength
+  (the noise channel's multiplier and the share kept) chosen per volume by Stein's unbiased risk estimate
+  (:func:`sure_tune`) with the noise read from fine Haar wavelet coefficients
+  (:func:`brainae.volumetric.haar_noise_sd`). Every voxel is denoised, background and edge slices included;
+  the result is computed on the input's grid (nothing is resampled), so it keeps the input's resolution.
 - :func:`inpaint_volume`: the masked voxels are filled as the checkpoint's card says (``fill``: biharmonic
   interpolation of their surroundings, :func:`brainae.tasks.biharmonic_fill`, for brainae's current models)
   and the model corrects that fill, from a box around the mask (3-D context, 40 mm of margin); only the
@@ -45,6 +50,7 @@ from brainae.volumetric import (
     background_noise_sd,
     fit_intensity,
     from_grid,
+    haar_noise_sd,
     looks_skull_stripped,
     run_blocks,
     strip,
@@ -148,20 +154,134 @@ def load_volumetric(
 # --------------------------------------------------------------------------------------------- denoise
 
 
-def denoise_volume(volume, vm: VolumetricModel, *, device: str | object = "cpu") -> np.ndarray:
-    """Denoised RAS+ volume on the input's grid (float32). See module doc."""
+SURE_FINER_THAN_MM = 1.5
+"""Skull-stripped volumes (no background to read the noise in) whose voxel size (the geometric mean of the
+three spacings, mm) is below this are denoised with :func:`sure_tune`'s per-volume setting; the others with
+the checkpoint's blend tables (calibrated on 2 mm volumes)."""
+SURE_GAINS = (1.0, 1.5, 2.0, 3.0)
+"""Multipliers of the noise estimate given to the denoiser that :func:`sure_tune` tries."""
+
+
+STRENGTHS = ("auto", "tables", "sure")
+"""How :func:`denoise_volume` sets its strength: ``auto`` (SURE for skull-stripped volumes finer than
+:data:`SURE_FINER_THAN_MM`, the blend tables otherwise), always the ``tables``, or always ``sure``."""
+
+
+def denoise_volume(
+    volume, vm: VolumetricModel, *, device: str | object = "cpu", strength: str = "auto"
+) -> np.ndarray:
+    """Denoised RAS+ volume on the input's grid (float32). See module doc and :data:`STRENGTHS`.
+
+    ``strength="sure"`` targets the noise-free scan on any input (it also removes noise the scan had before,
+    which a comparison with that noisy scan counts as error); ``"tables"`` keeps the share of the change that
+    minimised the error against the original 2 mm validation scans.
+    """
     import torch
 
     from brainae.tasks import estimate_noise_sd
 
+    if strength not in STRENGTHS:
+        raise BrainaeError(f"unknown denoising strength {strength!r}; use one of {', '.join(STRENGTHS)}")
     data = volume.data
     norm = fit_intensity(data)
     x = norm.forward(data)
     est = float(estimate_noise_sd(torch.from_numpy(x)[None, None])[0])
-    y = run_blocks(vm.model, np.stack([x, np.full_like(x, est)]), device=device)[0]
-    alpha = blend_weight(vm.preprocessing.blend, est, background_noise_sd(x, volume.zooms))
+    background = background_noise_sd(x, volume.zooms)
+    gain = 1.0
+    fine_stripped = background is None and _voxel_mm(volume.zooms) < SURE_FINER_THAN_MM
+    if strength == "sure" or (strength == "auto" and fine_stripped):
+        sigma = haar_noise_sd(x)
+        gain, alpha = sure_tune(vm.model, x, est, est if sigma is None else sigma, device=device)
+    else:
+        alpha = blend_weight(vm.preprocessing.blend, est, background)
+    if alpha <= 0.0:
+        return np.maximum(norm.inverse(x), norm.lo).astype(np.float32)
+    y = run_blocks(vm.model, np.stack([x, np.full_like(x, est * gain)]), device=device)[0]
     out = norm.inverse(x + alpha * (y - x))
     return np.maximum(out, norm.lo).astype(np.float32)
+
+
+def _voxel_mm(zooms) -> float:
+    """The geometric mean of the voxel spacings (mm)."""
+    return float(np.prod(np.asarray(zooms, dtype=np.float64))) ** (1.0 / 3.0)
+
+
+def _sure_crops(fg: np.ndarray, size: int, count: int, seed: int) -> list[tuple[slice, ...]]:
+    """``count`` boxes of ``size`` voxels per side (smaller where the volume is), centred on foreground voxels."""
+    rng = np.random.default_rng(seed)
+    where = np.argwhere(fg)
+    if not len(where):
+        where = np.argwhere(np.ones_like(fg))
+    centres = where[rng.choice(len(where), size=min(count, len(where)), replace=False)]
+    boxes = []
+    for c in centres:
+        box = []
+        for ci, n in zip(c, fg.shape):
+            side = min(size, n)
+            start = int(np.clip(ci - side // 2, 0, n - side))
+            box.append(slice(start, start + side))
+        boxes.append(tuple(box))
+    return boxes
+
+
+def sure_tune(
+    model,
+    x: np.ndarray,
+    est: float,
+    sigma: float,
+    *,
+    gains: tuple[float, ...] = SURE_GAINS,
+    device: str | object = "cpu",
+    size: int = 48,
+    crops: int = 4,
+    keep: int = 8,
+    floor: float = 0.1,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """The denoiser setting for one volume that minimises Stein's unbiased risk estimate (SURE).
+
+    For each ``gain`` (the model gets ``est x gain`` as its noise channel) and the output
+    ``x + alpha (f(x) - x)``, the expected squared error against the noise-free volume, for Gaussian noise of
+    sd ``sigma``, is ``alpha^2 A - sigma^2 + 2 sigma^2 (1 - alpha + alpha D)`` per voxel, with
+    ``A = mean (f(x) - x)^2`` and ``D`` the mean divergence of ``f`` (estimated by Monte Carlo: one extra pass
+    with the input perturbed by ``0.01 sigma`` times a fixed normal field), so the best ``alpha`` is
+    ``sigma^2 (1 - D) / A`` (clipped to [0, 1]). Both are measured inside ``crops`` boxes of ``size`` voxels
+    centred on foreground voxels (``x > floor``), on their central part (``keep`` voxels trimmed per side) and
+    its foreground. No clean data or noise level from the user is needed, only ``sigma``
+    (:func:`brainae.volumetric.haar_noise_sd` in :func:`denoise_volume`). SURE measures the error against
+    the noise-free volume: on a scan that carries noise of its own, it removes that noise too.
+
+    Returns:
+        ``(gain, alpha)``; ``(1, 0)`` (keep the input) when ``sigma`` is ~0.
+    """
+    if not sigma > 1e-6:
+        return 1.0, 0.0
+    boxes = _sure_crops(x > floor, size, crops, seed)
+    rng = np.random.default_rng(seed + 1)
+    probes = [rng.standard_normal(x[box].shape).astype(np.float32) for box in boxes]
+    eps = 0.01 * sigma
+    best: tuple[float, float, float] | None = None
+    for gain in gains:
+        total_a = total_d = 0.0
+        count = 0
+        for box, probe in zip(boxes, probes):
+            piece = x[box]
+            channel = np.full_like(piece, est * gain)
+            f = run_blocks(model, np.stack([piece, channel]), device=device)[0]
+            f2 = run_blocks(model, np.stack([piece + eps * probe, channel]), device=device)[0]
+            inner = tuple(slice(min(keep, n // 4), n - min(keep, n // 4)) for n in piece.shape)
+            use = piece[inner] > floor
+            total_a += float(np.sum(((f - piece)[inner][use]).astype(np.float64) ** 2))
+            total_d += float(np.sum((probe * (f2 - f))[inner][use], dtype=np.float64)) / eps
+            count += int(use.sum())
+        if count == 0:
+            return 1.0, 0.0
+        a, d = total_a / count, total_d / count
+        alpha = float(np.clip(sigma**2 * (1.0 - d) / a, 0.0, 1.0)) if a > 0 else 0.0
+        risk = alpha * alpha * a - sigma**2 + 2.0 * sigma**2 * (1.0 - alpha + alpha * d)
+        if best is None or risk < best[0]:
+            best = (risk, gain, alpha)
+    return best[1], best[2]
 
 
 def blend_weight(blend: dict | None, noise_estimate: float, background_sd: float | None = None) -> float:

@@ -37,6 +37,7 @@ __all__ = [
     "background_value",
     "fit_intensity",
     "from_grid",
+    "haar_noise_sd",
     "looks_skull_stripped",
     "run_blocks",
     "strip",
@@ -180,6 +181,28 @@ def background_noise_sd(
         return None
     ms = float(np.mean(bg.astype(np.float64) ** 2))
     return float(np.sqrt(ms)) if np.mean(bg < 0) > 0.1 else float(np.sqrt(ms / 2.0))
+
+
+def haar_noise_sd(x: np.ndarray, *, floor: float = 0.1) -> float | None:
+    """The noise sd of an intensity-normalised volume from its finest diagonal Haar wavelet coefficients.
+
+    Each non-overlapping 2 x 2 x 2 block gives ``sum(+-x) / sqrt(8)`` with the sign alternating along all three
+    axes: white noise of sd ``s`` makes it ``N(0, s^2)``, while smooth anatomy cancels out of it (it responds
+    only to structure that alternates voxel by voxel along every axis). The median absolute coefficient over
+    the blocks whose voxels all exceed ``floor`` (the foreground), divided by 0.6745, estimates ``s``
+    (Donoho's rule). On the ~1 mm scans tried here it reads within ~10 % of the true sd (and ~0.005 on clean
+    ones); on 2 mm volumes anatomy still inflates it (a clean 2 mm IXI scan reads ~0.05). None when fewer
+    than 1,000 blocks are foreground.
+    """
+    v = np.asarray(x, dtype=np.float32)
+    d0, d1, d2 = (n - n % 2 for n in v.shape)
+    blocks = v[:d0, :d1, :d2].reshape(d0 // 2, 2, d1 // 2, 2, d2 // 2, 2)
+    sign = np.array([1.0, -1.0], dtype=np.float32)
+    coeff = np.einsum("aibjck,i,j,k->abc", blocks, sign, sign, sign) / np.sqrt(8.0)
+    fg = blocks.min(axis=(1, 3, 5)) > floor
+    if int(fg.sum()) < 1000:
+        return None
+    return float(np.median(np.abs(coeff[fg])) / 0.6745)
 
 
 def _grid_shape(shape: tuple[int, ...], zooms: tuple[float, ...], grid_mm: float) -> tuple[int, int, int]:

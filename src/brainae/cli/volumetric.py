@@ -185,7 +185,11 @@ def info_command(
                 + ", ".join(f"{m:.1f} ml {a:.2f}" for m, a in zip(blend["hole_ml"], blend["alpha"]))
             )
         elif blend:
-            lines.append(f"calibration  blend table from {blend.get('cases')} noisy validation cases")
+            lines.append(
+                f"calibration  blend table from {blend.get('cases')} noisy validation cases (voxels of "
+                "1.5 mm or more, or a scan with air around it); finer skull-stripped scans: strength chosen "
+                "per scan by SURE"
+            )
     else:
         lines.append("normative    none (anomaly z-scores not available)")
     lines.append(f"source       {json.dumps(source)}")

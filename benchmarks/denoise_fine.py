@@ -2,16 +2,17 @@
 2 mm blend tables do, scored against the noisy "original" (as the benchmarks do) and against the noise-free
 truth. JSON.
 
-Data: a 2 mm IXI ``val`` volume (never a test volume) upsampled x2 (``denoise.upsample_1mm``: cubic, 1 mm) =
-the truth ``s``; the "original" scan ``c`` = ``s`` with Rician noise of sd ``--intrinsic`` x the 99.5th
-percentile (0 = the original is the truth); the input = ``c`` + Gaussian noise at each ``--levels``.
-``--stripped``: everything outside the volume's deepbet brain mask (``--masks``, upsampled nearest) set to
-0 after the noise (a skull-stripped scan: brainae then chooses its strength by SURE); otherwise the head
-with its air (brainae uses its blend tables). Scores: PSNR over the head (voxels of ``s`` above 5 % of the
-peak) or the brain (``--stripped``), peak = the 99.5th percentile of ``s`` there. Methods: ``noisy`` and ``brainae.denoise`` with each
-``strength`` (``auto``: what the user gets; ``tables``; ``sure``).
+Data: a 2 mm IXI ``val`` volume (never a test volume) upsampled x2 (``denoise.upsample_1mm``: cubic, 1 mm) = the
+truth ``s``; the "original" scan ``c`` = ``s`` with Rician noise of sd ``--intrinsic`` x the 99.5th percentile (0
+= the original is the truth); the input = ``c`` + Gaussian noise at each ``--levels``. ``--stripped``: everything
+outside the volume's brain mask (deepbet, cached as in the other benchmarks, or ``NAME.nii.gz`` from the
+``--masks`` folder; upsampled nearest) set to 0 after the noise (a skull-stripped scan: brainae then chooses its
+strength by SURE); otherwise the head with its air (brainae uses its blend tables). Scores: PSNR over the head
+(voxels of ``s`` above 5 % of the peak) or the brain (``--stripped``), peak = the 99.5th percentile of ``s``
+there. Methods: ``noisy`` and ``brainae.denoise`` with each ``strength`` (``auto``: what the user gets;
+``tables``; ``sure``).
 
-    python benchmarks/denoise_fine.py --intrinsic 0.03 --stripped --masks .gpu/masks
+    python benchmarks/denoise_fine.py --intrinsic 0.03 --stripped
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import json
 
 import numpy as np
 
-from _common import emit, split_files
+from _common import cached_brain_mask, emit, split_files
 from denoise import upsample_1mm
 
 
@@ -30,9 +31,7 @@ def main() -> None:
     parser.add_argument("--intrinsic", type=float, default=0.03)
     parser.add_argument("--levels", default="0.02,0.04,0.08")
     parser.add_argument("--stripped", action="store_true")
-    parser.add_argument(
-        "--masks", default=None, help="folder of NAME.nii.gz brain masks (needed for --stripped)"
-    )
+    parser.add_argument("--masks", default=None, help="folder of NAME.nii.gz brain masks [deepbet, cached]")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -50,10 +49,10 @@ def main() -> None:
     vol = upsample_1mm(load_volume(path))
     s = vol.data
     if args.stripped:
-        if not args.masks:
-            parser.error("--stripped needs --masks")
-        name = path.name
-        mask = nib.as_closest_canonical(nib.load(f"{args.masks}/{name}")).get_fdata() > 0
+        if args.masks:
+            mask = nib.as_closest_canonical(nib.load(f"{args.masks}/{path.name}")).get_fdata() > 0
+        else:
+            mask = cached_brain_mask(load_volume(path))
         region = ndimage.zoom(mask.astype(np.uint8), 2, order=0).astype(bool)
     else:
         region = head_mask(s)

@@ -19,14 +19,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 
-from _common import api_call, brainae_api, emit
-
-ROOT = Path(__file__).resolve().parents[1]
-CASE = ROOT.parent / "shared" / "data" / "lesion-dev"
+from _common import CASE, api_call, brainae_api, emit
 
 
 def load_case():

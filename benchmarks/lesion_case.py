@@ -30,15 +30,10 @@ import argparse
 import dataclasses
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-from _common import Pending, _arr, api_call, brainae_api, emit
-
-ROOT = Path(__file__).resolve().parents[1]
-CASE = ROOT.parent / "shared" / "data" / "lesion-dev"
-
+from _common import CASE, Pending, _arr, api_call, brainae_api, emit
 
 API_ANOMALY = brainae_api("anomaly")  # before the brainae.anomaly submodule is imported
 

@@ -158,6 +158,7 @@ def info_command(
             f"{len(training.get('val_ids', []))} validation; split {training.get('split')}; "
             f"recipe {json.dumps(training.recipe)}; {training.get('seconds', 0):.0f} s on "
             f"{training.get('device')}"
+            + (f" ({training.get('precision')})" if training.get("precision") else "")
             + (
                 f", stopped by the clock at step {training.get('steps_done')}"
                 if training.recipe.get("max_seconds") and training.get("steps_done")

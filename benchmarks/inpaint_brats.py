@@ -12,8 +12,8 @@ from the tumour (at least 3 voxels from any tumour voxel); each such mask is one
 ``--max-ml`` millilitres are scored.
 
 Baseline: biharmonic inpainting, solved by :func:`brainae.infer.fill_holes` (conjugate gradients on the same
-energy as scikit-image's ``inpaint_biharmonic``, to a relative residual of 1e-3; on 2 mm and 1 mm masks up to 30
-ml it equals scikit-image's fill to 0.003 dB, see benchmarks/RESULTS.md) because scikit-image's solver takes many
+energy as scikit-image's ``inpaint_biharmonic``, to a relative residual of 1e-5, within 0.001 dB of a float64
+solve on this case's 40-60 ml masks, see benchmarks/RESULTS.md) because scikit-image's solver takes many
 minutes per mask of this size; ``--skimage`` uses scikit-image instead.
 
 Score: PSNR inside the mask against the scan, peak = the 99.5th percentile of the brain voxels (the inpainting

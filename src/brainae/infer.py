@@ -468,9 +468,10 @@ def calibrate_inpaint(
 def fill_holes(img: np.ndarray, mask: np.ndarray, fill: str = "biharmonic") -> np.ndarray:
     """``img`` with its ``mask`` voxels filled as an inpainting model expects (a :data:`brainae.tasks.FILLS` name).
 
-    The biharmonic fill is solved to convergence (relative residual 1e-3, as close to scikit-image's
-    ``inpaint_biharmonic`` as makes no difference) in the mask's bounding box grown by 8 voxels; the smooth
-    fill uses the whole image, as it did when the models that use it were trained.
+    The biharmonic fill is solved to convergence (relative residual 1e-5; on 40-60 ml holes of a 1 mm scan
+    in z-score units, 1e-5 is within 0.002 of a float64 solve where 1e-3 was up to 0.3 off) in the mask's
+    bounding box grown by 8 voxels; the smooth fill uses the whole image, as it did when the models that use
+    it were trained.
     """
     import torch
 
@@ -485,7 +486,7 @@ def fill_holes(img: np.ndarray, mask: np.ndarray, fill: str = "biharmonic") -> n
     holes = torch.from_numpy(mask[sub].astype(np.float32))[None, None]
     with torch.inference_mode():
         if fill == "biharmonic":
-            filled = biharmonic_fill(x, holes, iterations=2000, tol=1e-3)
+            filled = biharmonic_fill(x, holes, iterations=20000, tol=1e-5)
         else:
             filled = smooth_fill(x, holes)
     out = np.array(img, dtype=np.float32, copy=True)

@@ -115,6 +115,39 @@ def test_biharmonic_fill_matches_scikit_image_and_keeps_known_voxels(crop):
     torch.testing.assert_close(biharmonic_fill(const * (1 - holes), holes), const)
 
 
+def test_biharmonic_fill_in_boxes_around_the_holes_equals_the_whole_image_solve(monkeypatch):
+    import brainae.tasks as tasks
+
+    g = torch.Generator().manual_seed(0)
+    img = torch.nn.functional.avg_pool3d(torch.rand(3, 1, 32, 32, 32, generator=g), 5, 1, 2)
+    holes = torch.zeros_like(img)
+    holes[0, :, 4:12, 6:10, 3:9] = 1  # inside
+    holes[1, :, 24:32, 20:28, 26:32] = 1  # against the far faces
+    holes[2, :, 0:3, 0:3, 0:3] = 1  # a corner
+    boxes = tasks._hole_boxes(holes, margin=4)
+    assert boxes is not None and boxes[1] == (16, 16, 13)  # one size: the largest extent plus margins
+    boxed = tasks.biharmonic_fill(img, holes, iterations=3000, tol=1e-6)
+    monkeypatch.setattr(tasks, "_hole_boxes", lambda *a, **k: None)
+    whole = tasks.biharmonic_fill(img, holes, iterations=3000, tol=1e-6)
+    torch.testing.assert_close(boxed, whole, atol=1e-5, rtol=0)
+    assert torch.equal(boxed * (1 - holes), img * (1 - holes))
+    assert float((boxed - img).abs().mul(holes).max()) > 1e-3  # the holes were filled, not copied
+
+
+def test_training_uses_bfloat16_autocast_on_gpus_and_on_cpus_with_bfloat16_units(monkeypatch):
+    import torch
+
+    from brainae.fit import _bf16_autocast
+
+    assert _bf16_autocast(torch.device("cuda"))
+    assert not _bf16_autocast(torch.device("mps"))
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    assert not _bf16_autocast(torch.device("cpu"))
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert _bf16_autocast(torch.device("cpu"))
+
+
 def test_inpaint_correction_weight_follows_each_holes_volume():
     from brainae.infer import correction_weights
 
@@ -358,6 +391,8 @@ def test_fit_widths_and_time_limit(tmp_path, cohort):
     assert all(0.0 <= a <= 1.0 for a in table["alpha"])
     info = runner.invoke(app, ["info", str(out)])
     assert f"stopped by the clock at step {done}" in info.output
+    precision = vm.training.get("precision")  # what this CPU trained in, on the card
+    assert precision in ("bfloat16 autocast", "float32") and f"on cpu ({precision})" in info.output
     bad = runner.invoke(app, [*args, "--widths", "4,x", "--force"])
     assert bad.exit_code == 1 and "--widths '4,x'" in bad.output and "Traceback" not in bad.output
 

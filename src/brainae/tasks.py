@@ -279,7 +279,8 @@ def biharmonic_fill(
     norm is below ``tol`` times its first (checked every 25 steps). Known voxels are returned unchanged.
 
     Only the voxels within a few voxels of a hole enter the equation, so each image is solved in a box
-    around its holes (one box size for the batch); the result is the same as on the whole image.
+    around its holes (one box size for the batch): the converged solution is the one of the whole image (a
+    run stopped early differs, as its starting point is the smooth fill of the box).
     """
     holes = holes.to(batch.dtype)
     boxes = _hole_boxes(holes, margin=4)

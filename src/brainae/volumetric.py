@@ -162,12 +162,13 @@ def background_noise_sd(
     """The noise sd read from the air around the head of an intensity-normalised volume.
 
     Background = voxels farther than 3 voxels from the head (where a 5-voxel box mean exceeds 0.25, holes
-    filled). Noise
-    there is Gaussian around 0 (when more than 10 % of it is negative: sd = root mean square) or the magnitude
-    of complex noise, Rayleigh (sd = root mean square / sqrt 2); a background set to a constant reads 0. This
-    does not depend on the voxel size or on the anatomy, unlike an estimate made inside the head. Returns None
-    for a volume without enough background (a tight crop) or a skull-stripped one (its background says
-    nothing about the noise inside the brain).
+    filled), less those at the volume's minimum (zero-filled padding or defacing carries no noise). The
+    estimate is robust to ghosting and other artefacts in the air (which an RMS reads as noise: 2-3x the
+    noise on two IXI scans): noise there is Gaussian around 0 (when more than 10 % of it is negative:
+    sd = median |value| / 0.6745) or the magnitude of complex noise, Rayleigh (sd = median / 1.1774). A
+    background that is all at the minimum reads 0. This does not depend on the voxel size or on the anatomy,
+    unlike an estimate made inside the head. Returns None for a volume without enough background (a tight
+    crop) or a skull-stripped one (its background says nothing about the noise inside the brain).
     """
     from scipy import ndimage
 
@@ -179,8 +180,12 @@ def background_noise_sd(
     bg = x[~head]
     if bg.size < min_voxels:
         return None
-    ms = float(np.mean(bg.astype(np.float64) ** 2))
-    return float(np.sqrt(ms)) if np.mean(bg < 0) > 0.1 else float(np.sqrt(ms / 2.0))
+    bg = bg[bg != x.min()].astype(np.float64)
+    if bg.size < min_voxels // 10:
+        return 0.0
+    if np.mean(bg < 0) > 0.1:
+        return float(np.median(np.abs(bg)) / 0.6745)
+    return float(np.median(bg) / 1.1774)
 
 
 def haar_noise_sd(x: np.ndarray, *, floor: float = 0.1) -> float | None:

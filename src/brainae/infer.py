@@ -6,18 +6,21 @@ checkpoints also carry a healthy-data calibration (``normative``). :func:`load_v
 shipped default by task name) into a :class:`VolumetricModel`; the functions below take a RAS+
 :class:`brainae.io.Volume` and return arrays on the input's grid. The input is never modified.
 
-- :func:`denoise_volume`: normalise, estimate the noise level from the volume itself
-  (:func:`brainae.tasks.estimate_noise_sd`, given to the model as a second channel), run the model on the
+- :func:`denoise_volume`: normalise, estimate the noise level from the volume itself (the in-head estimate
+  :func:`brainae.tasks.estimate_noise_sd`, given to the model as a second channel, and the noise sd: read in
+  the air around the head when there is some, :func:`brainae.volumetric.background_noise_sd`, else mapped
+  from the in-head estimate by the checkpoint's table, :func:`noise_sd_estimate`), run the model on the
   input's own grid (blocks of at most 160 voxels per side with 16 voxels of overlap, about 1.7 GB for a
-  256 x 256 x 150 scan), keep the share of its change that the checkpoint's blend table gives for that noise
-  level (:func:`calibrate_denoise`: little for a scan that is already clean, most of it for a noisy one), undo
-  the normalisation. The tables were calibrated on 2 mm volumes, where anatomy inflates the in-head noise
-  estimate; a skull-stripped volume (no air to read the noise in) with voxels finer than 1.5 mm (geometric
-  mean of the spacings), where that in-head table keeps almost none of the model's change, gets its strength
-  (the noise channel's multiplier and the share kept) chosen per volume by Stein's unbiased risk estimate
-  (:func:`sure_tune`) with the noise read from fine Haar wavelet coefficients
-  (:func:`brainae.volumetric.haar_noise_sd`). Every voxel is denoised, background and edge slices included;
-  the result is computed on the input's grid (nothing is resampled), so it keeps the input's resolution.
+  256 x 256 x 150 scan) and 3-D non-local means with that sd (:func:`brainae.nlmeans.nl_means_head`), keep
+  the shares of the model's change and of non-local means' change that the checkpoint's blend tables give
+  for that noise level (:func:`calibrate_denoise`: little for a scan that is already clean, most of it for a
+  noisy one), undo the normalisation. The tables were calibrated on 2 mm volumes, where anatomy inflates the
+  in-head noise estimate; a skull-stripped volume (no air to read the noise in) with voxels finer than 1.5 mm
+  (geometric mean of the spacings) gets its strength (the noise channel's multiplier and the share kept)
+  chosen per volume by Stein's unbiased risk estimate (:func:`sure_tune`) with the noise read from fine Haar
+  wavelet coefficients (:func:`brainae.volumetric.haar_noise_sd`). Every voxel is denoised, background and
+  edge slices included; the result is computed on the input's grid (nothing is resampled), so it keeps the
+  input's resolution.
 - :func:`inpaint_volume`: the masked voxels are filled as the checkpoint's card says (``fill``: biharmonic
   interpolation of their surroundings, :func:`brainae.tasks.biharmonic_fill`, for brainae's current models)
   and the model corrects that fill, from a box around the mask (3-D context, 40 mm of margin); only the
@@ -167,17 +170,30 @@ STRENGTHS = ("auto", "tables", "sure")
 :data:`SURE_FINER_THAN_MM`, the blend tables otherwise), always the ``tables``, or always ``sure``."""
 
 
+def noise_sd_estimate(blend: dict | None, noise_estimate: float, background_sd: float | None) -> float:
+    """The noise sd (normalised units) non-local means is given: read in the air around the head when the scan
+    has some (:func:`brainae.volumetric.background_noise_sd`), else mapped from the in-head estimate by the
+    checkpoint's table (``sigma_estimate`` -> ``sigma``, calibrated on validation volumes, where the in-head
+    estimate reads anatomy as noise), else the in-head estimate itself."""
+    if background_sd is not None:
+        return float(background_sd)
+    if blend and blend.get("sigma_estimate"):
+        return float(np.interp(noise_estimate, blend["sigma_estimate"], blend["sigma"]))
+    return float(noise_estimate)
+
+
 def denoise_volume(
     volume, vm: VolumetricModel, *, device: str | object = "cpu", strength: str = "auto"
 ) -> np.ndarray:
     """Denoised RAS+ volume on the input's grid (float32). See module doc and :data:`STRENGTHS`.
 
     ``strength="sure"`` targets the noise-free scan on any input (it also removes noise the scan had before,
-    which a comparison with that noisy scan counts as error); ``"tables"`` keeps the share of the change that
+    which a comparison with that noisy scan counts as error); ``"tables"`` keeps the shares of the change that
     minimised the error against the original 2 mm validation scans.
     """
     import torch
 
+    from brainae.nlmeans import nl_means_head
     from brainae.tasks import estimate_noise_sd
 
     if strength not in STRENGTHS:
@@ -187,18 +203,25 @@ def denoise_volume(
     x = norm.forward(data)
     est = float(estimate_noise_sd(torch.from_numpy(x)[None, None])[0])
     background = background_noise_sd(x, volume.zooms)
-    gain = 1.0
+    blend = vm.preprocessing.blend
+    gain, beta = 1.0, 0.0
     fine_stripped = background is None and _voxel_mm(volume.zooms) < SURE_FINER_THAN_MM
     if strength == "sure" or (strength == "auto" and fine_stripped):
-        sigma = haar_noise_sd(x)
-        gain, alpha = sure_tune(vm.model, x, est, est if sigma is None else sigma, device=device)
+        haar = haar_noise_sd(x)
+        sigma = est if haar is None else haar
+        gain, alpha = sure_tune(vm.model, x, est, sigma, device=device)
     else:
-        alpha = blend_weight(vm.preprocessing.blend, est, background)
-    if alpha <= 0.0:
+        sigma = noise_sd_estimate(blend, est, background)
+        alpha, beta = blend_weights(blend, est, background)
+    if alpha <= 0.0 and beta <= 0.0:
         return np.maximum(norm.inverse(x), norm.lo).astype(np.float32)
-    y = run_blocks(vm.model, np.stack([x, np.full_like(x, est * gain)]), device=device)[0]
-    out = norm.inverse(x + alpha * (y - x))
-    return np.maximum(out, norm.lo).astype(np.float32)
+    out = x.copy()
+    if alpha > 0.0:
+        y = run_blocks(vm.model, np.stack([x, np.full_like(x, est * gain)]), device=device)[0]
+        out += alpha * (y - x)
+    if beta > 0.0:
+        out += beta * (nl_means_head(x, sigma) - x)
+    return np.maximum(norm.inverse(out), norm.lo).astype(np.float32)
 
 
 def _voxel_mm(zooms) -> float:
@@ -284,58 +307,110 @@ def sure_tune(
     return best[1], best[2]
 
 
-def blend_weight(blend: dict | None, noise_estimate: float, background_sd: float | None = None) -> float:
-    """How much of the denoiser's change to keep for a volume (1 without a table).
+def blend_weights(
+    blend: dict | None, noise_estimate: float, background_sd: float | None = None
+) -> tuple[float, float]:
+    """How much of the denoiser's change, and of non-local means' change, to keep for a volume.
 
     The tables (``preprocessing.blend`` of a denoise checkpoint, from :func:`calibrate_denoise`) give the
-    weight that minimised the head error on healthy validation volumes, as a function of the noise read in
+    weights that minimised the head error on healthy validation volumes, as a function of the noise read in
     the background (:func:`brainae.volumetric.background_noise_sd`: the same for any voxel size) when the
-    volume has one, else of the in-head estimate (:func:`brainae.tasks.estimate_noise_sd`).
+    volume has one, else of the in-head estimate (:func:`brainae.tasks.estimate_noise_sd`). Without a table:
+    ``(1, 0)`` (the model's output); a table without non-local-means shares (brainae's first denoisers) gives 0
+    for that share.
+
+    Returns:
+        ``(alpha, beta)``: the output is ``x + alpha (f(x) - x) + beta (nlm(x) - x)``.
     """
     if not blend:
-        return 1.0
+        return 1.0, 0.0
     if background_sd is not None and blend.get("background_sd"):
-        return float(
-            np.clip(np.interp(background_sd, blend["background_sd"], blend["alpha_background"]), 0, 1)
-        )
-    return float(np.clip(np.interp(noise_estimate, blend["noise_estimate"], blend["alpha"]), 0.0, 1.0))
+        at, xs, a_key, b_key = background_sd, blend["background_sd"], "alpha_background", "nlm_background"
+    else:
+        at, xs, a_key, b_key = noise_estimate, blend["noise_estimate"], "alpha", "nlm"
+    alpha = float(np.clip(np.interp(at, xs, blend[a_key]), 0.0, 1.0))
+    beta = float(np.clip(np.interp(at, xs, blend[b_key]), 0.0, 1.0)) if blend.get(b_key) else 0.0
+    return alpha, beta
 
 
-def _table(pairs: list[tuple[float, float]], k: int = 4) -> tuple[list[float], list[float]]:
-    """Running means of (x, alpha) pairs sorted by x, in bins of ``k``; alpha made non-decreasing."""
-    pairs = sorted(pairs)
-    xs = np.array([p[0] for p in pairs])
-    alpha = np.array([p[1] for p in pairs])
-    centres = [float(xs[i : i + k].mean()) for i in range(0, len(xs), k)]
-    means = np.maximum.accumulate([float(alpha[i : i + k].mean()) for i in range(0, len(alpha), k)])
-    return centres, [float(a) for a in means]
+def _increasing(values: np.ndarray) -> np.ndarray:
+    """The non-decreasing sequence closest to ``values`` in least squares (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [mean, count]
+    for v in values:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m2, c2), (m1, c1) = blocks.pop(), blocks.pop()
+            blocks.append([(m1 * c1 + m2 * c2) / (c1 + c2), c1 + c2])
+    return np.concatenate([np.full(int(c), m) for m, c in blocks])
+
+
+def _table(pairs: list[tuple[float, ...]], k: int = 4) -> tuple[list[float], ...]:
+    """Running means of (x, v1, v2, ...) tuples sorted by x, in bins of ``k``; each v made non-decreasing
+    (the closest non-decreasing sequence, :func:`_increasing`)."""
+    rows = np.array(sorted(pairs), dtype=np.float64)
+    means = np.array([rows[i : i + k].mean(axis=0) for i in range(0, len(rows), k)])
+    cols = [means[:, 0]] + [_increasing(means[:, j]) for j in range(1, rows.shape[1])]
+    return tuple([float(v) for v in c] for c in cols)
+
+
+def _shares(d: np.ndarray, e: np.ndarray, t: np.ndarray) -> tuple[float, float]:
+    """Least-squares ``(a, b) >= 0`` with ``a d + b e`` closest to ``t`` (each at most 1)."""
+    gram = np.array([[d @ d, d @ e], [d @ e, e @ e]])
+    rhs = np.array([d @ t, e @ t])
+    best, best_err = (0.0, 0.0), float(t @ t)
+    candidates = []
+    if abs(np.linalg.det(gram)) > 1e-12 * max(float(gram[0, 0] * gram[1, 1]), 1e-30):
+        candidates.append(tuple(np.linalg.solve(gram, rhs)))
+    if gram[0, 0] > 0:
+        candidates.append((rhs[0] / gram[0, 0], 0.0))
+    if gram[1, 1] > 0:
+        candidates.append((0.0, rhs[1] / gram[1, 1]))
+    for a, b in candidates:
+        a, b = float(np.clip(a, 0.0, 1.0)), float(np.clip(b, 0.0, 1.0))
+        r = a * d + b * e - t
+        err = float(r @ r)
+        if err < best_err:
+            best, best_err = (a, b), err
+    return best
+
+
+CALIBRATION_LEVELS = (0.0, 0.01, 0.02, 0.03, 0.04, 0.06, 0.08, 0.10, 0.12)
+"""Noise levels (sd as a fraction of the intensity reference) of :func:`calibrate_denoise`."""
 
 
 def calibrate_denoise(
     vm: VolumetricModel, volumes: list, *, device: str | object = "cpu", seed: int = 0
 ) -> dict:
-    """The blend table of a denoiser: for each noise estimate, the share of the model's change to keep.
+    """The blend tables of a denoiser: for each noise level, the shares of the model's and of non-local means'
+    changes to keep, and the noise sd to give a model that takes one.
 
-    Each healthy validation volume gets Gaussian and Rician noise at 0, 1, 2, 3, 4, 6, 8, 10 and 12 % of its
-    intensity reference; for each, the least-squares weight ``alpha = <f - x, c - x> / <f - x, f - x>``
-    over the head (``c`` clean, ``x`` noisy, ``f`` the model's output), clipped to [0, 1], is paired with the
+    Each healthy validation volume gets Gaussian and Rician noise at each of :data:`CALIBRATION_LEVELS` of its
+    intensity reference. The model gets the in-head noise estimate as its second channel, as in training;
+    non-local means (:func:`brainae.nlmeans.nl_means_head`) runs with the noise sd read in the volume's
+    background (:func:`noise_sd_estimate`).
+    For each case the least-squares shares ``(alpha, beta) >= 0`` of ``f - x`` and ``nlm - x`` that best
+    fit ``c - x`` over the head (``c`` clean, ``x`` noisy, ``f`` the model's output) are paired with the
     volume's noise estimates: the in-head one (:func:`brainae.tasks.estimate_noise_sd`) and the one read in
-    the background (:func:`brainae.volumetric.background_noise_sd`), giving two tables (running means of
-    ``alpha`` over the sorted estimates, bins of 4 cases, made non-decreasing). Blending ``x + alpha (f - x)`` keeps a scan that is already clean (or
-    cleaner than the model can make it) as it is, instead of making it worse.
+    the background (:func:`brainae.volumetric.background_noise_sd`), giving two tables (running means over
+    the sorted estimates, bins of 4 cases, made non-decreasing); a third maps the in-head estimate to the
+    background one, the noise sd given to non-local means for a scan without air around it. Blending
+    ``x + alpha (f - x) + beta (nlm - x)`` keeps a scan that is already clean (or cleaner than the model can
+    make it) as it is, instead of making it worse.
     """
     import torch
 
+    from brainae.nlmeans import nl_means_head
     from brainae.tasks import estimate_noise_sd
 
     rng = np.random.default_rng(seed)
-    pairs: list[tuple[float, float]] = []
-    bg_pairs: list[tuple[float, float]] = []
+    pairs: list[tuple[float, float, float]] = []
+    bg_pairs: list[tuple[float, float, float]] = []
+    sigma_pairs: list[tuple[float, float]] = []
     for vol in volumes:
         norm = fit_intensity(vol.data)
         clean = norm.forward(vol.data)
         head = clean > 0.05
-        for level in (0.0, 0.01, 0.02, 0.03, 0.04, 0.06, 0.08, 0.10, 0.12):
+        for level in CALIBRATION_LEVELS:
             for rician in (False, True):
                 if level == 0.0 and rician:
                     continue
@@ -344,19 +419,22 @@ def calibrate_denoise(
                 if rician:
                     noisy = np.sqrt(noisy**2 + rng.normal(0.0, level, clean.shape).astype(np.float32) ** 2)
                 est = float(estimate_noise_sd(torch.from_numpy(noisy)[None, None])[0])
-                y = run_blocks(vm.model, np.stack([noisy, np.full_like(noisy, est)]), device=device)[0]
-                d = (y - noisy)[head].astype(np.float64)
-                t = (clean - noisy)[head].astype(np.float64)
-                denom = float((d * d).sum())
-                alpha = float(np.clip((d * t).sum() / denom, 0.0, 1.0)) if denom > 0 else 0.0
-                pairs.append((est, alpha))
                 bg = background_noise_sd(noisy, vol.zooms)
+                y = run_blocks(vm.model, np.stack([noisy, np.full_like(noisy, est)]), device=device)[0]
+                nlm = nl_means_head(noisy, noise_sd_estimate(None, est, bg))
+                t = (clean - noisy)[head].astype(np.float64)
+                alpha, beta = _shares(
+                    (y - noisy)[head].astype(np.float64), (nlm - noisy)[head].astype(np.float64), t
+                )
+                pairs.append((est, alpha, beta))
                 if bg is not None:
-                    bg_pairs.append((bg, alpha))
-    centres, alphas = _table(pairs)
-    table = {"noise_estimate": centres, "alpha": alphas, "cases": len(pairs)}
+                    bg_pairs.append((bg, alpha, beta))
+                    sigma_pairs.append((est, bg))
+    centres, alphas, betas = _table(pairs)
+    table = {"noise_estimate": centres, "alpha": alphas, "nlm": betas, "cases": len(pairs)}
     if len(bg_pairs) == len(pairs):
-        table["background_sd"], table["alpha_background"] = _table(bg_pairs)
+        table["background_sd"], table["alpha_background"], table["nlm_background"] = _table(bg_pairs)
+        table["sigma_estimate"], table["sigma"] = _table(sigma_pairs)
     return table
 
 

@@ -9,6 +9,7 @@ Calls (the public API, default models loaded once before timing, ``--repeats`` c
 reported):
 
 - ``denoise``: ``brainae.denoise((noisy, affine))`` on the volume with 4 % Gaussian noise;
+  ``denoise_stripped``: the same, skull-stripped (no air: on the ~1 mm grid the per-scan SURE path);
 - ``inpaint``: ``brainae.inpaint((blanked, affine), (mask, affine))`` with one 20 mm cube inside the brain
   (``inpaint_cube``) and with one ~10 ml irregular mask (``inpaint_irregular``);
 - ``anomaly``: ``brainae.anomaly((stripped, affine), brain_mask=(brain, affine))`` on the skull-stripped
@@ -105,6 +106,9 @@ def main() -> None:
         blanked_irr = np.where(irr, 0.0, vol.data).astype(np.float32)
         calls = {
             "denoise": partial(brainae.denoise, (noisy, aff), model=models["denoise"], **dev),
+            "denoise_stripped": partial(
+                brainae.denoise, (np.where(brain, noisy, 0.0).astype(np.float32), aff), model=models["denoise"], **dev
+            ),
             "inpaint_cube": partial(
                 brainae.inpaint,
                 (blanked_cube, aff),

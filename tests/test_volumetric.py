@@ -303,7 +303,7 @@ def test_fine_voxels_without_background_get_a_sure_tuned_strength(crop):
     is chosen per volume (SURE), not by the in-head table calibrated on 2 mm volumes (which keeps ~nothing)."""
     from scipy import ndimage
 
-    from brainae.infer import sure_tune
+    from brainae.infer import sure_shares, sure_tune
     from brainae.tasks import estimate_noise_sd
     from brainae.volumetric import background_noise_sd, haar_noise_sd
 
@@ -326,6 +326,10 @@ def test_fine_voxels_without_background_get_a_sure_tuned_strength(crop):
     gain, alpha = sure_tune(model, x, est, haar_noise_sd(x))
     assert gain >= 1.0 and 0.5 < alpha <= 1.0
     assert sure_tune(model, x, est, 0.0) == (1.0, 0.0)
+    # with non-local means as a second term, SURE keeps a share of each
+    alpha2, beta = sure_shares(model, x, est, haar_noise_sd(x), gain)
+    assert 0.0 < alpha2 <= 1.0 and 0.2 < beta <= 1.0
+    assert sure_shares(model, x, est, 0.0, gain) == (0.0, 0.0)
 
     def mse(a):
         return float(np.mean((a[brain] - fine[brain]) ** 2))

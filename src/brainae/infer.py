@@ -16,9 +16,10 @@ shipped default by task name) into a :class:`VolumetricModel`; the functions bel
   for that noise level (:func:`calibrate_denoise`: little for a scan that is already clean, most of it for a
   noisy one), undo the normalisation. The tables were calibrated on 2 mm volumes, where anatomy inflates the
   in-head noise estimate; a skull-stripped volume (no air to read the noise in) with voxels finer than 1.5 mm
-  (geometric mean of the spacings) gets its strength (the noise channel's multiplier and the share kept)
-  chosen per volume by Stein's unbiased risk estimate (:func:`sure_tune`) with the noise read from fine Haar
-  wavelet coefficients (:func:`brainae.volumetric.haar_noise_sd`). Every voxel is denoised, background and
+  (geometric mean of the spacings) gets its strength (the noise channel's multiplier, :func:`sure_tune`,
+  then the shares of the model's and of non-local means' changes, :func:`sure_shares`) chosen per volume by
+  Stein's unbiased risk estimate with the noise read from fine Haar wavelet coefficients
+  (:func:`brainae.volumetric.haar_noise_sd`). Every voxel is denoised, background and
   edge slices included; the result is computed on the input's grid (nothing is resampled), so it keeps the
   input's resolution.
 - :func:`inpaint_volume`: the masked voxels are filled as the checkpoint's card says (``fill``: biharmonic
@@ -159,8 +160,8 @@ def load_volumetric(
 
 SURE_FINER_THAN_MM = 1.5
 """Skull-stripped volumes (no background to read the noise in) whose voxel size (the geometric mean of the
-three spacings, mm) is below this are denoised with :func:`sure_tune`'s per-volume setting; the others with
-the checkpoint's blend tables (calibrated on 2 mm volumes)."""
+three spacings, mm) is below this are denoised with the per-volume setting of :func:`sure_tune` and
+:func:`sure_shares`; the others with the checkpoint's blend tables (calibrated on 2 mm volumes)."""
 SURE_GAINS = (1.0, 1.5, 2.0, 3.0)
 """Multipliers of the noise estimate given to the denoiser that :func:`sure_tune` tries."""
 
@@ -210,6 +211,7 @@ def denoise_volume(
         haar = haar_noise_sd(x)
         sigma = est if haar is None else haar
         gain, alpha = sure_tune(vm.model, x, est, sigma, device=device)
+        alpha, beta = sure_shares(vm.model, x, est, sigma, gain, device=device)
     else:
         sigma = noise_sd_estimate(blend, est, background)
         alpha, beta = blend_weights(blend, est, background)
@@ -353,11 +355,10 @@ def _table(pairs: list[tuple[float, ...]], k: int = 4) -> tuple[list[float], ...
     return tuple([float(v) for v in c] for c in cols)
 
 
-def _shares(d: np.ndarray, e: np.ndarray, t: np.ndarray) -> tuple[float, float]:
-    """Least-squares ``(a, b) >= 0`` with ``a d + b e`` closest to ``t`` (each at most 1)."""
-    gram = np.array([[d @ d, d @ e], [d @ e, e @ e]])
-    rhs = np.array([d @ t, e @ t])
-    best, best_err = (0.0, 0.0), float(t @ t)
+def _best_shares(gram: np.ndarray, rhs: np.ndarray) -> tuple[float, float]:
+    """The ``(a, b)`` in [0, 1]^2 that minimises ``[a, b] G [a, b] - 2 [a, b] . rhs`` among the joint optimum
+    and the two one-term optima (each clipped), or ``(0, 0)``."""
+    best, best_q = (0.0, 0.0), 0.0
     candidates = []
     if abs(np.linalg.det(gram)) > 1e-12 * max(float(gram[0, 0] * gram[1, 1]), 1e-30):
         candidates.append(tuple(np.linalg.solve(gram, rhs)))
@@ -366,12 +367,73 @@ def _shares(d: np.ndarray, e: np.ndarray, t: np.ndarray) -> tuple[float, float]:
     if gram[1, 1] > 0:
         candidates.append((0.0, rhs[1] / gram[1, 1]))
     for a, b in candidates:
-        a, b = float(np.clip(a, 0.0, 1.0)), float(np.clip(b, 0.0, 1.0))
-        r = a * d + b * e - t
-        err = float(r @ r)
-        if err < best_err:
-            best, best_err = (a, b), err
+        v = np.clip(np.array([a, b], dtype=np.float64), 0.0, 1.0)
+        q = float(v @ gram @ v - 2.0 * v @ rhs)
+        if q < best_q:
+            best, best_q = (float(v[0]), float(v[1])), q
     return best
+
+
+def _shares(d: np.ndarray, e: np.ndarray, t: np.ndarray) -> tuple[float, float]:
+    """Least-squares ``(a, b)`` in [0, 1]^2 with ``a d + b e`` closest to ``t``."""
+    gram = np.array([[d @ d, d @ e], [d @ e, e @ e]])
+    return _best_shares(gram, np.array([d @ t, e @ t]))
+
+
+def sure_shares(
+    model,
+    x: np.ndarray,
+    est: float,
+    sigma: float,
+    gain: float = 1.0,
+    *,
+    device: str | object = "cpu",
+    size: int = 48,
+    crops: int = 4,
+    keep: int = 8,
+    floor: float = 0.1,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """The shares ``(alpha, beta)`` of the model's and of non-local means' changes that minimise Stein's
+    unbiased risk estimate, for a volume without a calibrated table (see :func:`sure_tune`).
+
+    For ``g = x + alpha (f - x) + beta (n - x)`` (``f`` the model with noise channel ``est x gain``, ``n``
+    :func:`brainae.nlmeans.nl_means` with sd ``sigma``), SURE per voxel is
+    ``[alpha, beta] G [alpha, beta] - sigma^2 + 2 sigma^2 (1 - alpha (1 - D_f) - beta (1 - D_n))``, with ``G``
+    the mean products of ``f - x`` and ``n - x`` and ``D`` each filter's mean divergence (Monte Carlo, one
+    perturbed pass each, the same probes and boxes as :func:`sure_tune`); it is minimised over [0, 1]^2.
+    """
+    from brainae.nlmeans import nl_means
+
+    if not sigma > 1e-6:
+        return 0.0, 0.0
+    boxes = _sure_crops(x > floor, size, crops, seed)
+    rng = np.random.default_rng(seed + 1)
+    probes = [rng.standard_normal(x[box].shape).astype(np.float32) for box in boxes]
+    eps = 0.01 * sigma
+    gram = np.zeros((2, 2))
+    div = np.zeros(2)
+    count = 0
+    for box, probe in zip(boxes, probes):
+        piece = x[box]
+        channel = np.full_like(piece, est * gain)
+        moved = piece + eps * probe
+        f = run_blocks(model, np.stack([piece, channel]), device=device)[0]
+        f2 = run_blocks(model, np.stack([moved, channel]), device=device)[0]
+        n, n2 = nl_means(piece, sigma), nl_means(moved, sigma)
+        inner = tuple(slice(min(keep, k // 4), k - min(keep, k // 4)) for k in piece.shape)
+        use = piece[inner] > floor
+        df = (f - piece)[inner][use].astype(np.float64)
+        dn = (n - piece)[inner][use].astype(np.float64)
+        gram += np.array([[df @ df, df @ dn], [df @ dn, dn @ dn]])
+        div += [
+            float(np.sum((probe * (f2 - f))[inner][use], dtype=np.float64)) / eps,
+            float(np.sum((probe * (n2 - n))[inner][use], dtype=np.float64)) / eps,
+        ]
+        count += int(use.sum())
+    if count == 0:
+        return 0.0, 0.0
+    return _best_shares(gram / count, sigma**2 * (1.0 - div / count))
 
 
 CALIBRATION_LEVELS = (0.0, 0.01, 0.02, 0.03, 0.04, 0.06, 0.08, 0.10, 0.12)

@@ -249,6 +249,13 @@ def _sure_crops(fg: np.ndarray, size: int, count: int, seed: int) -> list[tuple[
     return boxes
 
 
+def _sure_probes(x: np.ndarray, size: int, crops: int, floor: float, seed: int):
+    """The boxes SURE is measured in (:func:`_sure_crops`) and a fixed normal field per box (the probe)."""
+    boxes = _sure_crops(x > floor, size, crops, seed)
+    rng = np.random.default_rng(seed + 1)
+    return boxes, [rng.standard_normal(x[box].shape).astype(np.float32) for box in boxes]
+
+
 def sure_tune(
     model,
     x: np.ndarray,
@@ -281,9 +288,7 @@ def sure_tune(
     """
     if not sigma > 1e-6:
         return 1.0, 0.0
-    boxes = _sure_crops(x > floor, size, crops, seed)
-    rng = np.random.default_rng(seed + 1)
-    probes = [rng.standard_normal(x[box].shape).astype(np.float32) for box in boxes]
+    boxes, probes = _sure_probes(x, size, crops, floor, seed)
     eps = 0.01 * sigma
     best: tuple[float, float, float] | None = None
     for gain in gains:
@@ -407,9 +412,7 @@ def sure_shares(
 
     if not sigma > 1e-6:
         return 0.0, 0.0
-    boxes = _sure_crops(x > floor, size, crops, seed)
-    rng = np.random.default_rng(seed + 1)
-    probes = [rng.standard_normal(x[box].shape).astype(np.float32) for box in boxes]
+    boxes, probes = _sure_probes(x, size, crops, floor, seed)
     eps = 0.01 * sigma
     gram = np.zeros((2, 2))
     div = np.zeros(2)

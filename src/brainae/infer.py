@@ -447,13 +447,13 @@ def calibrate_denoise(
     vm: VolumetricModel, volumes: list, *, device: str | object = "cpu", seed: int = 0
 ) -> dict:
     """The blend tables of a denoiser: for each noise level, the shares of the model's and of non-local means'
-    changes to keep, and the noise sd to give a model that takes one.
+    changes to keep, and the noise sd that non-local means gets on a scan without air around it.
 
     Each healthy validation volume gets Gaussian and Rician noise at each of :data:`CALIBRATION_LEVELS` of its
     intensity reference. The model gets the in-head noise estimate as its second channel, as in training;
     non-local means (:func:`brainae.nlmeans.nl_means_head`) runs with the noise sd read in the volume's
     background (:func:`noise_sd_estimate`).
-    For each case the least-squares shares ``(alpha, beta) >= 0`` of ``f - x`` and ``nlm - x`` that best
+    For each case the least-squares shares ``(alpha, beta)`` in [0, 1] of ``f - x`` and ``nlm - x`` that best
     fit ``c - x`` over the head (``c`` clean, ``x`` noisy, ``f`` the model's output) are paired with the
     volume's noise estimates: the in-head one (:func:`brainae.tasks.estimate_noise_sd`) and the one read in
     the background (:func:`brainae.volumetric.background_noise_sd`), giving two tables (running means over

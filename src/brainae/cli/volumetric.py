@@ -186,9 +186,9 @@ def info_command(
                 + ", ".join(f"{m:.1f} ml {a:.2f}" for m, a in zip(blend["hole_ml"], blend["alpha"]))
             )
         elif blend:
-            mixes = "shares of the model's and of non-local means' changes" if blend.get("nlm") else "blend"
+            mixes = "blend table (model and non-local means)" if blend.get("nlm") else "blend table"
             lines.append(
-                f"calibration  {mixes} table from {blend.get('cases')} noisy validation cases (voxels of "
+                f"calibration  {mixes} from {blend.get('cases')} noisy validation cases (voxels of "
                 "1.5 mm or more, or a scan with air around it); finer skull-stripped scans: strength chosen "
                 "per scan by SURE"
             )

@@ -11,20 +11,24 @@ import torch
 from brainae.nlmeans import nl_means, nl_means_batch
 
 
-def _reference(x: np.ndarray, sigma: float, radius: int, h_factor: float) -> np.ndarray:
-    """Non-local means written out voxel by voxel (edge-replicated padding, 3 x 3 x 3 patches)."""
-    q = radius + 1
+def _reference(x: np.ndarray, sigma: float, radius: int, h_factor: float, patch: int = 3) -> np.ndarray:
+    """Non-local means written out voxel by voxel (edge-replicated padding, patches of ``patch`` voxels a side)."""
+    half = patch // 2
+    q = radius + half
     p = np.pad(x.astype(np.float64), q, mode="edge")
     h2 = (h_factor * sigma) ** 2
     out = np.empty(x.shape)
+
+    def around(a, b, d):
+        return p[a - half : a + half + 1, b - half : b + half + 1, d - half : d + half + 1]
+
     for i, j, k in itertools.product(*(range(n) for n in x.shape)):
         c = (i + q, j + q, k + q)
-        ref = p[c[0] - 1 : c[0] + 2, c[1] - 1 : c[1] + 2, c[2] - 1 : c[2] + 2]
+        ref = around(*c)
         num = den = 0.0
         for o in itertools.product(range(-radius, radius + 1), repeat=3):
             a, b, d = c[0] + o[0], c[1] + o[1], c[2] + o[2]
-            other = p[a - 1 : a + 2, b - 1 : b + 2, d - 1 : d + 2]
-            d2 = float(np.mean((ref - other) ** 2))
+            d2 = float(np.mean((ref - around(a, b, d)) ** 2))
             w = np.exp(-max(d2 - 2 * sigma**2, 0.0) / h2)
             num += w * p[a, b, d]
             den += w
@@ -32,10 +36,24 @@ def _reference(x: np.ndarray, sigma: float, radius: int, h_factor: float) -> np.
     return out
 
 
-@pytest.mark.parametrize("radius", [1, 2])
-def test_nl_means_equals_the_voxel_by_voxel_definition(radius):
+@pytest.mark.parametrize(
+    ("radius", "patch", "h_factor"), [(1, 3, 1.0), (2, 3, 1.0), (1, 5, 0.5), (2, 1, 2.0)]
+)
+def test_nl_means_equals_the_voxel_by_voxel_definition(radius, patch, h_factor):
     x = np.random.default_rng(0).normal(0.5, 0.1, (7, 6, 5)).astype(np.float32)
-    np.testing.assert_allclose(nl_means(x, 0.1, radius=radius), _reference(x, 0.1, radius, 1.0), atol=1e-5)
+    got = nl_means(x, 0.1, radius=radius, patch=patch, h_factor=h_factor)
+    np.testing.assert_allclose(got, _reference(x, 0.1, radius, h_factor, patch), atol=1e-5)
+
+
+def test_several_strengths_at_once_equal_one_at_a_time():
+    x = np.random.default_rng(1).normal(0.5, 0.2, (12, 10, 9)).astype(np.float32)
+    several = nl_means(x, 0.1, h_factor=(0.5, 1.0, 4.0))
+    assert several.shape == (3, *x.shape)
+    for got, h in zip(several, (0.5, 1.0, 4.0)):
+        np.testing.assert_allclose(got, nl_means(x, 0.1, h_factor=h), atol=1e-6)
+    assert not np.allclose(several[0], several[2])  # the strengths differ
+    with pytest.raises(ValueError, match="odd"):
+        nl_means(x, 0.1, patch=4)
 
 
 def test_nl_means_batch_treats_each_image_with_its_own_sigma():
@@ -59,3 +77,10 @@ def test_nl_means_removes_noise_and_keeps_edges_and_constants():
     np.testing.assert_allclose(nl_means(flat, 0.5), flat)
     with pytest.raises(ValueError, match="3-D"):
         nl_means(np.zeros((4, 4)), 0.1)
+
+
+def test_slabs_give_the_same_result_as_the_whole_volume():
+    x = torch.from_numpy(np.random.default_rng(2).normal(0.5, 0.2, (2, 11, 9, 8)).astype(np.float32))
+    whole = nl_means_batch(x, 0.1, h_factor=(0.5, 2.0), slab_voxels=10**9)
+    for slab in (1, 150, 500):  # one plane at a time, a few planes, a ragged last slab
+        np.testing.assert_allclose(nl_means_batch(x, 0.1, h_factor=(0.5, 2.0), slab_voxels=slab), whole, atol=1e-6)

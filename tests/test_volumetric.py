@@ -214,7 +214,7 @@ def test_default_models_ship_with_the_package():
         assert vm.training.recipe["task"] == task
         assert not set(vm.training.get("train_ids")) & set(_split()["test"])
     assert load_volumetric(None, task="anomaly").normative.thresholds
-    assert load_volumetric(None, task="denoise").preprocessing.blend["alpha"]
+    assert load_volumetric(None, task="denoise").preprocessing.blend["estimate"]["shares"]
 
 
 def _split() -> dict:
@@ -241,22 +241,31 @@ def test_denoise_leaves_a_clean_scan_nearly_unchanged(crop):
     assert psnr > 38
 
 
+def _without_nlm(blend: dict) -> dict:
+    """The same tables with every non-local means share set to 0 (the model's share kept)."""
+
+    def zero(table):
+        return {**table, "shares": [[row[0]] + [0.0] * (len(row) - 1) for row in table["shares"]]}
+
+    return {
+        **blend,
+        "estimate": zero(blend["estimate"]),
+        "background": {k: zero(t) for k, t in blend["background"].items()},
+    }
+
+
 def test_denoise_mix_with_non_local_means_beats_the_model_alone():
-    """The shipped tables keep a share of non-local means' change; on a noisy held-out scan that mix has a
-    lower error than the model's own blend (the same checkpoint with the non-local means shares set to 0)."""
+    """The shipped tables keep shares of non-local means' changes (several strengths); on a noisy held-out scan
+    that mix has a lower error than the model's own blend (the same checkpoint with those shares set to 0)."""
     import dataclasses
 
     from brainae.infer import denoise_volume
 
     vm = load_volumetric(None, task="denoise")
     blend = vm.preprocessing.blend
-    assert max(blend["nlm"]) > 0.3 and max(blend["nlm_background"]) > 0.3
+    assert len(blend["nlm_filters"]) > 1 and set(blend["background"]) == {"magnitude", "zero_mean"}
     alone = dataclasses.replace(
-        vm,
-        preprocessing=dataclasses.replace(
-            vm.preprocessing,
-            blend={**blend, "nlm": [0.0] * len(blend["nlm"]), "nlm_background": [0.0] * len(blend["nlm"])},
-        ),
+        vm, preprocessing=dataclasses.replace(vm.preprocessing, blend=_without_nlm(blend))
     )
     vol = load_volume(TEST_VOLUME)
     peak = np.percentile(vol.data, 99.5)
@@ -272,17 +281,24 @@ def test_denoise_mix_with_non_local_means_beats_the_model_alone():
 
 
 def test_blend_tables_helpers():
-    from brainae.infer import _increasing, _shares, blend_weights, noise_sd_estimate
+    from brainae.infer import _best_shares, _binned, _increasing, blend_weights, noise_sd_estimate
 
     rng = np.random.default_rng(0)
     d, e = rng.normal(size=500), rng.normal(size=500)
-    np.testing.assert_allclose(_shares(d, e, 0.3 * d + 0.5 * e), (0.3, 0.5), atol=1e-9)
-    a, b = _shares(d, e, -d + 0.4 * e)  # a negative share is not allowed: refit with the other alone
+
+    def shares(t):
+        gram = np.array([[d @ d, d @ e], [d @ e, e @ e]])
+        return _best_shares(gram, np.array([d @ t, e @ t]))
+
+    np.testing.assert_allclose(shares(0.3 * d + 0.5 * e), (0.3, 0.5), atol=1e-9)
+    a, b = shares(-d + 0.4 * e)  # a negative share is not allowed: refit with the other alone
     assert a == 0.0 and b == pytest.approx(0.4, abs=0.1)
     v = np.array([0.1, 0.5, 0.2, 0.3, 0.9, 0.0])
     inc = _increasing(v)
     assert np.all(np.diff(inc) >= 0) and inc.mean() == pytest.approx(v.mean())
     np.testing.assert_allclose(inc, [0.1, 1 / 3, 1 / 3, 1 / 3, 0.45, 0.45])
+    binned = _binned([(0.3, 1.0, 2.0), (0.1, 3.0, 4.0), (0.2, 5.0, 6.0)], k=2)
+    assert binned["at"] == pytest.approx([0.15, 0.3]) and binned["shares"] == [[4.0, 5.0], [1.0, 2.0]]
     table = {
         "noise_estimate": [0.05, 0.1],
         "alpha": [0.1, 0.5],
@@ -290,9 +306,31 @@ def test_blend_tables_helpers():
         "sigma_estimate": [0.05, 0.1],
         "sigma": [0.01, 0.08],
     }
-    assert blend_weights(table, 0.075) == pytest.approx((0.3, 0.4))
-    assert blend_weights({"noise_estimate": [0.05], "alpha": [0.7]}, 0.05) == (0.7, 0.0)  # an older table
-    assert blend_weights(None, 0.1) == (1.0, 0.0)
+    assert blend_weights(table, 0.075) == (pytest.approx(0.3), {(2, 1.0): pytest.approx(0.4)})
+    assert blend_weights({"noise_estimate": [0.05], "alpha": [0.7]}, 0.05) == (0.7, {})  # an older table
+    assert blend_weights(None, 0.1) == (1.0, {})
+    mixed = {
+        "nlm_filters": [[2, 0.5], [1, 2.0]],
+        "estimate": {"at": [0.05, 0.1], "shares": [[0.1, 0.2, 0.0], [0.3, 0.4, -0.2]]},
+        "background": {
+            "magnitude": {"at": [0.0, 0.1], "shares": [[0.0, 0.0, 0.0], [1.5, 0.2, 0.4]]},
+            "zero_mean": {"at": [0.0, 0.1], "shares": [[0.0, 0.0, 0.0], [0.2, 0.6, 0.8]]},
+        },
+    }
+    assert blend_weights(mixed, 0.075) == (
+        pytest.approx(0.2),
+        {(2, 0.5): pytest.approx(0.3), (1, 2.0): pytest.approx(-0.1)},
+    )
+    alpha, betas = blend_weights(mixed, 0.075, 0.05)  # read in the air: the magnitude table
+    assert alpha == pytest.approx(0.75) and betas == {
+        (2, 0.5): pytest.approx(0.1),
+        (1, 2.0): pytest.approx(0.2),
+    }
+    assert blend_weights(mixed, 0.075, 0.1)[0] == 1.0  # the model's share is kept in [0, 1]
+    assert blend_weights(mixed, 0.075, 0.05, magnitude=False)[1] == {
+        (2, 0.5): pytest.approx(0.3),
+        (1, 2.0): pytest.approx(0.4),
+    }
     assert noise_sd_estimate(table, 0.075, 0.02) == 0.02  # read in the air when there is some
     assert noise_sd_estimate(table, 0.075, None) == pytest.approx(0.045)
     assert noise_sd_estimate(None, 0.075, None) == 0.075

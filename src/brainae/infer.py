@@ -8,13 +8,13 @@ shipped default by task name) into a :class:`VolumetricModel`; the functions bel
 
 - :func:`denoise_volume`: normalise, estimate the noise level from the volume itself (the in-head estimate
   :func:`brainae.tasks.estimate_noise_sd`, given to the model as a second channel, and the noise sd: read in
-  the air around the head when there is some, :func:`brainae.volumetric.background_noise_sd`, else mapped
+  the air around the head when there is some, :func:`brainae.volumetric.background_noise`, else mapped
   from the in-head estimate by the checkpoint's table, :func:`noise_sd_estimate`), run the model on the
   input's own grid (blocks of at most 160 voxels per side with 16 voxels of overlap, about 1.7 GB for a
-  256 x 256 x 150 scan) and 3-D non-local means with that sd (:func:`brainae.nlmeans.nl_means_head`), keep
-  the shares of the model's change and of non-local means' change that the checkpoint's blend tables give
-  for that noise level (:func:`calibrate_denoise`: little for a scan that is already clean, most of it for a
-  noisy one), undo the normalisation. The tables were calibrated on 2 mm volumes, where anatomy inflates the
+  256 x 256 x 150 scan) and 3-D non-local means with that sd at several strengths and search radii
+  (:func:`nlm_filters`, :data:`NLM_FILTERS`), keep the shares of the model's change and of each non-local
+  means result's change that the checkpoint's blend tables give for that noise level and kind of background
+  (:func:`calibrate_denoise`: none for a scan that is already clean), undo the normalisation. The tables were calibrated on 2 mm volumes, where anatomy inflates the
   in-head noise estimate; a skull-stripped volume (no air to read the noise in) with voxels finer than 1.5 mm
   (geometric mean of the spacings) gets its strength (the noise channel's multiplier, :func:`sure_tune`,
   then the shares of the model's and of non-local means' changes, :func:`sure_shares`) chosen per volume by
@@ -51,7 +51,7 @@ from brainae.slice_anomaly import volume_score
 from brainae.tasks import Task, get_task
 from brainae.volume import VolumetricPreprocessing, fill_mask
 from brainae.volumetric import (
-    background_noise_sd,
+    background_noise,
     fit_intensity,
     from_grid,
     haar_noise_sd,
@@ -194,7 +194,6 @@ def denoise_volume(
     """
     import torch
 
-    from brainae.nlmeans import nl_means_head
     from brainae.tasks import estimate_noise_sd
 
     if strength not in STRENGTHS:
@@ -203,26 +202,30 @@ def denoise_volume(
     norm = fit_intensity(data)
     x = norm.forward(data)
     est = float(estimate_noise_sd(torch.from_numpy(x)[None, None])[0])
-    background = background_noise_sd(x, volume.zooms)
+    found = background_noise(x, volume.zooms)
+    background, magnitude = (None, True) if found is None else found
     blend = vm.preprocessing.blend
-    gain, beta = 1.0, 0.0
+    gain = 1.0
     fine_stripped = background is None and _voxel_mm(volume.zooms) < SURE_FINER_THAN_MM
     if strength == "sure" or (strength == "auto" and fine_stripped):
         haar = haar_noise_sd(x)
         sigma = est if haar is None else haar
         gain, alpha = sure_tune(vm.model, x, est, sigma, device=device)
         alpha, beta = sure_shares(vm.model, x, est, sigma, gain, device=device)
+        betas = {(2, 1.0): beta}
     else:
         sigma = noise_sd_estimate(blend, est, background)
-        alpha, beta = blend_weights(blend, est, background)
-    if alpha <= 0.0 and beta <= 0.0:
+        alpha, betas = blend_weights(blend, est, background, magnitude=magnitude)
+    betas = {h: b for h, b in betas.items() if b != 0.0}
+    if alpha <= 0.0 and not betas:
         return np.maximum(norm.inverse(x), norm.lo).astype(np.float32)
     out = x.copy()
     if alpha > 0.0:
         y = run_blocks(vm.model, np.stack([x, np.full_like(x, est * gain)]), device=device)[0]
         out += alpha * (y - x)
-    if beta > 0.0:
-        out += beta * (nl_means_head(x, sigma) - x)
+    if betas:
+        for spec, n in zip(betas, nlm_filters(x, sigma, list(betas))):
+            out += betas[spec] * (n - x)
     return np.maximum(norm.inverse(out), norm.lo).astype(np.float32)
 
 
@@ -315,29 +318,42 @@ def sure_tune(
 
 
 def blend_weights(
-    blend: dict | None, noise_estimate: float, background_sd: float | None = None
-) -> tuple[float, float]:
-    """How much of the denoiser's change, and of non-local means' change, to keep for a volume.
+    blend: dict | None, noise_estimate: float, background_sd: float | None = None, *, magnitude: bool = True
+) -> tuple[float, dict[tuple[int, float], float]]:
+    """How much of the denoiser's change, and of each non-local means result's change, to keep for a volume.
 
     The tables (``preprocessing.blend`` of a denoise checkpoint, from :func:`calibrate_denoise`) give the
-    weights that minimised the head error on healthy validation volumes, as a function of the noise read in
-    the background (:func:`brainae.volumetric.background_noise_sd`: the same for any voxel size) when the
-    volume has one, else of the in-head estimate (:func:`brainae.tasks.estimate_noise_sd`). Without a table:
-    ``(1, 0)`` (the model's output); a table without non-local-means shares (brainae's first denoisers) gives 0
-    for that share.
+    shares that minimised the head error on healthy validation volumes, as a function of the noise read in
+    the background (:func:`brainae.volumetric.background_noise`: the same for any voxel size; one table for
+    magnitude images, whose noise is Rician, one for noise around zero) when the volume has one, else of the
+    in-head estimate (:func:`brainae.tasks.estimate_noise_sd`). Without a table: ``(1, {})`` (the model's
+    output). Older tables (one non-local means result, strength 1, share in [0, 1]; or none) still work.
 
     Returns:
-        ``(alpha, beta)``: the output is ``x + alpha (f(x) - x) + beta (nlm(x) - x)``.
+        ``(alpha, betas)``: the output is ``x + alpha (f(x) - x) + sum betas[r, h] (nlm_r,h(x) - x)``, with
+        ``nlm_r,h`` non-local means of search radius ``r`` and strength ``h x sigma``
+        (:func:`brainae.nlmeans.nl_means`). ``alpha`` is kept in [0, 1]; the betas may be negative (a
+        difference of two strengths keeps detail).
     """
     if not blend:
-        return 1.0, 0.0
+        return 1.0, {}
+    if blend.get("nlm_filters"):
+        tables = blend.get("background") or {}
+        if background_sd is not None and tables:
+            table = tables.get("magnitude" if magnitude else "zero_mean") or next(iter(tables.values()))
+            at = background_sd
+        else:
+            table, at = blend["estimate"], noise_estimate
+        shares = [float(np.interp(at, table["at"], col)) for col in zip(*table["shares"])]
+        alpha = float(np.clip(shares[0], 0.0, 1.0))
+        return alpha, {(int(r), float(h)): b for (r, h), b in zip(blend["nlm_filters"], shares[1:])}
     if background_sd is not None and blend.get("background_sd"):
         at, xs, a_key, b_key = background_sd, blend["background_sd"], "alpha_background", "nlm_background"
     else:
         at, xs, a_key, b_key = noise_estimate, blend["noise_estimate"], "alpha", "nlm"
     alpha = float(np.clip(np.interp(at, xs, blend[a_key]), 0.0, 1.0))
     beta = float(np.clip(np.interp(at, xs, blend[b_key]), 0.0, 1.0)) if blend.get(b_key) else 0.0
-    return alpha, beta
+    return alpha, ({(2, 1.0): beta} if beta else {})
 
 
 def _increasing(values: np.ndarray) -> np.ndarray:
@@ -377,12 +393,6 @@ def _best_shares(gram: np.ndarray, rhs: np.ndarray) -> tuple[float, float]:
         if q < best_q:
             best, best_q = (float(v[0]), float(v[1])), q
     return best
-
-
-def _shares(d: np.ndarray, e: np.ndarray, t: np.ndarray) -> tuple[float, float]:
-    """Least-squares ``(a, b)`` in [0, 1]^2 with ``a d + b e`` closest to ``t``."""
-    gram = np.array([[d @ d, d @ e], [d @ e, e @ e]])
-    return _best_shares(gram, np.array([d @ t, e @ t]))
 
 
 def sure_shares(
@@ -441,35 +451,60 @@ def sure_shares(
 
 CALIBRATION_LEVELS = (0.0, 0.01, 0.02, 0.03, 0.04, 0.06, 0.08, 0.10, 0.12)
 """Noise levels (sd as a fraction of the intensity reference) of :func:`calibrate_denoise`."""
+NLM_FILTERS = ((2, 0.5), (2, 1.0), (2, 2.0), (2, 4.0), (1, 1.0), (1, 2.0))
+"""The non-local means results a denoiser's tables mix (:func:`calibrate_denoise`): ``(search radius, strength
+h / sigma)``, 3 x 3 x 3 patches; the strengths of one radius share one computation of the patch distances
+(:func:`brainae.nlmeans.nl_means_batch`)."""
+
+
+def nlm_filters(x: np.ndarray, sigma: float, filters: list[tuple[int, float]]) -> list[np.ndarray]:
+    """:func:`brainae.nlmeans.nl_means_head` of ``x`` for each ``(radius, strength)`` of ``filters`` (in
+    that order), one pass over the volume per radius."""
+    from brainae.nlmeans import nl_means_head
+
+    out: dict[tuple[int, float], np.ndarray] = {}
+    for radius in sorted({r for r, _ in filters}):
+        strengths = [h for r, h in filters if r == radius]
+        for h, result in zip(strengths, nl_means_head(x, sigma, radius=radius, h_factor=strengths)):
+            out[(radius, h)] = result
+    return [out[(r, h)] for r, h in filters]
+
+
+def _binned(rows: list[tuple[float, ...]], k: int = 4) -> dict:
+    """Running means of ``(at, share_0, share_1, ...)`` rows sorted by ``at``, in bins of ``k``."""
+    ordered = np.array(sorted(rows), dtype=np.float64)
+    means = np.array([ordered[i : i + k].mean(axis=0) for i in range(0, len(ordered), k)])
+    return {"at": [float(v) for v in means[:, 0]], "shares": [[float(v) for v in r] for r in means[:, 1:]]}
 
 
 def calibrate_denoise(
     vm: VolumetricModel, volumes: list, *, device: str | object = "cpu", seed: int = 0
 ) -> dict:
-    """The blend tables of a denoiser: for each noise level, the shares of the model's and of non-local means'
-    changes to keep, and the noise sd that non-local means gets on a scan without air around it.
+    """The blend tables of a denoiser: for each noise level, the shares of the model's change and of the
+    changes of the non-local means results of :data:`NLM_FILTERS` to keep, and the noise sd that
+    non-local means gets on a scan without air around it.
 
     Each healthy validation volume gets Gaussian and Rician noise at each of :data:`CALIBRATION_LEVELS` of its
     intensity reference. The model gets the in-head noise estimate as its second channel, as in training;
     non-local means (:func:`brainae.nlmeans.nl_means_head`) runs with the noise sd read in the volume's
-    background (:func:`noise_sd_estimate`).
-    For each case the least-squares shares ``(alpha, beta)`` in [0, 1] of ``f - x`` and ``nlm - x`` that best
-    fit ``c - x`` over the head (``c`` clean, ``x`` noisy, ``f`` the model's output) are paired with the
-    volume's noise estimates: the in-head one (:func:`brainae.tasks.estimate_noise_sd`) and the one read in
-    the background (:func:`brainae.volumetric.background_noise_sd`), giving two tables (running means over
-    the sorted estimates, bins of 4 cases, made non-decreasing); a third maps the in-head estimate to the
-    background one, the noise sd given to non-local means for a scan without air around it. Blending
-    ``x + alpha (f - x) + beta (nlm - x)`` keeps a scan that is already clean (or cleaner than the model can
-    make it) as it is, instead of making it worse.
+    background (:func:`noise_sd_estimate`). For each case the least-squares shares of ``f - x`` and of each
+    ``nlm - x`` that best fit ``c - x`` over the head (``c`` clean, ``x`` noisy, ``f`` the model's output)
+    are paired with the volume's noise estimates: the in-head one (:func:`brainae.tasks.estimate_noise_sd`)
+    and the one read in the background (:func:`brainae.volumetric.background_noise`, one table for magnitude
+    backgrounds and one for noise around zero), giving the tables (running means over the sorted estimates,
+    bins of 4 cases); another maps the in-head estimate to the background one, the noise sd given to
+    non-local means for a scan without air around it. Mixing several strengths and search radii of non-local
+    means, some with negative shares, keeps more detail than any one of them. A clean validation scan gets shares near
+    0: a scan that is already clean is kept as it is, instead of made worse.
     """
     import torch
 
-    from brainae.nlmeans import nl_means_head
     from brainae.tasks import estimate_noise_sd
 
     rng = np.random.default_rng(seed)
-    pairs: list[tuple[float, float, float]] = []
-    bg_pairs: list[tuple[float, float, float]] = []
+    filters = [tuple(f) for f in NLM_FILTERS]
+    rows: list[tuple[float, ...]] = []
+    by_background: dict[str, list[tuple[float, ...]]] = {"magnitude": [], "zero_mean": []}
     sigma_pairs: list[tuple[float, float]] = []
     for vol in volumes:
         norm = fit_intensity(vol.data)
@@ -484,21 +519,21 @@ def calibrate_denoise(
                 if rician:
                     noisy = np.sqrt(noisy**2 + rng.normal(0.0, level, clean.shape).astype(np.float32) ** 2)
                 est = float(estimate_noise_sd(torch.from_numpy(noisy)[None, None])[0])
-                bg = background_noise_sd(noisy, vol.zooms)
+                found = background_noise(noisy, vol.zooms)
+                bg = None if found is None else found[0]
                 y = run_blocks(vm.model, np.stack([noisy, np.full_like(noisy, est)]), device=device)[0]
-                nlm = nl_means_head(noisy, noise_sd_estimate(None, est, bg))
-                t = (clean - noisy)[head].astype(np.float64)
-                alpha, beta = _shares(
-                    (y - noisy)[head].astype(np.float64), (nlm - noisy)[head].astype(np.float64), t
-                )
-                pairs.append((est, alpha, beta))
-                if bg is not None:
-                    bg_pairs.append((bg, alpha, beta))
+                nlm = nlm_filters(noisy, noise_sd_estimate(None, est, bg), filters)
+                changes = np.stack([(y - noisy)[head]] + [(n - noisy)[head] for n in nlm], axis=1)
+                shares = np.linalg.lstsq(
+                    changes.astype(np.float64), (clean - noisy)[head].astype(np.float64), rcond=None
+                )[0]
+                rows.append((est, *shares))
+                if found is not None:
+                    by_background["magnitude" if found[1] else "zero_mean"].append((bg, *shares))
                     sigma_pairs.append((est, bg))
-    centres, alphas, betas = _table(pairs)
-    table = {"noise_estimate": centres, "alpha": alphas, "nlm": betas, "cases": len(pairs)}
-    if len(bg_pairs) == len(pairs):
-        table["background_sd"], table["alpha_background"], table["nlm_background"] = _table(bg_pairs)
+    table: dict = {"nlm_filters": [list(f) for f in filters], "estimate": _binned(rows), "cases": len(rows)}
+    if len(sigma_pairs) == len(rows):
+        table["background"] = {kind: _binned(r) for kind, r in by_background.items() if r}
         table["sigma_estimate"], table["sigma"] = _table(sigma_pairs)
     return table
 

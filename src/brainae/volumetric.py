@@ -32,6 +32,7 @@ from brainae.errors import BrainaeError
 
 __all__ = [
     "Intensity",
+    "background_noise",
     "background_noise_sd",
     "STRIPPED_MAX_ML",
     "background_value",
@@ -159,7 +160,16 @@ def strip(
 def background_noise_sd(
     x: np.ndarray, zooms: tuple[float, float, float], *, min_voxels: int = 10_000
 ) -> float | None:
-    """The noise sd read from the air around the head of an intensity-normalised volume.
+    """The noise sd read from the air around the head of an intensity-normalised volume (the sd of
+    :func:`background_noise`), or None."""
+    found = background_noise(x, zooms, min_voxels=min_voxels)
+    return None if found is None else found[0]
+
+
+def background_noise(
+    x: np.ndarray, zooms: tuple[float, float, float], *, min_voxels: int = 10_000
+) -> tuple[float, bool] | None:
+    """The noise read in the air around the head of an intensity-normalised volume: ``(sd, magnitude)``.
 
     Background = voxels farther than 3 voxels from the head (where a 5-voxel box mean exceeds 0.25, holes
     filled), less those at the volume's minimum (zero-filled padding or defacing carries no noise). The
@@ -167,8 +177,10 @@ def background_noise_sd(
     noise on two IXI scans): noise there is Gaussian around 0 (when more than 10 % of it is negative:
     sd = median |value| / 0.6745) or the magnitude of complex noise, Rayleigh (sd = median / 1.1774). A
     background that is all at the minimum reads 0. This does not depend on the voxel size or on the anatomy,
-    unlike an estimate made inside the head. Returns None for a volume without enough background (a tight
-    crop) or a skull-stripped one (its background says nothing about the noise inside the brain).
+    unlike an estimate made inside the head. ``magnitude`` is True for the Rayleigh case (a magnitude image,
+    as MRI scanners write them: its noise is Rician inside the head) and False for noise around 0. Returns
+    None for a volume without enough background (a tight crop) or a skull-stripped one (its background says
+    nothing about the noise inside the brain).
     """
     from scipy import ndimage
 
@@ -182,10 +194,10 @@ def background_noise_sd(
         return None
     bg = bg[bg != x.min()].astype(np.float64)
     if bg.size < min_voxels // 10:
-        return 0.0
+        return 0.0, True
     if np.mean(bg < 0) > 0.1:
-        return float(np.median(np.abs(bg)) / 0.6745)
-    return float(np.median(bg) / 1.1774)
+        return float(np.median(np.abs(bg)) / 0.6745), False
+    return float(np.median(bg) / 1.1774), True
 
 
 def haar_noise_sd(x: np.ndarray, *, floor: float = 0.1) -> float | None:

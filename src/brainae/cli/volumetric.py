@@ -186,7 +186,10 @@ def info_command(
                 + ", ".join(f"{m:.1f} ml {a:.2f}" for m, a in zip(blend["hole_ml"], blend["alpha"]))
             )
         elif blend:
-            mixes = "blend table (model and non-local means)" if blend.get("nlm") else "blend table"
+            if blend.get("nlm_filters"):
+                mixes = f"blend table (model and {len(blend['nlm_filters'])} non-local means results)"
+            else:
+                mixes = "blend table (model and non-local means)" if blend.get("nlm") else "blend table"
             lines.append(
                 f"calibration  {mixes} from {blend.get('cases')} noisy validation cases (voxels of "
                 "1.5 mm or more, or a scan with air around it); finer skull-stripped scans: strength chosen "

@@ -83,4 +83,30 @@ def test_slabs_give_the_same_result_as_the_whole_volume():
     x = torch.from_numpy(np.random.default_rng(2).normal(0.5, 0.2, (2, 11, 9, 8)).astype(np.float32))
     whole = nl_means_batch(x, 0.1, h_factor=(0.5, 2.0), slab_voxels=10**9)
     for slab in (1, 150, 500):  # one plane at a time, a few planes, a ragged last slab
-        np.testing.assert_allclose(nl_means_batch(x, 0.1, h_factor=(0.5, 2.0), slab_voxels=slab), whole, atol=1e-6)
+        np.testing.assert_allclose(
+            nl_means_batch(x, 0.1, h_factor=(0.5, 2.0), slab_voxels=slab), whole, atol=1e-6
+        )
+
+
+def test_squares_are_the_weighted_means_of_the_squared_intensities():
+    """With ``squares`` each strength also gives the mean of x^2 with the same weights: on a constant image it
+    is the constant's square, it is never below the squared mean (Jensen), and in the head box helper the air
+    keeps x^2."""
+    from brainae.nlmeans import nl_means_head
+
+    x = np.random.default_rng(3).normal(0.5, 0.1, (10, 9, 8)).astype(np.float32)
+    out = nl_means(x, 0.1, h_factor=(1.0, 2.0), squares=True)
+    assert out.shape == (4, *x.shape)
+    np.testing.assert_allclose(out[:2], nl_means(x, 0.1, h_factor=(1.0, 2.0)), atol=1e-6)
+    assert np.all(out[2:] >= out[:2] ** 2 - 1e-6) and np.any(out[2:] > out[:2] ** 2 + 1e-4)
+    np.testing.assert_allclose(
+        nl_means(np.full((6, 6, 6), 0.3, np.float32), 0.1, squares=True)[1], 0.09, rtol=1e-5
+    )
+    some = nl_means(x, 0.1, h_factor=(1.0, 2.0), squares=[2.0])  # only the listed strength's squares
+    assert some.shape == (3, *x.shape)
+    np.testing.assert_allclose(some[2], out[3], atol=1e-6)
+    vol = np.zeros((30, 30, 30), np.float32)
+    vol[12:20, 12:20, 12:20] = 0.8 + x[:8, :8, :8] - 0.5
+    vol[0, 0, 0] = 0.3  # air outside the head box
+    head = nl_means_head(vol, 0.1, h_factor=(1.0,), squares=True)
+    assert head[1, 0, 0, 0] == pytest.approx(0.09) and head[0, 0, 0, 0] == pytest.approx(0.3)

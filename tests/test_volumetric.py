@@ -242,10 +242,17 @@ def test_denoise_leaves_a_clean_scan_nearly_unchanged(crop):
 
 
 def _without_nlm(blend: dict) -> dict:
-    """The same tables with every non-local means share set to 0 (the model's share kept)."""
+    """The same tables with every classical estimate's share set to 0 (the model's shares kept)."""
+    classes = len(blend["class_edges"]) + 1
+    width = len(blend["components"]) + 1
 
     def zero(table):
-        return {**table, "shares": [[row[0]] + [0.0] * (len(row) - 1) for row in table["shares"]]}
+        def row(values):
+            per_class = np.array(values).reshape(classes, width)
+            per_class[:, 1:] = 0.0
+            return per_class.ravel().tolist()
+
+        return {**table, "shares": [row(r) for r in table["shares"]]}
 
     return {
         **blend,
@@ -255,15 +262,16 @@ def _without_nlm(blend: dict) -> dict:
 
 
 def test_denoise_mix_with_non_local_means_beats_the_model_alone():
-    """The shipped tables keep shares of non-local means' changes (several strengths); on a noisy held-out scan
-    that mix has a lower error than the model's own blend (the same checkpoint with those shares set to 0)."""
+    """The shipped tables keep shares of non-local means and other classical estimates, per intensity class; on
+    a noisy held-out scan that mix has a lower error than the model's own blend (the same checkpoint with those
+    shares set to 0)."""
     import dataclasses
 
     from brainae.infer import denoise_volume
 
     vm = load_volumetric(None, task="denoise")
     blend = vm.preprocessing.blend
-    assert len(blend["nlm_filters"]) > 1 and set(blend["background"]) == {"magnitude", "zero_mean"}
+    assert len(blend["components"]) > 1 and set(blend["background"]) == {"magnitude", "zero_mean"}
     alone = dataclasses.replace(
         vm, preprocessing=dataclasses.replace(vm.preprocessing, blend=_without_nlm(blend))
     )
@@ -278,6 +286,36 @@ def test_denoise_mix_with_non_local_means_beats_the_model_alone():
 
     mixed, model_only = denoise_volume(noisy_vol, vm), denoise_volume(noisy_vol, alone)
     assert mse(mixed) < 0.85 * mse(model_only) < 0.85 * mse(noisy)
+
+
+def test_mix_components_and_class_shares():
+    """The classical estimates of the mix: one non-local means pass gives the plain, RMS and Rician-corrected
+    forms consistently; blurs smooth; per-class least squares recovers per-class shares."""
+    from brainae.infer import _class_shares, intensity_classes, mix_components
+    from brainae.nlmeans import nl_means
+
+    rng = np.random.default_rng(0)
+    x = np.zeros((24, 24, 24), np.float32)
+    x[4:20, 4:20, 4:20] = 0.6
+    x[8:16, 8:16, 8:16] = 0.9
+    x += rng.normal(0, 0.05, x.shape).astype(np.float32)
+    specs = [("nlm", 2, 3, 1.0), ("rms", 2, 3, 1.0), ("rician", 2, 3, 1.0), ("nlm", 1, 3, 2.0), ("blur", 1.0)]
+    plain, rms, rician, small, blur = mix_components(x, 0.05, specs)
+    box = (slice(4, 20),) * 3  # inside the head box the plain estimate is non-local means itself
+    np.testing.assert_allclose(plain[box], nl_means(x, 0.05)[box], atol=1e-5)
+    np.testing.assert_allclose(rician**2, np.maximum(rms**2 - 2 * 0.05**2, 0), atol=1e-5)
+    assert np.all(rms >= plain - 1e-5) and np.all(rician <= rms + 1e-6)
+    flat = (slice(10, 14),) * 3
+    assert np.std(blur[flat]) < 0.5 * np.std(x[flat]) and not np.allclose(small, plain)
+    np.testing.assert_array_equal(
+        intensity_classes(np.array([0.1, 0.4, 0.7, 0.95]), (0.3, 0.55, 0.8)), [0, 1, 2, 3]
+    )
+    d = rng.normal(size=(4000, 2))
+    classes = np.repeat([0, 1], 2000)
+    t = np.where(classes == 0, d @ [0.2, 0.5], d @ [0.7, -0.1])
+    np.testing.assert_allclose(
+        _class_shares(d, t, classes, 3), [[0.2, 0.5], [0.7, -0.1], [0.45, 0.2]], atol=0.05
+    )
 
 
 def test_blend_tables_helpers():
@@ -306,11 +344,13 @@ def test_blend_tables_helpers():
         "sigma_estimate": [0.05, 0.1],
         "sigma": [0.01, 0.08],
     }
-    assert blend_weights(table, 0.075) == (pytest.approx(0.3), {(2, 1.0): pytest.approx(0.4)})
+    nlm = ("nlm", 2, 3, 1.0)
+    assert blend_weights(table, 0.075) == (pytest.approx(0.3), {nlm: pytest.approx(0.4)})
     assert blend_weights({"noise_estimate": [0.05], "alpha": [0.7]}, 0.05) == (0.7, {})  # an older table
     assert blend_weights(None, 0.1) == (1.0, {})
+    a, b = ("nlm", 2, 3, 0.5), ("blur", 1.0)
     mixed = {
-        "nlm_filters": [[2, 0.5], [1, 2.0]],
+        "components": [list(a), list(b)],
         "estimate": {"at": [0.05, 0.1], "shares": [[0.1, 0.2, 0.0], [0.3, 0.4, -0.2]]},
         "background": {
             "magnitude": {"at": [0.0, 0.1], "shares": [[0.0, 0.0, 0.0], [1.5, 0.2, 0.4]]},
@@ -319,18 +359,24 @@ def test_blend_tables_helpers():
     }
     assert blend_weights(mixed, 0.075) == (
         pytest.approx(0.2),
-        {(2, 0.5): pytest.approx(0.3), (1, 2.0): pytest.approx(-0.1)},
+        {a: pytest.approx(0.3), b: pytest.approx(-0.1)},
     )
     alpha, betas = blend_weights(mixed, 0.075, 0.05)  # read in the air: the magnitude table
-    assert alpha == pytest.approx(0.75) and betas == {
-        (2, 0.5): pytest.approx(0.1),
-        (1, 2.0): pytest.approx(0.2),
-    }
+    assert alpha == pytest.approx(0.75) and betas == {a: pytest.approx(0.1), b: pytest.approx(0.2)}
     assert blend_weights(mixed, 0.075, 0.1)[0] == 1.0  # the model's share is kept in [0, 1]
     assert blend_weights(mixed, 0.075, 0.05, magnitude=False)[1] == {
-        (2, 0.5): pytest.approx(0.3),
-        (1, 2.0): pytest.approx(0.4),
+        a: pytest.approx(0.3),
+        b: pytest.approx(0.4),
     }
+    classed = {
+        **mixed,
+        "class_edges": [0.5],
+        "estimate": {"at": [0.1], "shares": [[0.1, 0.2, 0.3, 2.0, 0.5, 0.6]]},
+    }
+    alpha, betas = blend_weights(classed, 0.1)  # one row of shares per intensity class
+    np.testing.assert_allclose(alpha, [0.1, 1.0])
+    np.testing.assert_allclose(betas[a], [0.2, 0.5])
+    np.testing.assert_allclose(betas[b], [0.3, 0.6])
     assert noise_sd_estimate(table, 0.075, 0.02) == 0.02  # read in the air when there is some
     assert noise_sd_estimate(table, 0.075, None) == pytest.approx(0.045)
     assert noise_sd_estimate(None, 0.075, None) == 0.075

@@ -11,9 +11,10 @@ shipped default by task name) into a :class:`VolumetricModel`; the functions bel
   the air around the head when there is some, :func:`brainae.volumetric.background_noise`, else mapped
   from the in-head estimate by the checkpoint's table, :func:`noise_sd_estimate`), run the model on the
   input's own grid (blocks of at most 160 voxels per side with 16 voxels of overlap, about 1.7 GB for a
-  256 x 256 x 150 scan) and 3-D non-local means with that sd at several strengths and search radii
-  (:func:`nlm_filters`, :data:`NLM_FILTERS`), keep the shares of the model's change and of each non-local
-  means result's change that the checkpoint's blend tables give for that noise level and kind of background
+  256 x 256 x 150 scan) and classical estimates with that sd (3-D non-local means at several strengths,
+  search radii and patch sizes, its Rician-corrected form, Gaussian blurs: :data:`COMPONENTS`,
+  :func:`mix_components`), keep the shares of the model's change and of each estimate's change that the
+  checkpoint's blend tables give for that noise level, kind of background and intensity class
   (:func:`calibrate_denoise`: none for a scan that is already clean), undo the normalisation. The tables were calibrated on 2 mm volumes, where anatomy inflates the
   in-head noise estimate; a skull-stripped volume (no air to read the noise in) with voxels finer than 1.5 mm
   (geometric mean of the spacings) gets its strength (the noise channel's multiplier, :func:`sure_tune`,
@@ -212,20 +213,32 @@ def denoise_volume(
         sigma = est if haar is None else haar
         gain, alpha = sure_tune(vm.model, x, est, sigma, device=device)
         alpha, beta = sure_shares(vm.model, x, est, sigma, gain, device=device)
-        betas = {(2, 1.0): beta}
+        betas = {("nlm", 2, 3, 1.0): beta}
     else:
         sigma = noise_sd_estimate(blend, est, background)
         alpha, betas = blend_weights(blend, est, background, magnitude=magnitude)
-    betas = {h: b for h, b in betas.items() if b != 0.0}
-    if alpha <= 0.0 and not betas:
+    betas = {sp: b for sp, b in betas.items() if np.any(b != 0.0)}
+    if np.all(alpha <= 0.0) and not betas:
         return np.maximum(norm.inverse(x), norm.lo).astype(np.float32)
+    classes = None
+    if np.ndim(alpha):  # shares per intensity class
+        edges, by = blend["class_edges"], tuple(blend["class_by"])
+        specs = list(dict.fromkeys([*betas, by]))
+    else:
+        specs = list(betas)
+    estimates = dict(zip(specs, mix_components(x, sigma, specs)))
+    if np.ndim(alpha):
+        classes = intensity_classes(estimates[by], edges)
+
+    def share(value):
+        return np.float32(value) if classes is None else np.asarray(value, dtype=np.float32)[classes]
+
     out = x.copy()
-    if alpha > 0.0:
+    if np.any(alpha > 0.0):
         y = run_blocks(vm.model, np.stack([x, np.full_like(x, est * gain)]), device=device)[0]
-        out += alpha * (y - x)
-    if betas:
-        for spec, n in zip(betas, nlm_filters(x, sigma, list(betas))):
-            out += betas[spec] * (n - x)
+        out += share(alpha) * (y - x)
+    for sp, b in betas.items():
+        out += share(b) * (estimates[sp] - x)
     return np.maximum(norm.inverse(out), norm.lo).astype(np.float32)
 
 
@@ -319,7 +332,7 @@ def sure_tune(
 
 def blend_weights(
     blend: dict | None, noise_estimate: float, background_sd: float | None = None, *, magnitude: bool = True
-) -> tuple[float, dict[tuple[int, float], float]]:
+) -> tuple[float | np.ndarray, dict[tuple, float | np.ndarray]]:
     """How much of the denoiser's change, and of each non-local means result's change, to keep for a volume.
 
     The tables (``preprocessing.blend`` of a denoise checkpoint, from :func:`calibrate_denoise`) give the
@@ -330,30 +343,35 @@ def blend_weights(
     output). Older tables (one non-local means result, strength 1, share in [0, 1]; or none) still work.
 
     Returns:
-        ``(alpha, betas)``: the output is ``x + alpha (f(x) - x) + sum betas[r, h] (nlm_r,h(x) - x)``, with
-        ``nlm_r,h`` non-local means of search radius ``r`` and strength ``h x sigma``
-        (:func:`brainae.nlmeans.nl_means`). ``alpha`` is kept in [0, 1]; the betas may be negative (a
-        difference of two strengths keeps detail).
+        ``(alpha, betas)``: the output is ``x + alpha (f(x) - x) + sum_c betas[c] (c(x) - x)`` over the
+        classical estimates ``c`` of :data:`COMPONENTS` (:func:`mix_components`). ``alpha`` is kept in
+        [0, 1]; the betas may be negative (a difference of two strengths keeps detail). With tables per
+        intensity class (``class_edges``), each share is an array with one value per class.
     """
     if not blend:
         return 1.0, {}
-    if blend.get("nlm_filters"):
+    if blend.get("components"):
         tables = blend.get("background") or {}
         if background_sd is not None and tables:
             table = tables.get("magnitude" if magnitude else "zero_mean") or next(iter(tables.values()))
             at = background_sd
         else:
             table, at = blend["estimate"], noise_estimate
-        shares = [float(np.interp(at, table["at"], col)) for col in zip(*table["shares"])]
-        alpha = float(np.clip(shares[0], 0.0, 1.0))
-        return alpha, {(int(r), float(h)): b for (r, h), b in zip(blend["nlm_filters"], shares[1:])}
+        classes = len(blend.get("class_edges") or ()) + 1
+        flat = np.array([np.interp(at, table["at"], col) for col in zip(*table["shares"])])
+        shares = flat.reshape(classes, -1)  # one row of shares per intensity class
+        alpha = np.clip(shares[:, 0], 0.0, 1.0)
+        betas = {tuple(sp): shares[:, k + 1] for k, sp in enumerate(blend["components"])}
+        if classes == 1:
+            return float(alpha[0]), {sp: float(b[0]) for sp, b in betas.items()}
+        return alpha, betas
     if background_sd is not None and blend.get("background_sd"):
         at, xs, a_key, b_key = background_sd, blend["background_sd"], "alpha_background", "nlm_background"
     else:
         at, xs, a_key, b_key = noise_estimate, blend["noise_estimate"], "alpha", "nlm"
     alpha = float(np.clip(np.interp(at, xs, blend[a_key]), 0.0, 1.0))
     beta = float(np.clip(np.interp(at, xs, blend[b_key]), 0.0, 1.0)) if blend.get(b_key) else 0.0
-    return alpha, ({(2, 1.0): beta} if beta else {})
+    return alpha, ({("nlm", 2, 3, 1.0): beta} if beta else {})
 
 
 def _increasing(values: np.ndarray) -> np.ndarray:
@@ -451,23 +469,79 @@ def sure_shares(
 
 CALIBRATION_LEVELS = (0.0, 0.01, 0.02, 0.03, 0.04, 0.06, 0.08, 0.10, 0.12)
 """Noise levels (sd as a fraction of the intensity reference) of :func:`calibrate_denoise`."""
-NLM_FILTERS = ((2, 0.5), (2, 1.0), (2, 2.0), (2, 4.0), (1, 1.0), (1, 2.0))
-"""The non-local means results a denoiser's tables mix (:func:`calibrate_denoise`): ``(search radius, strength
-h / sigma)``, 3 x 3 x 3 patches; the strengths of one radius share one computation of the patch distances
-(:func:`brainae.nlmeans.nl_means_batch`)."""
+COMPONENTS: tuple[tuple, ...] = (
+    ("nlm", 2, 3, 0.5),
+    ("nlm", 2, 3, 1.0),
+    ("nlm", 2, 3, 2.0),
+    ("nlm", 2, 3, 4.0),
+    ("nlm", 1, 3, 1.0),
+    ("nlm", 1, 3, 2.0),
+    ("rms", 2, 3, 1.0),
+    ("rms", 2, 3, 2.0),
+    ("rician", 2, 3, 1.0),
+    ("rician", 2, 3, 2.0),
+    ("nlm", 2, 1, 1.0),
+    ("nlm", 2, 1, 2.0),
+    ("blur", 0.7),
+    ("blur", 1.2),
+)
+"""The classical estimates a denoiser's tables mix with the model's output (:func:`calibrate_denoise`), all
+computed with the scan's noise sd ``sigma``: ``("nlm", radius, patch, h)`` non-local means
+(:func:`brainae.nlmeans.nl_means`, strength ``h x sigma``); ``("rms", ...)`` the root of the same weighted mean
+of the squared intensities; ``("rician", ...)`` that mean less ``2 sigma^2`` under the root (the Rician-bias
+correction of non-local means for magnitude images); ``("blur", s)`` a Gaussian blur of sd ``s`` voxels. The
+estimates of one ``(radius, patch)`` share one computation of the patch distances."""
+CLASS_BY = ("nlm", 2, 3, 2.0)
+CLASS_EDGES = (0.3, 0.55, 0.8)
+"""The tables hold one set of shares per intensity class: the :data:`CLASS_BY` estimate (smooth) cut at these
+values of the normalised intensity (about CSF / grey matter / white matter / brighter on a T1 scan with its 99.5th
+percentile at 1)."""
 
 
-def nlm_filters(x: np.ndarray, sigma: float, filters: list[tuple[int, float]]) -> list[np.ndarray]:
-    """:func:`brainae.nlmeans.nl_means_head` of ``x`` for each ``(radius, strength)`` of ``filters`` (in
-    that order), one pass over the volume per radius."""
+def mix_components(x: np.ndarray, sigma: float, specs) -> list[np.ndarray]:
+    """The estimates of :data:`COMPONENTS` named by ``specs`` (in that order) for an intensity-normalised volume;
+    non-local means runs inside the head's box (:func:`brainae.nlmeans.nl_means_head`), one pass per
+    ``(radius, patch)``."""
+    from scipy import ndimage
+
     from brainae.nlmeans import nl_means_head
 
-    out: dict[tuple[int, float], np.ndarray] = {}
-    for radius in sorted({r for r, _ in filters}):
-        strengths = [h for r, h in filters if r == radius]
-        for h, result in zip(strengths, nl_means_head(x, sigma, radius=radius, h_factor=strengths)):
-            out[(radius, h)] = result
-    return [out[(r, h)] for r, h in filters]
+    specs = [tuple(sp) for sp in specs]
+    out: dict[tuple, np.ndarray] = {}
+    for group in sorted({sp[1:3] for sp in specs if sp[0] != "blur"}):
+        members = [sp for sp in specs if sp[0] != "blur" and sp[1:3] == group]
+        strengths = sorted({sp[3] for sp in members})
+        squared = sorted({sp[3] for sp in members if sp[0] != "nlm"})
+        results = nl_means_head(
+            x, sigma, radius=group[0], patch=group[1], h_factor=strengths, squares=squared or False
+        )
+        for h, r in zip(strengths, results):
+            out[("nlm", *group, h)] = r
+        for h, r in zip(squared, results[len(strengths) :]):
+            out[("rms", *group, h)] = np.sqrt(np.maximum(r, 0.0))
+            out[("rician", *group, h)] = np.sqrt(np.maximum(r - 2.0 * sigma * sigma, 0.0))
+    for sp in specs:
+        if sp[0] == "blur":
+            out[sp] = ndimage.gaussian_filter(x, sp[1]).astype(np.float32)
+    return [out[sp] for sp in specs]
+
+
+def intensity_classes(estimate: np.ndarray, edges) -> np.ndarray:
+    """The class (0 .. len(edges)) of each voxel of ``estimate`` (uint8)."""
+    return np.digitize(estimate, np.asarray(edges, dtype=np.float32)).astype(np.uint8)
+
+
+def _class_shares(changes: np.ndarray, target: np.ndarray, classes: np.ndarray, count: int) -> np.ndarray:
+    """Least-squares shares of the columns of ``changes`` (voxels x estimates) that best fit ``target``, one row
+    per class (``count`` x estimates); a class with fewer voxels than 100 per estimate gets the all-voxel fit."""
+    changes, target = changes.astype(np.float64), target.astype(np.float64)
+    overall = np.linalg.lstsq(changes, target, rcond=None)[0]
+    rows = []
+    for k in range(count):
+        sel = classes == k
+        enough = sel.sum() >= 100 * changes.shape[1]
+        rows.append(np.linalg.lstsq(changes[sel], target[sel], rcond=None)[0] if enough else overall)
+    return np.array(rows)
 
 
 def _binned(rows: list[tuple[float, ...]], k: int = 4) -> dict:
@@ -480,29 +554,30 @@ def _binned(rows: list[tuple[float, ...]], k: int = 4) -> dict:
 def calibrate_denoise(
     vm: VolumetricModel, volumes: list, *, device: str | object = "cpu", seed: int = 0
 ) -> dict:
-    """The blend tables of a denoiser: for each noise level, the shares of the model's change and of the
-    changes of the non-local means results of :data:`NLM_FILTERS` to keep, and the noise sd that
-    non-local means gets on a scan without air around it.
+    """The blend tables of a denoiser: for each noise level and intensity class (:data:`CLASS_EDGES`), the
+    shares of the model's change and of the changes of the classical estimates of :data:`COMPONENTS` to keep,
+    and the noise sd those estimates get on a scan without air around it.
 
     Each healthy validation volume gets Gaussian and Rician noise at each of :data:`CALIBRATION_LEVELS` of its
-    intensity reference. The model gets the in-head noise estimate as its second channel, as in training;
-    non-local means (:func:`brainae.nlmeans.nl_means_head`) runs with the noise sd read in the volume's
-    background (:func:`noise_sd_estimate`). For each case the least-squares shares of ``f - x`` and of each
-    ``nlm - x`` that best fit ``c - x`` over the head (``c`` clean, ``x`` noisy, ``f`` the model's output)
-    are paired with the volume's noise estimates: the in-head one (:func:`brainae.tasks.estimate_noise_sd`)
-    and the one read in the background (:func:`brainae.volumetric.background_noise`, one table for magnitude
-    backgrounds and one for noise around zero), giving the tables (running means over the sorted estimates,
-    bins of 4 cases); another maps the in-head estimate to the background one, the noise sd given to
-    non-local means for a scan without air around it. Mixing several strengths and search radii of non-local
-    means, some with negative shares, keeps more detail than any one of them. A clean validation scan gets shares near
-    0: a scan that is already clean is kept as it is, instead of made worse.
+    intensity reference. The model gets the in-head noise estimate as its second channel, as in training; the
+    classical estimates (:func:`mix_components`) get the noise sd read in the volume's background
+    (:func:`noise_sd_estimate`). For each case and intensity class, the least-squares shares of ``f - x`` and
+    of each ``e - x`` that best fit ``c - x`` over the head (``c`` clean, ``x`` noisy, ``f`` the model's
+    output, ``e`` an estimate) are paired with the volume's noise estimates: the in-head one
+    (:func:`brainae.tasks.estimate_noise_sd`) and the one read in the background
+    (:func:`brainae.volumetric.background_noise`, one table for magnitude backgrounds and one for noise around
+    zero), giving the tables (running means over the sorted estimates, bins of 4 cases); another maps the
+    in-head estimate to the background one, the noise sd for a scan without air around it. Several strengths
+    of non-local means, some with negative shares, keep more detail than any one of them. A clean validation
+    scan gets shares near 0: a scan that is already clean is kept as it is, instead of made worse.
     """
     import torch
 
     from brainae.tasks import estimate_noise_sd
 
     rng = np.random.default_rng(seed)
-    filters = [tuple(f) for f in NLM_FILTERS]
+    specs = [tuple(sp) for sp in COMPONENTS]
+    by = specs.index(CLASS_BY)
     rows: list[tuple[float, ...]] = []
     by_background: dict[str, list[tuple[float, ...]]] = {"magnitude": [], "zero_mean": []}
     sigma_pairs: list[tuple[float, float]] = []
@@ -522,16 +597,22 @@ def calibrate_denoise(
                 found = background_noise(noisy, vol.zooms)
                 bg = None if found is None else found[0]
                 y = run_blocks(vm.model, np.stack([noisy, np.full_like(noisy, est)]), device=device)[0]
-                nlm = nlm_filters(noisy, noise_sd_estimate(None, est, bg), filters)
-                changes = np.stack([(y - noisy)[head]] + [(n - noisy)[head] for n in nlm], axis=1)
-                shares = np.linalg.lstsq(
-                    changes.astype(np.float64), (clean - noisy)[head].astype(np.float64), rcond=None
-                )[0]
+                estimates = mix_components(noisy, noise_sd_estimate(None, est, bg), specs)
+                changes = np.stack([y - noisy] + [e - noisy for e in estimates], axis=-1)[head]
+                target = (clean - noisy)[head]
+                classes = intensity_classes(estimates[by][head], CLASS_EDGES)
+                shares = _class_shares(changes, target, classes, len(CLASS_EDGES) + 1).ravel()
                 rows.append((est, *shares))
                 if found is not None:
                     by_background["magnitude" if found[1] else "zero_mean"].append((bg, *shares))
                     sigma_pairs.append((est, bg))
-    table: dict = {"nlm_filters": [list(f) for f in filters], "estimate": _binned(rows), "cases": len(rows)}
+    table: dict = {
+        "components": [list(sp) for sp in specs],
+        "class_by": list(CLASS_BY),
+        "class_edges": list(CLASS_EDGES),
+        "estimate": _binned(rows),
+        "cases": len(rows),
+    }
     if len(sigma_pairs) == len(rows):
         table["background"] = {kind: _binned(r) for kind, r in by_background.items() if r}
         table["sigma_estimate"], table["sigma"] = _table(sigma_pairs)

@@ -46,6 +46,7 @@ def nl_means_batch(
     h_factor: float | Sequence[float] = 1.0,
     min_sigma: float = 1e-3,
     slab_voxels: int = 1_000_000,
+    squares: bool | Sequence[float] = False,
 ):
     """Non-local means of each 3-D image of a tensor (``... x D x H x W``), one noise sd per image.
 
@@ -59,10 +60,13 @@ def nl_means_batch(
         min_sigma: ``sigma`` is raised to at least this (a noise-free image is then left almost unchanged).
         slab_voxels: about how many voxels are filtered at a time (slabs along the first image axis; the
             result does not depend on it).
+        squares: also return, for each factor (True) or for the listed factors, the mean of the squared
+            intensities with the same weights (its root is the local RMS: for Rician noise of sd ``sigma``,
+            ``sqrt(mean(x^2) - 2 sigma^2)`` estimates the noise-free magnitude without the plain mean's bias).
 
     Returns:
-        A float32 tensor of the input's shape; for a sequence of factors, with a leading axis of one result
-        per factor.
+        A float32 tensor of the input's shape; for a sequence of factors (or with ``squares``), with a leading
+        axis of one result per factor, then one mean of squares per factor that ``squares`` names.
     """
     import torch
     import torch.nn.functional as F
@@ -77,21 +81,28 @@ def nl_means_batch(
     factors = [float(h_factor)] if np.ndim(h_factor) == 0 else [float(h) for h in h_factor]
     q = radius + patch // 2
     padded = F.pad(x[:, None], (q,) * 6, mode="replicate")[:, 0].contiguous()
-    out = torch.empty((len(factors), *x.shape), dtype=torch.float32, device=x.device)
+    if squares is True:
+        squares = factors
+    squared = [factors.index(float(h)) for h in squares] if squares else []
+    count = len(factors) + len(squared)
+    out = torch.empty((count, *x.shape), dtype=torch.float32, device=x.device)
     # slabs along the first image axis: the same result (each voxel needs only the q planes on either side),
     # with arrays small enough to stay in the CPU's cache: 2-3x faster on a 1 mm volume
     step = max(1, slab_voxels // (x.shape[-1] * x.shape[-2] * x.shape[0]))
     for z in range(0, x.shape[1], step):
         piece = padded[:, z : min(z + step, x.shape[1]) + 2 * q]
-        for k, result in enumerate(_nl_means_padded(piece, sig, radius, patch, factors)):
+        for k, result in enumerate(_nl_means_padded(piece, sig, radius, patch, factors, squared)):
             out[k, :, z : z + result.shape[1]] = result
-    out = out.reshape(len(factors), *lead, *x.shape[-3:])
-    return out[0] if np.ndim(h_factor) == 0 else out
+    out = out.reshape(count, *lead, *x.shape[-3:])
+    return out[0] if np.ndim(h_factor) == 0 and not squares else out
 
 
-def _nl_means_padded(padded, sig, radius: int, patch: int, factors: list[float]) -> list:
+def _nl_means_padded(
+    padded, sig, radius: int, patch: int, factors: list[float], squared: Sequence[int] = ()
+) -> list:
     """Non-local means of the images of ``padded`` (N x D x H x W, padded by ``radius + patch // 2`` on
-    every side), without the padding: one N x D' x H' x W' tensor per strength factor."""
+    every side), without the padding: one N x D' x H' x W' tensor per strength factor, then one weighted mean
+    of the squared intensities for each factor index in ``squared``."""
     import torch
 
     half = patch // 2
@@ -99,6 +110,8 @@ def _nl_means_padded(padded, sig, radius: int, patch: int, factors: list[float])
     q = radius + half
     nums = [padded.clone() for _ in factors]
     dens = [torch.ones_like(padded) for _ in factors]
+    power = padded * padded if squared else None
+    sums = {k: power.clone() for k in squared}
     invs = [-1.0 / (voxels * (h * sig) ** 2) for h in factors]  # d^2 below is a sum over a patch's voxels
     sub = voxels * 2.0 * sig**2
     size = padded.shape[1:]
@@ -122,8 +135,12 @@ def _nl_means_padded(padded, sig, radius: int, patch: int, factors: list[float])
             den[ia].add_(w)
             num[ib].addcmul_(w, padded[ia])
             den[ib].add_(w)
+            if k in sums:
+                sums[k][ia].addcmul_(w, power[ib])
+                sums[k][ib].addcmul_(w, power[ia])
     inner = (slice(None),) + (slice(q, -q),) * 3
-    return [num[inner] / den[inner] for num, den in zip(nums, dens)]
+    means = [num[inner] / den[inner] for num, den in zip(nums, dens)]
+    return means + [sums[k][inner] / dens[k][inner] for k in squared]
 
 
 def nl_means(
@@ -133,9 +150,10 @@ def nl_means(
     radius: int = 2,
     patch: int = 3,
     h_factor: float | Sequence[float] = 1.0,
+    squares: bool | Sequence[float] = False,
 ) -> np.ndarray:
     """Non-local means of one 3-D array (see the module doc); float32, same shape (a sequence of ``h_factor``
-    values: one result per factor, stacked along a new first axis).
+    values, or ``squares``: results stacked along a new first axis, as :func:`nl_means_batch` orders them).
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -150,15 +168,18 @@ def nl_means(
     if data.ndim != 3:
         raise ValueError(f"nl_means needs a 3-D array, got shape {data.shape}")
     x = torch.from_numpy(np.ascontiguousarray(data))
-    return nl_means_batch(x, float(sigma), radius=radius, patch=patch, h_factor=h_factor).numpy()
+    return nl_means_batch(
+        x, float(sigma), radius=radius, patch=patch, h_factor=h_factor, squares=squares
+    ).numpy()
 
 
 def nl_means_head(
     volume: np.ndarray, sigma: float, *, floor: float = 0.1, margin: int = 4, **kw
 ) -> np.ndarray:
     """:func:`nl_means` inside the box around the voxels whose 5 x 5 x 5 mean is above ``floor`` (the head of
-    an intensity-normalised scan, plus ``margin`` voxels); the air outside the box is returned as it is. On a 1 mm scan with a wide
-    field of view this skips a third or more of the voxels."""
+    an intensity-normalised scan, plus ``margin`` voxels); outside the box each result is the input as it is
+    (its square for a mean of squares). On a 1 mm scan with a wide field of view this skips a third or more of
+    the voxels."""
     from scipy import ndimage
 
     data = np.asarray(volume, dtype=np.float32)
@@ -171,5 +192,10 @@ def nl_means_head(
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
     inside = nl_means(data[box], sigma, **kw)
     out = np.broadcast_to(data, inside.shape[:-3] + data.shape).copy()
+    squares = kw.get("squares")
+    if squares:
+        factors = kw.get("h_factor", 1.0)
+        count = np.size(factors) if squares is True else len(squares)
+        out[inside.shape[0] - count :] = data * data
     out[(Ellipsis, *box)] = inside
     return out

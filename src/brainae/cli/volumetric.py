@@ -186,8 +186,11 @@ def info_command(
                 + ", ".join(f"{m:.1f} ml {a:.2f}" for m, a in zip(blend["hole_ml"], blend["alpha"]))
             )
         elif blend:
-            if blend.get("nlm_filters"):
-                mixes = f"blend table (model and {len(blend['nlm_filters'])} non-local means results)"
+            if blend.get("components"):
+                mixes = (
+                    f"blend tables (model and {len(blend['components'])} non-local means and smoothing "
+                    f"estimates, {len(blend.get('class_edges') or ()) + 1} intensity classes)"
+                )
             else:
                 mixes = "blend table (model and non-local means)" if blend.get("nlm") else "blend table"
             lines.append(

@@ -627,3 +627,21 @@ def test_inpaint_and_anomaly_folders_with_workers_match_one_process(tmp_path, cr
         hole = np.asarray(nib.load(str(masks / f.name)).dataobj) > 0
         original = np.asarray(nib.load(str(f)).dataobj)
         assert np.array_equal(filled[~hole], original[~hole]) and not np.array_equal(filled, original)
+
+
+def test_only_large_volumes_run_the_network_in_bfloat16():
+    """A ~1 mm whole-head volume runs the denoiser's network under bfloat16 autocast where the CPU has bfloat16
+    units (faster); smaller volumes, and CPUs without such units, stay in float32."""
+    import contextlib
+
+    import torch
+
+    from brainae.fit import _bf16_autocast
+    from brainae.infer import BF16_VOXELS, _large_volume_autocast
+
+    assert isinstance(_large_volume_autocast(120 * 120 * 90, "cpu"), contextlib.nullcontext)
+    large = _large_volume_autocast(BF16_VOXELS, "cpu")
+    if _bf16_autocast(torch.device("cpu")):
+        assert isinstance(large, torch.autocast) and large.fast_dtype == torch.bfloat16
+    else:
+        assert isinstance(large, contextlib.nullcontext)

@@ -358,7 +358,7 @@ def sure_tune(
 def blend_weights(
     blend: dict | None, noise_estimate: float, background_sd: float | None = None, *, magnitude: bool = True
 ) -> tuple[float | np.ndarray, dict[tuple, float | np.ndarray]]:
-    """How much of the denoiser's change, and of each non-local means result's change, to keep for a volume.
+    """How much of the denoiser's change, and of each classical estimate's change, to keep for a volume.
 
     The tables (``preprocessing.blend`` of a denoise checkpoint, from :func:`calibrate_denoise`) give the
     shares that minimised the head error on healthy validation volumes, as a function of the noise read in

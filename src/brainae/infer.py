@@ -10,8 +10,8 @@ shipped default by task name) into a :class:`VolumetricModel`; the functions bel
   :func:`brainae.tasks.estimate_noise_sd`, given to the model as a second channel, and the noise sd: read in
   the air around the head when there is some, :func:`brainae.volumetric.background_noise`, else mapped
   from the in-head estimate by the checkpoint's table, :func:`noise_sd_estimate`), run the model on the
-  input's own grid (blocks of at most 160 voxels per side with 16 voxels of overlap, about 1.7 GB for a
-  256 x 256 x 150 scan) and classical estimates with that sd (3-D non-local means at several strengths,
+  input's own grid (blocks of at most 160 voxels per side with 16 voxels of overlap; the whole call peaks at
+  1.9 GB of memory for a 256 x 256 x 150 scan) and classical estimates with that sd (3-D non-local means at several strengths,
   search radii and patch sizes, its Rician-corrected form, Gaussian blurs: :data:`COMPONENTS`,
   :func:`mix_components`), keep the shares of the model's change and of each estimate's change that the
   checkpoint's blend tables give for that noise level, kind of background and intensity class

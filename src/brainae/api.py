@@ -64,8 +64,9 @@ def _model(model, task: str, device):
 def denoise(img, *, model=None, device: str = "cpu", strength: str = "auto"):
     """Denoised scan (nibabel image on the input's grid) with brainae's default denoiser or ``model``.
 
-    The network's output and 3-D non-local means of the scan are mixed in the shares the checkpoint's tables
-    give for the noise level read from the scan (:func:`brainae.infer.denoise_volume`).
+    The network's output, 3-D non-local means and other classical estimates of the scan are mixed in the
+    shares the checkpoint's tables give for the noise level read from the scan
+    (:func:`brainae.infer.denoise_volume`).
 
     ``strength``: ``auto`` (default), ``tables`` or ``sure``; see :data:`brainae.infer.STRENGTHS`.
     """

@@ -344,8 +344,9 @@ def denoise_cmd(
     """Denoise a T1 volume (Gaussian / Rician noise of any level; written on the input's grid and header).
 
     The default model is brainae's 3-D denoiser: it runs on the input's own voxel grid, estimates the noise
-    level from the scan itself, mixes the network's output with 3-D non-local means of the scan in the
-    shares calibrated for that noise level, and leaves an already clean scan (nearly) as it is.
+    level from the scan itself, mixes the network's output with 3-D non-local means and other classical
+    estimates of the scan in the shares calibrated for that noise level, and leaves an already clean scan
+    (nearly) as it is.
     """
     from brainae.infer import denoise_volume
     from brainae.io import load_volume

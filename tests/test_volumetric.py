@@ -137,15 +137,15 @@ def test_biharmonic_fill_in_boxes_around_the_holes_equals_the_whole_image_solve(
 def test_training_uses_bfloat16_autocast_on_gpus_and_on_cpus_with_bfloat16_units(monkeypatch):
     import torch
 
-    from brainae.fit import _bf16_autocast
+    from brainae.device import has_bf16_units
 
-    assert _bf16_autocast(torch.device("cuda"))
-    assert not _bf16_autocast(torch.device("mps"))
+    assert has_bf16_units(torch.device("cuda"))
+    assert not has_bf16_units(torch.device("mps"))
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
-    assert not _bf16_autocast(torch.device("cpu"))
+    assert not has_bf16_units(torch.device("cpu"))
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
-    assert _bf16_autocast(torch.device("cpu"))
+    assert has_bf16_units(torch.device("cpu"))
 
 
 def test_inpaint_correction_weight_follows_each_holes_volume():
@@ -636,12 +636,12 @@ def test_only_large_volumes_run_the_network_in_bfloat16():
 
     import torch
 
-    from brainae.fit import _bf16_autocast
+    from brainae.device import has_bf16_units
     from brainae.infer import BF16_VOXELS, _large_volume_autocast
 
     assert isinstance(_large_volume_autocast(120 * 120 * 90, "cpu"), contextlib.nullcontext)
     large = _large_volume_autocast(BF16_VOXELS, "cpu")
-    if _bf16_autocast(torch.device("cpu")):
+    if has_bf16_units(torch.device("cpu")):
         assert isinstance(large, torch.autocast) and large.fast_dtype == torch.bfloat16
     else:
         assert isinstance(large, contextlib.nullcontext)

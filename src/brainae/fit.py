@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from brainae.card import Source, Training
+from brainae.device import has_bf16_units
 from brainae.errors import BrainaeError
 from brainae.tasks import Task, get_task
 from brainae.volume import VolumetricPreprocessing
@@ -344,7 +345,7 @@ def fit(
         t = min(1.0, (done - warm) / (1 - warm))
         return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t))
 
-    amp = _bf16_autocast(dev)
+    amp = has_bf16_units(dev)
     history: list[dict] = []
     running = torch.zeros((), device=dev)
     start = time.perf_counter()
@@ -387,24 +388,6 @@ def fit(
     model.eval()
     precision = "bfloat16 autocast" if amp else "float32"
     return FitResult(model, history, val_loss, time.perf_counter() - start, str(dev), steps_done, precision)
-
-
-def _bf16_autocast(dev) -> bool:
-    """Whether training runs under bfloat16 autocast: on a GPU, and on a CPU with bfloat16 matrix units
-    (Intel AMX or AVX-512 BF16), where it is 2-3x faster than float32; elsewhere float32."""
-    if dev.type == "cuda":
-        return True
-    if dev.type != "cpu":
-        return False
-    import torch
-
-    probes = [
-        getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    ]
-    try:
-        return any(bool(p()) for p in probes if p is not None)
-    except Exception:  # a private probe changed: fall back to float32
-        return False
 
 
 def _evaluate(model, batches, amp: bool, dev) -> float:

@@ -220,15 +220,10 @@ def denoise_volume(
     betas = {sp: b for sp, b in betas.items() if np.any(b != 0.0)}
     if np.all(alpha <= 0.0) and not betas:
         return np.maximum(norm.inverse(x), norm.lo).astype(np.float32)
-    classes = None
-    if np.ndim(alpha):  # shares per intensity class
-        edges, by = blend["class_edges"], tuple(blend["class_by"])
-        specs = list(dict.fromkeys([*betas, by]))
-    else:
-        specs = list(betas)
+    by = tuple(blend["class_by"]) if np.ndim(alpha) else None  # shares per intensity class
+    specs = list(dict.fromkeys([*betas, by] if by else betas))
     estimates = dict(zip(specs, mix_components(x, sigma, specs)))
-    if np.ndim(alpha):
-        classes = intensity_classes(estimates[by], edges)
+    classes = None if by is None else intensity_classes(estimates[by], blend["class_edges"])
 
     def share(value):
         return np.float32(value) if classes is None else np.asarray(value, dtype=np.float32)[classes]
@@ -258,11 +253,10 @@ def _large_volume_autocast(voxels: int, device):
 
     import torch
 
-    from brainae.device import resolve_device
-    from brainae.fit import _bf16_autocast
+    from brainae.device import has_bf16_units, resolve_device
 
     dev = resolve_device(device)
-    if voxels >= BF16_VOXELS and _bf16_autocast(dev):
+    if voxels >= BF16_VOXELS and has_bf16_units(dev):
         return torch.autocast(dev.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

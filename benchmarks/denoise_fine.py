@@ -10,7 +10,8 @@ outside the volume's brain mask (deepbet, cached as in the other benchmarks, or 
 strength by SURE); otherwise the head with its air (brainae uses its blend tables). Scores: PSNR over the head
 (voxels of ``s`` above 5 % of the peak) or the brain (``--stripped``), peak = the 99.5th percentile of ``s``
 there. Methods: ``noisy`` and ``brainae.denoise`` with each ``strength`` (``auto``: what the user gets;
-``tables``; ``sure``).
+``tables``; ``sure``); with ``--nlm``, also scikit-image 3-D non-local means given the sd of the *added* noise
+(``brainae.baselines.nlm_denoise``, the setting of ``benchmarks/denoise.py``; ~90 s per call at 1 mm).
 
     python benchmarks/denoise_fine.py --intrinsic 0.03 --stripped
 """
@@ -31,6 +32,7 @@ def main() -> None:
     parser.add_argument("--intrinsic", type=float, default=0.03)
     parser.add_argument("--levels", default="0.02,0.04,0.08")
     parser.add_argument("--stripped", action="store_true")
+    parser.add_argument("--nlm", action="store_true", help="also run scikit-image non-local means")
     parser.add_argument("--masks", default=None, help="folder of NAME.nii.gz brain masks [deepbet, cached]")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None)
@@ -41,6 +43,7 @@ def main() -> None:
     from scipy import ndimage
 
     import brainae
+    from brainae.baselines import nlm_denoise
     from brainae.io import load_volume
     from brainae.scoring import add_noise, head_mask
 
@@ -78,6 +81,10 @@ def main() -> None:
         for strength in ("auto", "tables", "sure"):
             img = brainae.denoise((y, vol.affine), strength=strength)
             outs[f"brainae_{strength}"] = np.asarray(img.dataobj, np.float32)
+        if args.nlm:
+            outs["nlm"] = nlm_denoise(y, level * peak)
+            if args.stripped:
+                outs["nlm"] = np.where(region, outs["nlm"], 0).astype(np.float32)
         rows[f"gaussian_{level}"] = {
             m: {"vs_original": psnr(o, c), "vs_truth": psnr(o, s)} for m, o in outs.items()
         }

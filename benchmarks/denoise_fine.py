@@ -69,8 +69,9 @@ def main() -> None:
     if args.stripped:
         s, c = np.where(region, s, 0).astype(np.float32), np.where(region, c, 0).astype(np.float32)
 
-    def psnr(out: np.ndarray, ref: np.ndarray) -> float:
-        return round(float(10 * np.log10(peak**2 / np.mean((out[region] - ref[region]) ** 2))), 3)
+    def psnr(out: np.ndarray, ref: np.ndarray) -> float | None:
+        mse = float(np.mean((out[region] - ref[region]) ** 2))
+        return round(10 * np.log10(peak**2 / mse), 3) if mse > 0 else None  # None: identical
 
     rows = {}
     for level in [float(v) for v in args.levels.split(",") if v]:

@@ -382,6 +382,42 @@ def test_blend_tables_helpers():
     assert noise_sd_estimate(None, 0.075, None) == 0.075
 
 
+def test_own_noise_keep_leaves_fine_voxels_their_own_noise():
+    from brainae.infer import own_noise_keep
+
+    tables = {"own_noise": {"sd": 0.007, "voxel_mm3": 8.0}}
+    extra = 0.007**2 * 7  # (0.007 x sqrt(8))^2 - 0.007^2 at 1 mm^3
+    assert own_noise_keep(tables, 0.03, (1.0, 1.0, 1.0)) == pytest.approx(extra / 0.03**2)
+    assert own_noise_keep(tables, 0.03, (2.0, 2.0, 2.0)) == 0.0  # the calibration scans' voxels
+    assert own_noise_keep(tables, 0.03, (3.0, 3.0, 3.0)) == 0.0
+    assert own_noise_keep(tables, 0.01, (1.0, 1.0, 1.0)) == 1.0  # no more noise than its own: keep it all
+    assert own_noise_keep(tables, None, (1.0, 1.0, 1.0)) == 0.0  # no air to read it in
+    assert own_noise_keep({}, 0.03, (1.0, 1.0, 1.0)) == 0.0  # older tables
+    blend = load_volumetric(None, task="denoise").preprocessing.blend
+    assert 0.004 < blend["own_noise"]["sd"] < 0.012 and blend["own_noise"]["voxel_mm3"] == 8.0
+
+
+def test_fine_voxels_with_air_keep_the_noise_of_their_own():
+    """A ~1 mm scan with air carries more noise per voxel than the 2 mm calibration scans; with 2 % added,
+    denoise brings it closer to that original scan (noise of its own included) than the input is, and changes
+    it less than the same array labelled 2 mm, where the tables remove (nearly) all the noise."""
+    vol = load_volume(TEST_VOLUME)
+    peak = np.percentile(vol.data, 99.5)
+    rng = np.random.default_rng(5)
+    original = np.abs(vol.data + rng.normal(0, 0.025 * peak, vol.data.shape)).astype(np.float32)
+    noisy = (original + rng.normal(0, 0.02 * peak, vol.data.shape)).astype(np.float32)
+    head = vol.data > 0.05 * peak
+    fine = brainae.denoise((noisy, np.diag([1.0, 1.0, 1.0, 1.0]))).get_fdata()
+    coarse = brainae.denoise((noisy, np.diag([2.0, 2.0, 2.0, 1.0]))).get_fdata()
+
+    def mse(a, ref=original):
+        return float(np.mean((a[head] - ref[head]) ** 2))
+
+    assert mse(fine) < 0.95 * mse(noisy)  # 167 vs 180 here
+    assert mse(fine) < 0.9 * mse(coarse)  # labelled 2 mm: 205, worse than the input
+    assert mse(fine, noisy) < 0.5 * mse(coarse, noisy)
+
+
 def test_fine_voxels_without_background_get_a_sure_tuned_strength(crop):
     """~1 mm input with no air around it (a crop inside the head, like a skull-stripped scan): the strength
     is chosen per volume (SURE), not by the in-head table calibrated on 2 mm volumes (which keeps ~nothing)."""

@@ -15,7 +15,9 @@ shipped default by task name) into a :class:`VolumetricModel`; the functions bel
   search radii and patch sizes, its Rician-corrected form, Gaussian blurs: :data:`COMPONENTS`,
   :func:`mix_components`), keep the shares of the model's change and of each estimate's change that the
   checkpoint's blend tables give for that noise level, kind of background and intensity class
-  (:func:`calibrate_denoise`: none for a scan that is already clean), undo the normalisation. The tables were calibrated on 2 mm volumes, where anatomy inflates the
+  (:func:`calibrate_denoise`: none for a scan that is already clean), undo the normalisation. A scan with
+  air and voxels smaller than the calibration scans' keeps the share of its noise that such a scan carries
+  of its own (:func:`own_noise_keep`). The tables were calibrated on 2 mm volumes, where anatomy inflates the
   in-head noise estimate; a skull-stripped volume (no air to read the noise in) with voxels finer than 1.5 mm
   (geometric mean of the spacings) gets its strength (the noise channel's multiplier, :func:`sure_tune`,
   then the shares of the model's and of non-local means' changes, :func:`sure_shares`) chosen per volume by
@@ -74,6 +76,7 @@ __all__ = [
     "inpaint_volume",
     "is_volumetric",
     "load_volumetric",
+    "own_noise_keep",
 ]
 
 PRETRAINED = Path(__file__).resolve().parent / "pretrained"
@@ -184,6 +187,38 @@ def noise_sd_estimate(blend: dict | None, noise_estimate: float, background_sd: 
     return float(noise_estimate)
 
 
+def own_noise_keep(blend: dict | None, background_sd: float | None, zooms) -> float:
+    """The share of the noise to leave in a scan with voxels finer than the calibration scans': the noise a
+    scan of this voxel size carries of its own when it is acquired like them.
+
+    The blend tables were fitted against 2 mm validation scans, which carry noise of their own (read in
+    their air, ``own_noise.sd`` of the tables, about 0.007 of the intensity reference); the tables leave
+    about that much in. Noise per voxel grows as voxels shrink: a scan acquired the same way with voxels of
+    ``v`` mm^3 carries ``sd_own = own_noise.sd x sqrt(own_noise.voxel_mm3 / v)`` (about 0.02 at 1 mm,
+    close to what real ~1 mm scans carry), noise that a comparison with that scan counts as signal. Of the
+    noise ``background_sd`` read in the scan's air, the share ``(sd_own^2 - own_noise.sd^2) /
+    background_sd^2`` (in [0, 1]) is that extra noise of its own, and :func:`denoise_volume` keeps that share
+    of the input (the least-squares split of two independent noises). 0 for voxels as large as the
+    calibration scans' or larger, for a scan without air, and for tables without ``own_noise``.
+
+    Example:
+        >>> tables = {"own_noise": {"sd": 0.007, "voxel_mm3": 8.0}}
+        >>> own_noise_keep(tables, 0.03, (2.0, 2.0, 2.0))
+        0.0
+        >>> round(own_noise_keep(tables, 0.03, (1.0, 1.0, 1.0)), 3)
+        0.381
+    """
+    own = (blend or {}).get("own_noise")
+    if not own or not background_sd or background_sd <= 0.0:
+        return 0.0
+    voxel = float(np.prod(zooms))
+    if voxel >= own["voxel_mm3"]:
+        return 0.0
+    sd = float(own["sd"])
+    extra = sd * sd * (own["voxel_mm3"] / voxel - 1.0)
+    return float(np.clip(extra / background_sd**2, 0.0, 1.0))
+
+
 def denoise_volume(
     volume, vm: VolumetricModel, *, device: str | object = "cpu", strength: str = "auto"
 ) -> np.ndarray:
@@ -217,6 +252,9 @@ def denoise_volume(
     else:
         sigma = noise_sd_estimate(blend, est, background)
         alpha, betas = blend_weights(blend, est, background, magnitude=magnitude)
+        keep = own_noise_keep(blend, background, volume.zooms)  # finer voxels: leave their own noise in
+        alpha = alpha * (1.0 - keep)
+        betas = {sp: b * (1.0 - keep) for sp, b in betas.items()}
     betas = {sp: b for sp, b in betas.items() if np.any(b != 0.0)}
     if np.all(alpha <= 0.0) and not betas:
         return np.maximum(norm.inverse(x), norm.lo).astype(np.float32)
@@ -586,8 +624,9 @@ def calibrate_denoise(
     (:func:`brainae.tasks.estimate_noise_sd`) and the one read in the background
     (:func:`brainae.volumetric.background_noise`, one table for magnitude backgrounds and one for noise around
     zero), giving the tables (running means over the sorted estimates, bins of 4 cases); another maps the
-    in-head estimate to the background one, the noise sd for a scan without air around it. Several strengths
-    of non-local means, some with negative shares, keep more detail than any one of them. A clean validation
+    in-head estimate to the background one, the noise sd for a scan without air around it; ``own_noise`` is
+    the median noise read in the air of the clean volumes, with their voxel volume (:func:`own_noise_keep`).
+    Several strengths of non-local means, some with negative shares, keep more detail than any one of them. A clean validation
     scan gets shares near 0: a scan that is already clean is kept as it is, instead of made worse.
     """
     import torch
@@ -600,6 +639,7 @@ def calibrate_denoise(
     rows: list[tuple[float, ...]] = []
     by_background: dict[str, list[tuple[float, ...]]] = {"magnitude": [], "zero_mean": []}
     sigma_pairs: list[tuple[float, float]] = []
+    own: list[tuple[float, float]] = []  # (noise read in the air, voxel mm^3) of each clean volume
     for vol in volumes:
         norm = fit_intensity(vol.data)
         clean = norm.forward(vol.data)
@@ -625,6 +665,8 @@ def calibrate_denoise(
                 if found is not None:
                     by_background["magnitude" if found[1] else "zero_mean"].append((bg, *shares))
                     sigma_pairs.append((est, bg))
+                    if level == 0.0:
+                        own.append((bg, float(np.prod(vol.zooms))))
     table: dict = {
         "components": [list(sp) for sp in specs],
         "class_by": list(CLASS_BY),
@@ -635,6 +677,11 @@ def calibrate_denoise(
     if len(sigma_pairs) == len(rows):
         table["background"] = {kind: _binned(r) for kind, r in by_background.items() if r}
         table["sigma_estimate"], table["sigma"] = _table(sigma_pairs)
+    if own:
+        table["own_noise"] = {
+            "sd": round(float(np.median([sd for sd, _ in own])), 5),
+            "voxel_mm3": round(float(np.median([v for _, v in own])), 3),
+        }
     return table
 
 

@@ -198,6 +198,13 @@ def info_command(
                 "1.5 mm or more, or a scan with air around it); finer skull-stripped scans: strength chosen "
                 "per scan by SURE"
             )
+            own = blend.get("own_noise")
+            if own:
+                lines.append(
+                    f"own noise    the calibration scans carry noise of sd {own['sd']:.4f} at "
+                    f"{own['voxel_mm3']:g} mm^3 voxels; a scan with air and smaller voxels keeps the extra "
+                    "noise such a scan carries of its own (sd x sqrt(ratio of voxel volumes))"
+                )
     else:
         lines.append("normative    none (anomaly z-scores not available)")
     lines.append(f"source       {json.dumps(source)}")

@@ -226,7 +226,8 @@ def denoise_volume(
 
     ``strength="sure"`` targets the noise-free scan on any input (it also removes noise the scan had before,
     which a comparison with that noisy scan counts as error); ``"tables"`` keeps the shares of the change that
-    minimised the error against the original 2 mm validation scans.
+    minimised the error against the original 2 mm validation scans, scaled down on a scan with air and
+    smaller voxels by :func:`own_noise_keep` (the noise such a scan carries of its own stays).
     """
     import torch
 
@@ -626,8 +627,9 @@ def calibrate_denoise(
     zero), giving the tables (running means over the sorted estimates, bins of 4 cases); another maps the
     in-head estimate to the background one, the noise sd for a scan without air around it; ``own_noise`` is
     the median noise read in the air of the clean volumes, with their voxel volume (:func:`own_noise_keep`).
-    Several strengths of non-local means, some with negative shares, keep more detail than any one of them. A clean validation
-    scan gets shares near 0: a scan that is already clean is kept as it is, instead of made worse.
+    Several strengths of non-local means, some with negative shares, keep more detail than any one of them.
+    A clean validation scan gets shares near 0: a scan that is already clean is kept as it is, instead of
+    made worse.
     """
     import torch
 

@@ -4,7 +4,8 @@ truth. JSON.
 
 Data: a 2 mm IXI ``val`` volume (never a test volume) upsampled x2 (``denoise.upsample_1mm``: cubic, 1 mm) = the
 truth ``s``; the "original" scan ``c`` = ``s`` with Rician noise of sd ``--intrinsic`` x the 99.5th percentile (0
-= the original is the truth); the input = ``c`` + Gaussian noise at each ``--levels``. ``--stripped``: everything
+= the original is the truth); the input = ``c`` + Gaussian noise at each ``--levels`` (``--kind rician``: the
+magnitude of ``c`` plus complex Gaussian noise). ``--stripped``: everything
 outside the volume's brain mask (deepbet, cached as in the other benchmarks, or ``NAME.nii.gz`` from the
 ``--masks`` folder; upsampled nearest) set to 0 after the noise (a skull-stripped scan: brainae then chooses its
 strength by SURE); otherwise the head with its air (brainae uses its blend tables). Scores: PSNR over the head
@@ -31,6 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--intrinsic", type=float, default=0.03)
     parser.add_argument("--levels", default="0.02,0.04,0.08")
+    parser.add_argument("--kind", choices=("gaussian", "rician"), default="gaussian")
     parser.add_argument("--stripped", action="store_true")
     parser.add_argument("--nlm", action="store_true", help="also run scikit-image non-local means")
     parser.add_argument("--masks", default=None, help="folder of NAME.nii.gz brain masks [deepbet, cached]")
@@ -75,7 +77,10 @@ def main() -> None:
 
     rows = {}
     for level in [float(v) for v in args.levels.split(",") if v]:
-        y = c + np.random.default_rng(3).normal(0.0, level * peak, c.shape).astype(np.float32)
+        rng = np.random.default_rng(3)
+        y = c + rng.normal(0.0, level * peak, c.shape).astype(np.float32)
+        if args.kind == "rician":
+            y = np.sqrt(y**2 + rng.normal(0.0, level * peak, c.shape).astype(np.float32) ** 2)
         if args.stripped:
             y = np.where(region, y, 0).astype(np.float32)
         outs = {"noisy": y}
@@ -86,10 +91,10 @@ def main() -> None:
             outs["nlm"] = nlm_denoise(y, level * peak)
             if args.stripped:
                 outs["nlm"] = np.where(region, outs["nlm"], 0).astype(np.float32)
-        rows[f"gaussian_{level}"] = {
+        rows[f"{args.kind}_{level}"] = {
             m: {"vs_original": psnr(o, c), "vs_truth": psnr(o, s)} for m, o in outs.items()
         }
-        print(json.dumps({f"gaussian_{level}": rows[f"gaussian_{level}"]}), flush=True)
+        print(json.dumps({f"{args.kind}_{level}": rows[f"{args.kind}_{level}"]}), flush=True)
     emit(
         {
             "benchmark": "denoise_fine",

@@ -10,8 +10,9 @@ reported):
 
 - ``denoise``: ``brainae.denoise((noisy, affine))`` on the volume with 4 % Gaussian noise;
   ``denoise_stripped``: the same, skull-stripped (no air: on the ~1 mm grid the per-scan SURE path);
-- ``inpaint``: ``brainae.inpaint((blanked, affine), (mask, affine))`` with one 20 mm cube inside the brain
-  (``inpaint_cube``) and with one ~10 ml irregular mask (``inpaint_irregular``);
+- ``inpaint``: ``brainae.inpaint((blanked, affine), (mask, affine))`` (the default: the inpainting atlas,
+  loaded once) with one 20 mm cube inside the brain (``inpaint_cube``) and with one ~10 ml irregular mask
+  (``inpaint_irregular``);
 - ``anomaly``: ``brainae.anomaly((stripped, affine), brain_mask=(brain, affine))`` on the skull-stripped
   volume (brain mask given: the time excludes brain extraction).
 
@@ -88,7 +89,11 @@ def main() -> None:
     from brainae.lesions import irregular_mask, random_cube_mask
     from brainae.scoring import add_noise
 
-    models = {t: load_volumetric(None, task=t, device=args.device) for t in ("denoise", "inpaint", "anomaly")}
+    models = {t: load_volumetric(None, task=t, device=args.device) for t in ("denoise", "anomaly")}
+    from brainae.atlas import load_atlas
+    from brainae.infer import DEFAULT_ATLAS
+
+    models["inpaint"] = load_atlas(DEFAULT_ATLAS)  # the default inpainter
     vol2 = load_volume(args.volume or split_files("test")[0])
     brain2 = cached_brain_mask(vol2, Path(args.mask_cache), method=args.mask_method)
     dev = {"device": args.device}

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,13 +78,43 @@ def denoise(img, *, model=None, device: str = "cpu", strength: str = "auto"):
     return to_image(denoise_volume(vol, vm, device=device, strength=strength), vol)
 
 
+@functools.cache
+def _default_atlas():
+    """The shipped atlas, read once per process."""
+    from brainae.atlas import load_atlas
+    from brainae.infer import DEFAULT_ATLAS
+
+    return load_atlas(DEFAULT_ATLAS)
+
+
 def inpaint(img, mask, *, model=None, device: str = "cpu"):
-    """Scan with the voxels of ``mask`` (non-zero = fill; same kinds as ``img``, same grid) filled."""
+    """Scan with the voxels of ``mask`` (non-zero = fill; same kinds as ``img``, same grid) filled.
+
+    ``model``: None (default) or an atlas (an ``.npz`` file or :class:`brainae.atlas.Atlas`): the biharmonic
+    fill plus the detail of matching regions of healthy brains (:func:`brainae.atlas.inpaint_with_atlas`);
+    a 3-D inpainting checkpoint (``.safetensors``): the network's correction of the biharmonic fill.
+    Every voxel outside the mask is returned unchanged.
+
+    Example:
+        >>> import numpy as np, brainae                                             # doctest: +SKIP
+        >>> hole = np.zeros(img.shape, np.uint8); hole[40:50, 50:60, 40:50] = 1       # doctest: +SKIP
+        >>> out = brainae.inpaint(img, (hole, img.affine))                            # doctest: +SKIP
+    """
+    from brainae.atlas import Atlas, inpaint_with_atlas, load_atlas
     from brainae.infer import inpaint_volume
 
     vol = as_volume(img)
     m = as_volume(mask, name="mask")
     check_same_grid(m, vol, "mask")
+    if (
+        model is None
+        or isinstance(model, Atlas)
+        or (isinstance(model, str | os.PathLike) and Path(model).suffix.lower() == ".npz")
+    ):
+        atlas = (
+            model if isinstance(model, Atlas) else _default_atlas() if model is None else load_atlas(model)
+        )
+        return to_image(inpaint_with_atlas(vol, m.data != 0, atlas), vol)
     vm = _model(model, "inpaint", device)
     return to_image(inpaint_volume(vol, m.data != 0, vm, device=device), vol)
 

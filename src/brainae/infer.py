@@ -66,6 +66,7 @@ from brainae.volumetric import (
 
 __all__ = [
     "AnomalyMaps",
+    "DEFAULT_ATLAS",
     "DEFAULT_MODELS",
     "VolumetricModel",
     "anomaly_volume",
@@ -85,7 +86,11 @@ DEFAULT_MODELS = {
     "inpaint": PRETRAINED / "brainae-inpaint.safetensors",
     "anomaly": PRETRAINED / "brainae-anomaly.safetensors",
 }
-"""The shipped default model of each task (trained by ``brainae fit TASK ... --split ixi``; see README)."""
+"""The shipped 3-D U-Net of each task (trained by ``brainae fit TASK ... --split ixi``; see README). The default
+inpainter is the atlas (:data:`DEFAULT_ATLAS`); the inpainting network stays available as ``--model inpaint``."""
+
+DEFAULT_ATLAS = PRETRAINED / "brainae-inpaint-atlas.npz"
+"""The shipped inpainting atlas (``brainae fit atlas ... --split ixi``; :mod:`brainae.atlas`): the default inpainter."""
 
 TOP_FRACTION = 0.001
 MEDIAN_SIZE = 3

@@ -13,9 +13,19 @@ from brainae.cli._app import command, console, err_console
 
 @command("fit")
 def fit_command(
-    task: Annotated[str, typer.Argument(metavar="TASK", help="denoise, inpaint, anomaly or plain-ae.")],
+    task: Annotated[
+        str,
+        typer.Argument(
+            metavar="TASK",
+            help="denoise, inpaint, anomaly or plain-ae (a 3-D U-Net), or atlas (the inpainting atlas: "
+            "registered healthy volumes, written as .npz).",
+        ),
+    ],
     data: Annotated[Path, typer.Argument(metavar="DIR", help="Folder of healthy T1 NIfTI volumes.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (.safetensors). Required.")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Checkpoint to write (.safetensors; .npz for atlas). Required."),
+    ],
     split: Annotated[
         str | None,
         typer.Option(
@@ -67,6 +77,10 @@ def fit_command(
 
     With no options other than --split ixi this is the recipe of the shipped default model of TASK:
     brainae fit denoise ../shared/data/ixi-t1-2mm --split ixi --out brainae-denoise.safetensors
+
+    TASK atlas builds the inpainting atlas instead (no training): the train volumes are registered to their
+    mean and stored; the val volumes calibrate how much of its detail a fill takes
+    (brainae fit atlas ../shared/data/ixi-t1-2mm --split ixi --out brainae-inpaint-atlas.npz).
     """
     import dataclasses
 
@@ -76,6 +90,9 @@ def fit_command(
     from brainae.infer import calibrate_fitted
     from brainae.tasks import get_task
 
+    if task == "atlas":
+        _fit_atlas(data, out, split=split, masks=masks, mask_method=mask_method, seed=seed, force=force)
+        return
     get_task(task)
     check_checkpoint_output(out, [data, masks], force)
     width_list = None
@@ -112,13 +129,41 @@ def fit_command(
     console.print(json.dumps(summary))
 
 
+def _fit_atlas(data: Path, out: Path, *, split, masks, mask_method, seed: int, force: bool) -> None:
+    from brainae.atlas import fit_atlas
+    from brainae.errors import BrainaeError
+
+    if out.suffix.lower() != ".npz":
+        raise BrainaeError(f"{out}: an atlas is written as .npz; give --out NAME.npz")
+    if out.exists() and not force:
+        raise BrainaeError(f"{out} exists; use --force to overwrite it")
+    if not data.is_dir():
+        raise BrainaeError(f"{data}: no such folder; give a folder of healthy T1 NIfTI volumes")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(msg: str) -> None:
+        err_console.print(msg, markup=False, highlight=False)
+
+    atlas, summary = fit_atlas(
+        data,
+        split=None if split in (None, "random") else split,
+        masks=masks,
+        mask_method=mask_method or "deepbet",
+        seed=seed,
+        log=log,
+    )
+    atlas.save(out)
+    console.print(json.dumps({"atlas": str(out), "volumes": int(atlas.volumes.shape[0]), **summary}))
+
+
 @command("info")
 def info_command(
     model: Annotated[
         str,
         typer.Argument(
             metavar="MODEL",
-            help="A checkpoint file, or a shipped model: denoise, inpaint, anomaly (brainae's defaults) or thesis.",
+            help="A checkpoint or atlas file, or a shipped model: denoise, inpaint, anomaly (brainae's 3-D "
+            "U-Nets), atlas (the default inpainter) or thesis.",
         ),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole card as JSON.")] = False,
@@ -130,6 +175,9 @@ def info_command(
     from brainae.models.registry import count_parameters
 
     path = resolve_model_name(model)
+    if path.suffix.lower() == ".npz":
+        _atlas_info(path, as_json)
+        return
     ckpt = read_checkpoint(path, weights=False)
     card = ckpt.metadata()
     card["file"] = str(path)
@@ -214,13 +262,57 @@ def info_command(
         console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
+def _atlas_info(path: Path, as_json: bool) -> None:
+    """The card of an inpainting atlas (:mod:`brainae.atlas`)."""
+    from dataclasses import asdict
+
+    from brainae.atlas import load_atlas
+
+    atlas = load_atlas(path)
+    prov, st = atlas.provenance, atlas.settings
+    card = {
+        "file": str(path),
+        "size_mb": round(path.stat().st_size / 1e6, 2),
+        "task": "inpaint",
+        "kind": "exemplar atlas (no network)",
+        "volumes": int(atlas.volumes.shape[0]),
+        "grid": list(atlas.volumes.shape[1:]),
+        "settings": asdict(st),
+        "provenance": prov,
+    }
+    if as_json:
+        typer.echo(json.dumps(card, indent=1, default=str))
+        return
+    cal = prov.get("calibration", {})
+    lines = [
+        f"model        {path.name} ({card['size_mb']} MB)",
+        "task         inpaint",
+        f"architecture exemplar atlas: {card['volumes']} healthy volumes registered to their mean, 2 mm grid "
+        f"{tuple(card['grid'])}; no network",
+        "method       biharmonic fill + share x the detail of the best-matching atlas regions (1-voxel ring "
+        f"matched over +-{st.radius} voxels, {len(st.scales)} scalings x {1 + 6 * sum(1 for a in st.angles if a)} "
+        f"rotations, {st.keep} candidates weighted per voxel)",
+        f"training     atlas volumes: {len(prov.get('train', []))} ({prov.get('source')}); calibration: "
+        f"{len(prov.get('val', []))} val volumes, {cal.get('holes')} holes",
+        f"calibration  share {st.share}; mean gain over biharmonic on the calibration holes "
+        f"{cal.get('mean_gain_db_over_biharmonic')} dB; falls back to biharmonic below registration "
+        f"correlation {st.min_fit} or above ring mismatch {st.max_ring_rms}",
+        "recipe       brainae fit atlas ../shared/data/ixi-t1-2mm --split ixi --out brainae-inpaint-atlas.npz",
+        "data         derived from the IXI dataset (CC BY-SA 3.0): shared under the same licence",
+    ]
+    for line in lines:
+        console.print(line, markup=False, highlight=False)
+
+
 def resolve_model_name(model: str | Path) -> Path:
-    """A checkpoint path from a file name or a shipped model's name (denoise, inpaint, anomaly, thesis)."""
+    """A checkpoint path from a file name or a shipped model's name (denoise, inpaint, anomaly, atlas, thesis)."""
     from brainae.errors import BrainaeError
-    from brainae.infer import DEFAULT_MODELS
+    from brainae.infer import DEFAULT_ATLAS, DEFAULT_MODELS
     from brainae.pretrained import THESIS_RES_UNET
 
     name = str(model)
+    if name == "atlas":
+        return DEFAULT_ATLAS
     if name in DEFAULT_MODELS:
         return DEFAULT_MODELS[name]
     if name == "thesis":
@@ -228,6 +320,6 @@ def resolve_model_name(model: str | Path) -> Path:
     path = Path(name)
     if not path.exists():
         raise BrainaeError(
-            f"{path}: no such checkpoint; give a file or one of: {', '.join(DEFAULT_MODELS)}, thesis"
+            f"{path}: no such checkpoint; give a file or one of: {', '.join(DEFAULT_MODELS)}, atlas, thesis"
         )
     return path

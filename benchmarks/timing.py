@@ -150,7 +150,7 @@ def main() -> None:
         "threads": args.threads,
         "device": args.device,
         "repeats": args.repeats,
-        "models": {t: str(m.path.name) for t, m in models.items()},
+        "models": {t: (m.path.name if hasattr(m, "path") else DEFAULT_ATLAS.name) for t, m in models.items()},
         "results": results,
     }
     text = json.dumps(report, indent=2)

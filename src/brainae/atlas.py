@@ -89,8 +89,8 @@ class AtlasSettings:
     radius: int = 6
     angles: tuple[float, ...] = (0.0, 6.0)
     scales: tuple[float, ...] = (0.92, 1.0, 1.08)
-    per_pose: int = 2
-    keep: int = 90
+    per_pose: int = 4
+    keep: int = 180
     softness: float = 0.25
     share: float = 1.0
     min_voxels: int = 8

@@ -28,7 +28,8 @@ shipped default by task name) into a :class:`VolumetricModel`; the functions bel
 - :func:`inpaint_volume`: the masked voxels are filled as the checkpoint's card says (``fill``: biharmonic
   interpolation of their surroundings, :func:`brainae.tasks.biharmonic_fill`, for brainae's current models)
   and the model corrects that fill, from a box around the mask (3-D context, 40 mm of margin); only the
-  masked voxels change.
+  masked voxels change. This is the network path (``--model inpaint``); the default inpainter is the atlas,
+  :func:`brainae.atlas.inpaint_with_atlas`.
 - :func:`anomaly_volume`: skull-strip when needed, resample to the model's 2 mm grid, residual
   ``|x - f(x)|`` inside the brain, 3 x 3 x 3 median filter (as in the literature's post-processing), back to
   the input's grid; calibrated with the residuals of healthy validation volumes (:func:`calibrate`):

@@ -1,10 +1,11 @@
 """Commands of stage 10: ``denoise``, ``inpaint``, ``reconstruct``, ``anomaly``.
 
 Each takes a NIfTI file or a folder of them and writes results on the input's grid with its affine and
-header. ``denoise``, ``inpaint`` and ``anomaly`` use brainae's shipped volumetric model for the job unless
-``--model`` names another: a shipped model by name (``denoise``, ``inpaint``, ``anomaly``, ``thesis``), a
-checkpoint file (volumetric from ``brainae fit``, or a slice autoencoder from ``brainae train`` /
-``import-keras``), or a thesis Keras ``.h5`` file. ``reconstruct`` needs a slice autoencoder. Outputs are never
+header. ``denoise``, ``inpaint`` and ``anomaly`` use brainae's shipped default for the job (for ``inpaint`` the
+atlas, :mod:`brainae.atlas`) unless ``--model`` names another: a shipped model by name (``denoise``, ``atlas``,
+``inpaint``, ``anomaly``, ``thesis``), a checkpoint file (volumetric from ``brainae fit``, or a slice
+autoencoder from ``brainae train`` / ``import-keras``), an atlas ``.npz`` (``inpaint``), or a thesis Keras
+``.h5`` file. ``reconstruct`` needs a slice autoencoder. Outputs are never
 overwritten without ``--force`` and inputs are never written.
 """
 

@@ -195,3 +195,21 @@ def test_atlas_class_without_head_template_uses_the_mean():
     vols = np.stack([_phantom(seed=s) for s in range(2)])
     atlas = Atlas(vols, vols > 0.4, np.ones(2, np.float32))
     assert np.allclose(atlas.template(False), vols.mean(0))
+
+
+def test_holes_close_together_are_matched_as_one(monkeypatch):
+    """Two small holes 3 voxels apart get one search (one cluster); a third far away gets its own."""
+    import brainae.atlas as mod
+
+    atlas = load_atlas(DEFAULT_ATLAS)
+    vol = load_volume(VAL_VOLUME) if VAL_VOLUME.exists() else None
+    if vol is None:
+        pytest.skip("../shared data not present")
+    x = normalise(vol.data)
+    mask = _cube(x.shape, (40, 50, 40), 4) | _cube(x.shape, (40, 50, 47), 4) | _cube(x.shape, (70, 50, 40), 4)
+    calls = []
+    real = mod._hole_detail
+    monkeypatch.setattr(mod, "_hole_detail", lambda *a, **k: calls.append(int(a[1].sum())) or real(*a, **k))
+    det = atlas_detail(fill_holes(np.where(mask, 0, x).astype(np.float32), mask), mask, atlas, stripped=False)
+    assert sorted(calls) == [64, 128]
+    assert not det[~mask].any()

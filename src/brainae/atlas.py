@@ -27,7 +27,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+import zipfile
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -134,7 +135,7 @@ class Atlas:
         return self._stripped() if stripped else self.volumes
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write a compressed ``.npz`` (uint8 volumes, packed masks, JSON settings), atomically."""
+        """Write a compressed ``.npz`` (7-bit volumes, packed masks, JSON settings), atomically."""
         path = Path(path)
 
         def quantised(x: np.ndarray) -> np.ndarray:
@@ -174,10 +175,11 @@ def load_atlas(path: str | os.PathLike) -> Atlas:
             head = z["head_template"].astype(np.float32) * step if "head_template" in z.files else None
             brains = np.unpackbits(z["brains"])[: int(np.prod(shape))].reshape(shape).astype(bool)
             gain = z["brain_gain"].astype(np.float32)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise BrainaeError(f"{path}: not an atlas written by `brainae fit atlas` ({exc})") from None
-    s = meta["settings"]
-    settings = AtlasSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()})
+    known = {f.name for f in fields(AtlasSettings)}
+    s = {k: tuple(v) if isinstance(v, list) else v for k, v in meta.get("settings", {}).items() if k in known}
+    settings = AtlasSettings(**s)
     return Atlas(volumes, brains, gain, settings, meta.get("provenance", {}), head)
 
 
@@ -500,10 +502,14 @@ def atlas_detail(
         fa, fb = register_affine(tpl, tpl[::-1].copy())
         mirror = (fa, fb, tpl.shape[0])
     out = np.zeros(target.shape, np.float32)
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    # holes within 4 voxels of each other are matched together (one search for a cluster of small lesions)
+    labels, count = ndimage.label(_dilate(mask, 2), structure=np.ones((3, 3, 3), bool))
+    labels = np.where(mask, labels, 0)
     boxes = ndimage.find_objects(labels)
     w = settings.ring
     for k, box in enumerate(boxes, start=1):
+        if box is None:
+            continue
         comp = labels == k
         if comp.sum() < settings.min_voxels:
             continue

@@ -79,7 +79,6 @@ class AtlasSettings:
         local: sd (voxels) of the Gaussian that turns each candidate's ring mismatch into a mismatch at every
             hole voxel, so that a candidate counts most where it matches the nearby ring (0: one weight per
             candidate).
-        mirror: also try the atlas volumes mirrored left-right.
         min_fit: below this correlation between the registered atlas mean and the scan, the atlas is not used
             (every hole keeps the biharmonic fill).
         max_ring_rms: a hole whose best candidate's ring mismatch (RMS, normalised units) is above this keeps
@@ -96,7 +95,6 @@ class AtlasSettings:
     share: float = 1.0
     min_voxels: int = 8
     local: float = 2.0
-    mirror: bool = False
     min_fit: float = 0.0
     max_ring_rms: float = float("inf")
 
@@ -321,13 +319,17 @@ def normalise(data: np.ndarray, brain: np.ndarray | None = None) -> np.ndarray:
     """``data`` scaled so that the 99.5th percentile of its non-background voxels (of ``brain`` when given) is 1."""
     from brainae.volumetric import background_value
 
-    lo = background_value(data)
-    x = np.asarray(data, dtype=np.float32) - lo
+    x = np.asarray(data, dtype=np.float32) - background_value(data)
+    return x / _peak(x, brain)
+
+
+def _peak(x: np.ndarray, brain: np.ndarray | None = None) -> float:
+    """The 99.5th percentile of the non-background voxels of background-subtracted ``x`` (of ``brain``)."""
     ref = x[brain] if brain is not None else x[x > 0.1 * np.percentile(x, 99.5)]
     peak = float(np.percentile(ref, 99.5)) if ref.size else 0.0
     if not math.isfinite(peak) or peak <= 0:
         raise BrainaeError("the volume is constant (or its brain is at background level): nothing to fill")
-    return x / peak
+    return peak
 
 
 # ------------------------------------------------------------------------------------------- matching
@@ -365,7 +367,7 @@ def _corr(sig_f, kernel: torch.Tensor, full, valid) -> torch.Tensor:
 
 
 def _hole_detail(
-    target, mask, lo, hi, bank_t, a, t, settings: AtlasSettings, mirror=None, ring_rms: list | None = None
+    target, mask, lo, hi, bank_t, a, t, settings: AtlasSettings, ring_rms: list | None = None
 ) -> np.ndarray | None:
     """The averaged candidates' detail inside one hole (box ``lo:hi`` of ``target``), or None."""
     import torch
@@ -391,11 +393,6 @@ def _hole_detail(
     a_t = torch.tensor(a, dtype=torch.float32)
     t_t = torch.tensor(a @ centre + t, dtype=torch.float32)
     coords = torch.stack([local @ (a_t @ torch.tensor(p, dtype=torch.float32)).T + t_t for p in pose_list])
-    if mirror is not None:
-        fa, fb, flip_n = mirror
-        mc = coords @ torch.tensor(fa, dtype=torch.float32).T + torch.tensor(fb, dtype=torch.float32)
-        mc[..., 0] = flip_n - 1 - mc[..., 0]
-        coords = torch.cat([coords, mc])
     crops = _sample(bank_t, coords)  # (n_atlas, n_pose, *outer)
     n_atlas, n_pose = crops.shape[:2]
     crops = crops.reshape(n_atlas * n_pose, *outer.tolist())
@@ -486,21 +483,16 @@ def atlas_detail(
     settings = atlas.settings
     bank = atlas.bank(stripped)
     weight = (~_dilate(mask, 2)).astype(np.float32)
-    template = atlas.template(stripped)
+    template = bank.mean(axis=0) if stripped else atlas.template(False)  # the stripped bank is made once
     a, t = register_affine(target, template, weight=weight)
     fit = registration_fit(target, template, a, t, weight)
     diag = diagnostics if diagnostics is not None else {}
     diag.update(fit=fit, ring_rms=[])
     if fit < settings.min_fit:
         return np.zeros(target.shape, np.float32)
-    contrast = contrast_ratio(target, atlas, a, t, weight > 0, stripped)
+    contrast = contrast_ratio(target, bank, atlas.brains, a, t, weight > 0)
     diag["contrast"] = contrast
     bank_t = torch.from_numpy(np.ascontiguousarray(bank, dtype=np.float32))
-    mirror = None
-    if settings.mirror:
-        tpl = atlas.template(stripped)
-        fa, fb = register_affine(tpl, tpl[::-1].copy())
-        mirror = (fa, fb, tpl.shape[0])
     out = np.zeros(target.shape, np.float32)
     # holes within 4 voxels of each other are matched together (one search for a cluster of small lesions)
     labels, count = ndimage.label(_dilate(mask, 2), structure=np.ones((3, 3, 3), bool))
@@ -515,7 +507,7 @@ def atlas_detail(
             continue
         lo = np.array([max(b.start - w, 0) for b in box])
         hi = np.array([min(b.stop + w, n) for b, n in zip(box, target.shape)])
-        det = _hole_detail(target, comp, lo, hi, bank_t, a, t, settings, mirror, diag["ring_rms"])
+        det = _hole_detail(target, comp, lo, hi, bank_t, a, t, settings, diag["ring_rms"])
         if det is not None:
             sl = tuple(slice(int(x), int(y)) for x, y in zip(lo, hi))
             out[sl] += det
@@ -527,21 +519,22 @@ def _spread(x: np.ndarray) -> float:
     return float(q75 - q25)
 
 
-def contrast_ratio(target, atlas: Atlas, a, t, known: np.ndarray, stripped: bool) -> float:
+def contrast_ratio(target, bank: np.ndarray, brains: np.ndarray, a, t, known: np.ndarray) -> float:
     """How strong the scan's tissue contrast is next to the atlas's: the interquartile range of the scan's
     intensities inside the registered atlas brain (known voxels with tissue), over the median of the atlas
-    volumes' own, clipped to [0.25, 1].
+    volumes' own (``bank``: :meth:`Atlas.bank` of the matching kind, ``brains`` their masks), clipped to
+    [0.25, 1].
 
     A healthy IXI T1 scan reads about 1 (1.0-1.1 skull-stripped); a scan whose brightest voxels are not
     tissue (a contrast-enhanced T1, where vessels set the 99.5th percentile) reads lower, and gets
     proportionally less of the atlas's detail (0.44 on the BraTS T1c case). Never above 1: the share was
     calibrated on scans like the atlas's own.
     """
-    brain = resample_affine(atlas.brains.mean(axis=0), a, t, target.shape) > 0.5
+    brain = resample_affine(brains.mean(axis=0), a, t, target.shape) > 0.5
     sel = brain & known & (target > 0.05)
     if sel.sum() < 1000:
         return 1.0
-    ref = float(np.median([_spread(v[m]) for v, m in zip(atlas.bank(stripped), atlas.brains)]))
+    ref = float(np.median([_spread(v[m]) for v, m in zip(bank, brains)]))
     return float(np.clip(_spread(target[sel]) / max(ref, 1e-6), 0.25, 1.0))
 
 
@@ -576,10 +569,7 @@ def inpaint_with_atlas(volume, mask: np.ndarray, atlas: Atlas) -> np.ndarray:
     smooth = fill_holes(known, mask, "biharmonic")
     stripped = looks_skull_stripped(smooth, volume.zooms)
     x = smooth - lo
-    ref = x[x > 0.1 * np.percentile(x, 99.5)]
-    peak = float(np.percentile(ref, 99.5)) if ref.size else 0.0
-    if not math.isfinite(peak) or peak <= 0:
-        raise BrainaeError("the volume is constant (or at background level) around the mask: nothing to fill")
+    peak = _peak(x)  # as :func:`normalise` scales the atlas's own volumes
     on_grid = all(abs(z - ATLAS_MM) < 1e-3 for z in volume.zooms)
     work = x / peak if on_grid else to_grid(x / peak, volume.zooms, ATLAS_MM)
     work_mask = mask if on_grid else to_grid(mask.astype(np.float32), volume.zooms, ATLAS_MM) > 0.3

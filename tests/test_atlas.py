@@ -84,6 +84,50 @@ def test_load_atlas_refuses_other_files_with_one_line(tmp_path):
         load_atlas(tmp_path / "missing.npz")
 
 
+def _rewrite_settings(path: Path, change) -> None:
+    """Rewrite the JSON settings stored in an atlas file (as an older or a damaged file would hold them)."""
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(bytes(arrays["meta"]).decode())
+    change(meta["settings"])
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez_compressed(path, **arrays)
+
+
+def test_atlas_files_without_a_fusion_keep_the_weights_they_were_calibrated_with(tmp_path):
+    vols = [_phantom(seed=s) for s in range(2)]
+    atlas = build_atlas(vols, [v > 0.4 for v in vols], margin=2)
+    path = tmp_path / "a.npz"
+    atlas.save(path)
+    assert load_atlas(path).settings.fusion == "joint"
+    _rewrite_settings(path, lambda s: s.pop("fusion"))  # written before joint weights existed
+    assert load_atlas(path).settings.fusion == "softmax"
+    _rewrite_settings(path, lambda s: s.update(fusion="median"))
+    with pytest.raises(BrainaeError, match="unknown fusion 'median'"):
+        load_atlas(path)
+
+
+def test_joint_weights_follow_the_candidate_that_matches_the_ring():
+    """Ten candidates that miss the scan's ring by independent noise and one that matches it: the joint
+    average follows the matching one inside the hole; candidates that all agree are returned unchanged."""
+    from brainae.atlas import _dilate, _joint_average
+
+    rng = np.random.default_rng(0)
+    pad, shape = 4, (14, 14, 14)
+    scan = rng.normal(size=shape)
+    m = np.zeros(shape, bool)
+    m[4:10, 4:10, 4:10] = True
+    ring = _dilate(m, 1) & ~m
+    truth = np.pad(scan, pad, mode="reflect")
+    cand = np.stack([truth + rng.normal(0, 1.0, truth.shape) for _ in range(10)] + [truth]).astype(np.float32)
+    avg = _joint_average(cand, ring, scan, m, pad, AtlasSettings())
+    inner = avg[pad:-pad, pad:-pad, pad:-pad]
+    plain = cand.mean(axis=0)[pad:-pad, pad:-pad, pad:-pad]
+    assert np.mean((inner[m] - scan[m]) ** 2) < 0.1 * np.mean((plain[m] - scan[m]) ** 2)
+    same = np.repeat(cand[:1], 5, axis=0)
+    assert np.allclose(_joint_average(same, ring, scan, m, pad, AtlasSettings()), cand[0], atol=1e-4)
+
+
 def test_calibrate_share_picks_the_share_that_helps_most():
     rng = np.random.default_rng(0)
     details = [rng.normal(size=200) for _ in range(10)]
@@ -116,13 +160,15 @@ def _psnr(clean, test, mask, peak):
     return 10 * np.log10(peak**2 / np.mean((clean[mask] - test[mask]) ** 2))
 
 
-def test_atlas_fill_beats_biharmonic_on_a_held_out_scan_and_keeps_other_voxels(val_volume):
+@pytest.mark.parametrize("fusion", ["joint", "softmax"])
+def test_atlas_fill_beats_biharmonic_on_a_held_out_scan_and_keeps_other_voxels(val_volume, fusion):
     """On a val volume (not in the atlas), 20 mm cubes inside the brain: the atlas fill's mean PSNR inside the
     holes is above the biharmonic fill's, and every voxel outside the holes is bit-identical."""
     vol = val_volume
     data = vol.data
     peak = float(np.percentile(data, 99.5))
     atlas = load_atlas(DEFAULT_ATLAS)
+    atlas.settings = dataclasses.replace(atlas.settings, fusion=fusion)
     gains = []
     for corner in [(30, 40, 40), (45, 55, 30), (60, 45, 45)]:
         mask = _cube(data.shape, corner, 10)

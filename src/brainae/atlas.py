@@ -10,9 +10,10 @@ their mean (:func:`build_atlas`). To fill a hole (:func:`atlas_detail`):
    under small rotations and scalings, and the 1-voxel ring around the hole is matched against the scan's
    ring at every shift within :attr:`AtlasSettings.radius` voxels (sum of squared differences after the best
    constant offset; computed for all shifts at once by FFT);
-3. the best-matching candidates (:attr:`AtlasSettings.keep` of them) are averaged with weights that fall off
-   with their ring mismatch; the *detail* of that average is what it holds beyond its own biharmonic fill:
-   ``d = a - B(a)`` inside the hole (``B`` fills the hole from the average's own ring);
+3. the best-matching candidates (:attr:`AtlasSettings.keep` of them) are combined voxel by voxel with joint
+   weights (:func:`_joint_average`): from how each candidate misses the nearby part of the ring, and how
+   those misses go together between candidates; the *detail* of that average is what it holds beyond its own
+   biharmonic fill: ``d = a - B(a)`` inside the hole (``B`` fills the hole from the average's own ring);
 4. the scan's own biharmonic fill plus ``share x c x d`` is the fill; ``share`` is calibrated on healthy
    validation volumes (:func:`calibrate_share`), ``c`` (at most 1) lowers it for scans with weaker tissue
    contrast than the atlas's (:func:`contrast_ratio`).
@@ -53,6 +54,7 @@ __all__ = [
 ]
 
 ATLAS_MM = 2.0
+FUSIONS = ("joint", "softmax")
 """The working grid (isotropic voxel size, mm) of the atlas and of the matching."""
 
 QUANT_TOP = 1.5
@@ -71,14 +73,18 @@ class AtlasSettings:
         angles: rotations tried about each axis (degrees; 0 = none, each other angle also negated).
         scales: isotropic scalings tried.
         per_pose: candidates kept per atlas volume and pose (the best local minima of the mismatch).
-        keep: candidates averaged.
-        softness: weight ``exp(-(e - e_min) / (softness x median(e - e_min)))`` of a candidate with ring
-            mismatch ``e``.
+        keep: candidates combined.
+        fusion: how the candidates are combined at each hole voxel. ``"joint"``: joint weights (below);
+            ``"softmax"``: weights ``exp(-(e - e_min) / (softness x median(e - e_min)))`` from each candidate's
+            ring mismatch ``e`` near the voxel.
+        softness: of the ``"softmax"`` weights.
+        joint_reg: ridge added to the joint weights' error matrix, as a fraction of its mean diagonal.
+        anchor_step: joint weights are solved at every ``anchor_step``-th hole voxel along each axis and
+            interpolated (Gaussian of that sd) in between.
         share: share of the average's detail added to the biharmonic fill (:func:`calibrate_share`).
         min_voxels: holes smaller than this (voxels of the working grid) keep the biharmonic fill.
-        local: sd (voxels) of the Gaussian that turns each candidate's ring mismatch into a mismatch at every
-            hole voxel, so that a candidate counts most where it matches the nearby ring (0: one weight per
-            candidate).
+        local: sd (voxels) of the Gaussian that weights the ring around each hole voxel, so that a candidate
+            counts most where it matches the nearby ring (``"softmax"`` with 0: one weight per candidate).
         min_fit: below this correlation between the registered atlas mean and the scan, the atlas is not used
             (every hole keeps the biharmonic fill).
         max_ring_rms: a hole whose best candidate's ring mismatch (RMS, normalised units) is above this keeps
@@ -89,9 +95,12 @@ class AtlasSettings:
     radius: int = 6
     angles: tuple[float, ...] = (0.0, 6.0)
     scales: tuple[float, ...] = (0.92, 1.0, 1.08)
-    per_pose: int = 4
-    keep: int = 180
+    per_pose: int = 6
+    keep: int = 300
+    fusion: str = "joint"
     softness: float = 0.25
+    joint_reg: float = 0.1
+    anchor_step: int = 2
     share: float = 1.0
     min_voxels: int = 8
     local: float = 2.0
@@ -177,6 +186,9 @@ def load_atlas(path: str | os.PathLike) -> Atlas:
         raise BrainaeError(f"{path}: not an atlas written by `brainae fit atlas` ({exc})") from None
     known = {f.name for f in fields(AtlasSettings)}
     s = {k: tuple(v) if isinstance(v, list) else v for k, v in meta.get("settings", {}).items() if k in known}
+    s.setdefault("fusion", "softmax")  # atlases written before joint weights were calibrated with these
+    if s["fusion"] not in FUSIONS:
+        raise BrainaeError(f"{path}: unknown fusion {s['fusion']!r} (known: {', '.join(FUSIONS)})")
     settings = AtlasSettings(**s)
     return Atlas(volumes, brains, gain, settings, meta.get("provenance", {}), head)
 
@@ -435,29 +447,87 @@ def _hole_detail(
             d[2] : d[2] + size[2] + 2 * pad,
         ]
         patches.append(patch + (st - float(sa.reshape(len(ssd), -1)[entry, pos])) / n)
-    cand = torch.stack(patches)
-    if settings.local > 0:
-        from scipy import ndimage
-
-        inner_c = cand[:, pad:-pad, pad:-pad, pad:-pad].numpy()
-        res2 = np.where(ring, (tb[None] - inner_c) ** 2, 0.0)
-        big = [settings.local] * 3
-        norm = ndimage.gaussian_filter(ring.astype(np.float64), big)
-        err = np.stack([ndimage.gaussian_filter(r2, big) for r2 in res2]) / np.maximum(norm, 1e-9)
-        err = np.pad(err, [(0, 0)] + [(pad, pad)] * 3, mode="edge")
-        rel = err - err.min(axis=0, keepdims=True)
-        scale = settings.softness * np.median(rel, axis=0, keepdims=True) + 1e-12
-        wv = np.exp(-rel / scale)
-        wv /= wv.sum(axis=0, keepdims=True)
-        avg_np = (wv * cand.numpy()).sum(axis=0).astype(np.float32)
+    cand = torch.stack(patches).numpy()
+    if settings.fusion == "joint":
+        avg_np = _joint_average(cand, ring, tb, m, pad, settings)
     else:
-        wts = torch.exp(-(e - e[0]) / (settings.softness * spread + 1e-12))
-        wts = (wts / wts.sum()).float()
-        avg_np = (wts[:, None, None, None] * cand).sum(0).numpy()
+        avg_np = _softmax_average(cand, ring, tb, pad, e, spread, settings)
     mm = np.zeros(avg_np.shape, bool)
     mm[pad:-pad, pad:-pad, pad:-pad] = m
     smooth = fill_holes(np.where(mm, 0.0, avg_np).astype(np.float32), mm, "biharmonic")
     return np.where(m, (avg_np - smooth)[pad:-pad, pad:-pad, pad:-pad], 0.0).astype(np.float32)
+
+
+def _softmax_average(cand, ring, tb, pad, e, spread, settings: AtlasSettings) -> np.ndarray:
+    """Candidates (``(k, *box)``, the hole's box grown by ``pad``) averaged with weights that fall off
+    exponentially with each one's ring mismatch (near each voxel when ``settings.local`` > 0, else ``e``)."""
+    if settings.local <= 0:
+        wts = np.exp(-(e.numpy() - float(e[0])) / (settings.softness * spread + 1e-12))
+        return np.tensordot(wts / wts.sum(), cand, axes=1).astype(np.float32)
+    from scipy import ndimage
+
+    inner_c = cand[:, pad:-pad, pad:-pad, pad:-pad]
+    res2 = np.where(ring, (tb[None] - inner_c) ** 2, 0.0)
+    big = [settings.local] * 3
+    norm = ndimage.gaussian_filter(ring.astype(np.float64), big)
+    err = np.stack([ndimage.gaussian_filter(r2, big) for r2 in res2]) / np.maximum(norm, 1e-9)
+    err = np.pad(err, [(0, 0)] + [(pad, pad)] * 3, mode="edge")
+    rel = err - err.min(axis=0, keepdims=True)
+    wv = np.exp(-rel / (settings.softness * np.median(rel, axis=0, keepdims=True) + 1e-12))
+    wv /= wv.sum(axis=0, keepdims=True)
+    return (wv * cand).sum(axis=0).astype(np.float32)
+
+
+def _joint_average(cand, ring, tb, m, pad, settings: AtlasSettings) -> np.ndarray:
+    """Candidates (``(k, *box)``, the hole's box grown by ``pad``) combined with joint weights.
+
+    Candidates drawn from the same atlas volume under nearby poses make the same mistakes, and a plain
+    weighted average counts those mistakes many times. Joint weights (as in joint label fusion for
+    multi-atlas segmentation) account for it: at an anchor voxel ``p`` with ring residuals ``r_i`` of candidate
+    ``i`` (scan minus candidate), weighted by a Gaussian of sd ``settings.local`` around ``p``, the weights
+    ``w = M^-1 1 / (1' M^-1 1)`` minimise the expected squared error for ``M_ij = (sum g |r_i| |r_j|)^2`` plus
+    a ridge of ``settings.joint_reg`` x its mean diagonal. Anchors are every ``anchor_step``-th hole voxel;
+    the weights in between (and in the 3 voxels around the hole that its biharmonic fill reads) are
+    Gaussian-interpolated from them. Weights may be negative; they sum to 1 at every voxel.
+    """
+
+    k = len(cand)
+    ring_pos = np.argwhere(ring).astype(np.float64)
+    absres = np.abs(tb[ring][None, :] - cand[:, pad:-pad, pad:-pad, pad:-pad][:, ring]).astype(np.float64)
+    hole = np.argwhere(m)
+    step = max(int(settings.anchor_step), 1)
+    anchors = hole[np.all(hole % step == 0, axis=1)]
+    if len(anchors) == 0:
+        anchors = hole[[int(np.argmin(((hole - hole.mean(axis=0)) ** 2).sum(axis=1)))]]
+    anchors = anchors.astype(np.float64)
+    sig2 = 2.0 * max(settings.local, 0.5) ** 2
+    eye = np.eye(k)
+    w = np.empty((len(anchors), k))
+    for start in range(0, len(anchors), 32):  # 32 anchors at a time: k x k matrices add up
+        mats = []
+        for p in anchors[start : start + 32]:
+            d2 = ((ring_pos - p) ** 2).sum(axis=1)
+            near = d2 <= d2.min() + 4.5 * sig2  # relative weights below exp(-4.5) are left out
+            g = np.exp(-(d2[near] - d2.min()) / sig2)
+            a = absres[:, near] * np.sqrt(g / g.sum())
+            mats.append((a @ a.T) ** 2)
+        mt = np.stack(mats)
+        mt += settings.joint_reg * np.diagonal(mt, axis1=1, axis2=2).mean(axis=1)[:, None, None] * eye
+        sol = np.linalg.solve(mt, np.ones((len(mats), k, 1)))[..., 0]
+        w[start : start + len(mats)] = sol / sol.sum(axis=1, keepdims=True)
+    # weights at the voxels the detail needs: the hole and the 3 voxels around it (its biharmonic fill's ring)
+    hole_box = np.zeros(cand.shape[1:], bool)
+    hole_box[pad:-pad, pad:-pad, pad:-pad] = m
+    box = _dilate(hole_box, 3)
+    need = np.argwhere(box).astype(np.float64) - pad
+    d2 = (need**2).sum(axis=1)[:, None] + (anchors**2).sum(axis=1)[None, :] - 2.0 * need @ anchors.T
+    h = np.exp(-(d2 - d2.min(axis=1, keepdims=True)) / (2.0 * step**2))
+    wx = (h @ w) / h.sum(axis=1, keepdims=True)  # (voxels, k)
+    flat = cand.reshape(k, -1)
+    out = flat.mean(axis=0)
+    idx = np.flatnonzero(box.ravel())
+    out[idx] = np.einsum("vk,kv->v", wx, flat[:, idx])
+    return out.reshape(cand.shape[1:]).astype(np.float32)
 
 
 def _dilate(m: np.ndarray, iterations: int) -> np.ndarray:

@@ -291,7 +291,8 @@ def _atlas_info(path: Path, as_json: bool) -> None:
         f"{tuple(card['grid'])}; no network",
         "method       biharmonic fill + share x the detail of the best-matching atlas regions (1-voxel ring "
         f"matched over +-{st.radius} voxels, {len(st.scales)} scalings x {1 + 6 * sum(1 for a in st.angles if a)} "
-        f"rotations, {st.keep} candidates weighted per voxel)",
+        f"rotations, {st.keep} candidates combined per voxel by "
+        f"{'joint weights' if st.fusion == 'joint' else 'ring-mismatch weights'})",
         f"training     atlas volumes: {len(prov.get('train', []))} ({prov.get('source')}); calibration: "
         f"{len(prov.get('val', []))} val volumes, {cal.get('holes')} holes",
         f"calibration  share {st.share}; mean gain over biharmonic on the calibration holes "

@@ -126,6 +126,9 @@ def test_joint_weights_follow_the_candidate_that_matches_the_ring():
     assert np.mean((inner[m] - scan[m]) ** 2) < 0.1 * np.mean((plain[m] - scan[m]) ** 2)
     same = np.repeat(cand[:1], 5, axis=0)
     assert np.allclose(_joint_average(same, ring, scan, m, pad, AtlasSettings()), cand[0], atol=1e-4)
+    exact = np.repeat(truth[None].astype(np.float32), 3, axis=0)  # every ring residual exactly 0
+    scan32 = scan.astype(np.float32)
+    assert np.allclose(_joint_average(exact, ring, scan32, m, pad, AtlasSettings()), exact[0], atol=1e-5)
 
 
 def test_calibrate_share_picks_the_share_that_helps_most():

@@ -54,8 +54,10 @@ __all__ = [
 ]
 
 ATLAS_MM = 2.0
-FUSIONS = ("joint", "softmax")
 """The working grid (isotropic voxel size, mm) of the atlas and of the matching."""
+
+FUSIONS = ("joint", "softmax")
+"""The ways :attr:`AtlasSettings.fusion` combines the candidates."""
 
 QUANT_TOP = 1.5
 QUANT_LEVELS = 127
@@ -488,9 +490,9 @@ def _joint_average(cand, ring, tb, m, pad, settings: AtlasSettings) -> np.ndarra
     ``w = M^-1 1 / (1' M^-1 1)`` minimise the expected squared error for ``M_ij = (sum g |r_i| |r_j|)^2`` plus
     a ridge of ``settings.joint_reg`` x its mean diagonal. Anchors are every ``anchor_step``-th hole voxel;
     the weights in between (and in the 3 voxels around the hole that its biharmonic fill reads) are
-    Gaussian-interpolated from them. Weights may be negative; they sum to 1 at every voxel.
+    Gaussian-interpolated from them. Weights may be negative; they sum to 1 at every voxel. Where every
+    candidate matches the ring exactly, they are equal.
     """
-
     k = len(cand)
     ring_pos = np.argwhere(ring).astype(np.float64)
     absres = np.abs(tb[ring][None, :] - cand[:, pad:-pad, pad:-pad, pad:-pad][:, ring]).astype(np.float64)
@@ -512,7 +514,8 @@ def _joint_average(cand, ring, tb, m, pad, settings: AtlasSettings) -> np.ndarra
             a = absres[:, near] * np.sqrt(g / g.sum())
             mats.append((a @ a.T) ** 2)
         mt = np.stack(mats)
-        mt += settings.joint_reg * np.diagonal(mt, axis1=1, axis2=2).mean(axis=1)[:, None, None] * eye
+        ridge = settings.joint_reg * np.diagonal(mt, axis1=1, axis2=2).mean(axis=1) + 1e-30
+        mt += ridge[:, None, None] * eye
         sol = np.linalg.solve(mt, np.ones((len(mats), k, 1)))[..., 0]
         w[start : start + len(mats)] = sol / sol.sum(axis=1, keepdims=True)
     # weights at the voxels the detail needs: the hole and the 3 voxels around it (its biharmonic fill's ring)

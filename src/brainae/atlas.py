@@ -86,7 +86,8 @@ class AtlasSettings:
         share: share of the average's detail added to the biharmonic fill (:func:`calibrate_share`).
         min_voxels: holes smaller than this (voxels of the working grid) keep the biharmonic fill.
         local: sd (voxels) of the Gaussian that weights the ring around each hole voxel, so that a candidate
-            counts most where it matches the nearby ring (``"softmax"`` with 0: one weight per candidate).
+            counts most where it matches the nearby ring (``"joint"``: at least 0.5; ``"softmax"`` with 0: one
+            weight per candidate).
         min_fit: below this correlation between the registered atlas mean and the scan, the atlas is not used
             (every hole keeps the biharmonic fill).
         max_ring_rms: a hole whose best candidate's ring mismatch (RMS, normalised units) is above this keeps

@@ -524,13 +524,17 @@ def _joint_average(cand, ring, tb, m, pad, settings: AtlasSettings) -> np.ndarra
     hole_box[pad:-pad, pad:-pad, pad:-pad] = m
     box = _dilate(hole_box, 3)
     need = np.argwhere(box).astype(np.float64) - pad
-    d2 = (need**2).sum(axis=1)[:, None] + (anchors**2).sum(axis=1)[None, :] - 2.0 * need @ anchors.T
-    h = np.exp(-(d2 - d2.min(axis=1, keepdims=True)) / (2.0 * step**2))
-    wx = (h @ w) / h.sum(axis=1, keepdims=True)  # (voxels, k)
+    idx = np.flatnonzero(box.ravel())
     flat = cand.reshape(k, -1)
     out = flat.mean(axis=0)
-    idx = np.flatnonzero(box.ravel())
-    out[idx] = np.einsum("vk,kv->v", wx, flat[:, idx])
+    a2 = (anchors**2).sum(axis=1)[None, :]
+    for start in range(0, len(need), 2048):  # voxels x anchors at a time (large holes have thousands of each)
+        part = need[start : start + 2048]
+        d2 = (part**2).sum(axis=1)[:, None] + a2 - 2.0 * part @ anchors.T
+        h = np.exp(-(d2 - d2.min(axis=1, keepdims=True)) / (2.0 * step**2))
+        wx = (h @ w) / h.sum(axis=1, keepdims=True)  # (voxels, k)
+        sel = idx[start : start + 2048]
+        out[sel] = np.einsum("vk,kv->v", wx, flat[:, sel])
     return out.reshape(cand.shape[1:]).astype(np.float32)
 
 

@@ -197,6 +197,16 @@ def test_atlas_fill_on_a_finer_grid_beats_biharmonic(val_volume):
     assert _psnr(fine, out, mask, peak) > _psnr(fine, fill_holes(blank, mask), mask, peak)
 
 
+def test_api_takes_the_atlas_by_name_as_the_cli_does(val_volume):
+    vol = val_volume
+    mask = _cube(vol.data.shape, (45, 55, 30), 6)
+    blank = np.where(mask, 0, vol.data).astype(np.float32)
+    by_default = np.asarray(brainae.inpaint((blank, vol.affine), (mask.astype(np.uint8), vol.affine)).dataobj)
+    by_name = brainae.inpaint((blank, vol.affine), (mask.astype(np.uint8), vol.affine), model="atlas")
+    assert np.array_equal(np.asarray(by_name.dataobj), by_default)
+    assert not np.array_equal(by_default[mask], fill_holes(blank, mask)[mask])  # the atlas's detail is in
+
+
 def test_atlas_detail_is_zero_outside_the_holes_and_falls_back_when_registration_fails():
     atlas = load_atlas(DEFAULT_ATLAS)
     rng = np.random.default_rng(0)

@@ -90,9 +90,10 @@ def _default_atlas():
 def inpaint(img, mask, *, model=None, device: str = "cpu"):
     """Scan with the voxels of ``mask`` (non-zero = fill; same kinds as ``img``, same grid) filled.
 
-    ``model``: None (default) or an atlas (an ``.npz`` file or :class:`brainae.atlas.Atlas`): the biharmonic
-    fill plus the detail of matching regions of healthy brains (:func:`brainae.atlas.inpaint_with_atlas`);
-    a 3-D inpainting checkpoint (``.safetensors``): the network's correction of the biharmonic fill.
+    ``model``: None or ``"atlas"`` (the shipped atlas, the default), or an atlas (an ``.npz`` file or
+    :class:`brainae.atlas.Atlas`): the biharmonic fill plus the detail of matching regions of healthy brains
+    (:func:`brainae.atlas.inpaint_with_atlas`); ``"inpaint"`` or a 3-D inpainting checkpoint
+    (``.safetensors``): the network's correction of the biharmonic fill.
     Every voxel outside the mask is returned unchanged.
 
     Example:
@@ -106,14 +107,15 @@ def inpaint(img, mask, *, model=None, device: str = "cpu"):
     vol = as_volume(img)
     m = as_volume(mask, name="mask")
     check_same_grid(m, vol, "mask")
-    if (
-        model is None
-        or isinstance(model, Atlas)
-        or (isinstance(model, str | os.PathLike) and Path(model).suffix.lower() == ".npz")
-    ):
-        atlas = (
-            model if isinstance(model, Atlas) else _default_atlas() if model is None else load_atlas(model)
-        )
+    if model is None or (isinstance(model, str) and model == "atlas"):
+        atlas = _default_atlas()
+    elif isinstance(model, Atlas):
+        atlas = model
+    elif isinstance(model, str | os.PathLike) and Path(model).suffix.lower() == ".npz":
+        atlas = load_atlas(model)
+    else:
+        atlas = None
+    if atlas is not None:
         return to_image(inpaint_with_atlas(vol, m.data != 0, atlas), vol)
     vm = _model(model, "inpaint", device)
     return to_image(inpaint_volume(vol, m.data != 0, vm, device=device), vol)

@@ -456,7 +456,7 @@ def inpaint_cmd(
 
     The default is brainae's inpainting atlas (works with and without skull, any voxel size): the biharmonic
     fill of each masked region plus the detail that healthy brains show at the same place (20 IXI volumes
-    registered to the scan; the regions whose surroundings match the hole's best, averaged). See
+    registered to the scan; the regions whose surroundings match the hole's best, combined). See
     `brainae info atlas`.
     """
     from brainae.apply import inpaint

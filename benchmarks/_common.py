@@ -14,6 +14,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "ixi-t1-2mm"
 CASE = ROOT.parent / "shared" / "data" / "lesion-dev"  # the BraTS case (never shipped)
+CASE_T1 = ROOT.parent / "shared" / "data" / "lesion-dev-t1"  # a metastasis on plain T1 (never shipped)
 SPLIT = ROOT / "src" / "brainae" / "pretrained" / "ixi-split.json"
 MASK_CACHE = Path("/tmp/brainae-bench-masks")
 

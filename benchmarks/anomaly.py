@@ -9,10 +9,15 @@ Lesions (:func:`brainae.lesions.synthetic_lesion`, seeded per volume and configu
 (volume, radius, contrast), for radii ``--radii`` (default 5 / 10 / 15 mm: the volume of a ball of that radius)
 and signed contrasts ``--contrasts`` (default +1, -1, +0.5, -0.5 x the brain's median intensity:
 hyper- and hypo-intense), irregular shapes (a random ellipsoid perturbed by smooth noise), soft edges
-(Gaussian, 1.5 mm), fully inside the brain. Ground truth: lesion weight >= 0.5.
+(Gaussian, 1.5 mm), fully inside the brain. Ground truth: lesion weight >= 0.5. Besides, for each radius, the
+iso-intense kinds of ``--iso`` (what plain-T1 tumours look like): ``moved`` (:func:`brainae.lesions.moved_tissue_lesion`:
+the brain's own tissue moved from elsewhere) and ``mass`` (:func:`brainae.lesions.mass_lesion`: a ball of moved
+tissue that pushes its surroundings outwards).
 
 Methods (``METHODS``: each a small function of the stripped volume returning one or more maps; ``--methods``):
 
+- ``dae``: the coarse-noise denoising autoencoder (``model="anomaly"``), brainae's default before the
+  normative model; its calibrated map.
 - ``brainae`` / ``brainae_residual``: ``brainae.anomaly((data, affine), model=--model or None,
   brain_mask=(mask, affine))``: ``calibrated`` map (the headline) and ``residual`` map; volume score ``score``;
   own binary mask ``mask`` (the healthy-data threshold the model ships) and own ``z``. ``pending`` while the
@@ -129,6 +134,11 @@ def run_brainae(x, ctx):
     return _api_maps(x, ctx, ctx.args.model, "brainae")
 
 
+def run_dae(x, ctx):
+    """The coarse-noise denoising autoencoder (brainae's default anomaly model before the normative model)."""
+    return {"dae": _api_maps(x, ctx, "anomaly", "dae")["dae"]}
+
+
 def run_thesis(x, ctx):
     from brainae.pretrained import THESIS_RES_UNET
 
@@ -153,6 +163,7 @@ def run_zscore(x, ctx):
 
 METHODS = [
     ("brainae", run_brainae),  # also yields brainae_residual
+    ("dae", run_dae),
     ("thesis", run_thesis),
     ("plain_ae", run_plain_ae),
     ("zscore", run_zscore),
@@ -188,6 +199,11 @@ def main() -> None:
     )
     parser.add_argument("--radii", default="5,10,15", help="lesion radii in mm")
     parser.add_argument("--contrasts", default="1,-1,0.5,-0.5", help="x the brain median; + hyper")
+    parser.add_argument(
+        "--iso",
+        default="moved,mass",
+        help="iso-intense lesion kinds at each radius: moved (tissue moved from elsewhere), mass (displaces)",
+    )
     parser.add_argument("--methods", default=",".join(n for n, _ in METHODS))
     parser.add_argument("--model", default=None, help="a brainae anomaly checkpoint instead of the default")
     parser.add_argument("--plain-ae", default=None, help="a plain autoencoder checkpoint to compare")
@@ -203,7 +219,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from brainae.io import load_volume
-    from brainae.lesions import synthetic_lesion
+    from brainae.lesions import mass_lesion, moved_tissue_lesion, synthetic_lesion
     from brainae.scoring import auroc, average_precision, best_dice, dice, fpr_at, threshold_at_fpr
 
     wanted = [m for m in args.methods.split(",") if m]
@@ -215,6 +231,7 @@ def main() -> None:
         methods = [(n, f) for n, f in methods if n != "plain_ae"]
     radii = [float(v) for v in args.radii.split(",") if v]
     contrasts = [float(v) for v in args.contrasts.split(",") if v]
+    iso = [k for k in args.iso.split(",") if k]
     cache = Path(args.mask_cache)
     pending: dict[str, str] = {}
     seconds: dict[str, list[float]] = {}
@@ -258,12 +275,18 @@ def main() -> None:
         vol, brain = stripped(f)
         rng_base = seed_for(args.seed, vol.id)
         cases = [("clean", None, None)] + [(f"r{r:g}_c{c:+g}", r, c) for r in radii for c in contrasts]
+        cases += [(f"r{r:g}_{k}", r, k) for r in radii for k in iso]
         for key, radius, contrast in cases:
             if radius is None:
                 data, truth = vol.data, np.zeros(brain.shape, bool)
             else:
                 rng = np.random.default_rng(seed_for(rng_base, key))
-                les = synthetic_lesion(vol.data, brain, rng, radius, contrast, zooms=vol.zooms)
+                if contrast == "moved":
+                    les = moved_tissue_lesion(vol.data, brain, rng, radius, zooms=vol.zooms)
+                elif contrast == "mass":
+                    les = mass_lesion(vol.data, brain, rng, radius, zooms=vol.zooms)
+                else:
+                    les = synthetic_lesion(vol.data, brain, rng, radius, contrast, zooms=vol.zooms)
                 data, truth = les.data, les.truth
             ctx = Context(dataclasses.replace(vol, data=data), brain, args)
             outs = run_all(methods, data, ctx, pending, seconds)
@@ -304,7 +327,7 @@ def main() -> None:
                 )
             print(f"[anomaly] {vol.id} {key}: {sorted(outs)}", file=sys.stderr)
 
-    order = ["brainae", "brainae_residual", "thesis", "plain_ae", "zscore"]
+    order = ["brainae", "brainae_residual", "dae", "thesis", "plain_ae", "zscore"]
     names = sorted(
         {r["method"] for r in per_lesion}, key=lambda n: order.index(n) if n in order else len(order)
     )
@@ -355,6 +378,9 @@ def main() -> None:
         for c in contrasts:
             sel = [r for r in rows if r["lesion"].endswith(f"_c{c:+g}")]
             by_contrast[f"c{c:+g}"] = {"best_dice": mean_of(sel, "best_dice"), "auprc": mean_of(sel, "auprc")}
+        for k in iso:
+            sel = [r for r in rows if r["lesion"].endswith(f"_{k}")]
+            by_contrast[k] = {"best_dice": mean_of(sel, "best_dice"), "auprc": mean_of(sel, "auprc")}
         overall[name]["by_radius_mean_per_volume"] = by_size
         overall[name]["by_contrast_mean_per_volume"] = by_contrast
 
@@ -364,6 +390,7 @@ def main() -> None:
         "val_volumes": [f.name.removesuffix(".nii.gz") for f in split_files("val")[: args.val_volumes]],
         "radii_mm": radii,
         "contrasts": contrasts,
+        "iso_kinds": iso,
         "fpr": args.fpr,
         "model": args.model or "default",
         "plain_ae": args.plain_ae,

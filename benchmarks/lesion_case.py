@@ -33,7 +33,7 @@ import time
 
 import numpy as np
 
-from _common import CASE, Pending, _arr, api_call, brainae_api, emit
+from _common import CASE, CASE_T1, Pending, _arr, api_call, brainae_api, emit
 
 API_ANOMALY = brainae_api("anomaly")  # before the brainae.anomaly submodule is imported
 
@@ -78,6 +78,12 @@ def run_brainae(x, ctx):
     return _api(x, ctx, ctx.args.model, "brainae")
 
 
+def run_dae(x, ctx):
+    """The coarse-noise denoising autoencoder (the default before the normative model)."""
+    out = _api(x, ctx, "anomaly", "dae")
+    return {"dae": out["dae_residual"]}
+
+
 def run_thesis(x, ctx):
     from brainae.pretrained import THESIS_RES_UNET
 
@@ -100,6 +106,7 @@ def run_zscore(x, ctx):
 
 METHODS = [
     ("brainae", run_brainae),
+    ("dae", run_dae),
     ("thesis", run_thesis),
     ("plain_ae", run_plain_ae),
     ("zscore", run_zscore),
@@ -110,6 +117,26 @@ def r4(v):
     return None if v is None or not np.isfinite(v) else round(float(v), 4)
 
 
+def _cases(args, load_volume):
+    """(label, stripped RAS+ volume, brain mask, truth) of each case asked for."""
+    if "t1" in args.cases:
+        vol = load_volume(CASE_T1 / "t1.nii.gz")
+        truth = load_volume(CASE_T1 / "lesion_auto.nii.gz").data > 0
+        yield "T1", vol, vol.data > 0, truth
+    if "t1c" in args.cases:
+        brain = load_volume(CASE / "brainmask.nii.gz").data > 0
+        truth = load_volume(CASE / "OTMultiClass.nii.gz").data > 0
+        modalities = [("T1c", "T1c_subtrMeanDivStd.nii.gz")]
+        if args.flair:
+            modalities.append(("FLAIR", "Flair_subtrMeanDivStd.nii.gz"))
+        for label, fname in modalities:
+            vol = load_volume(CASE / fname)
+            values, counts = np.unique(vol.data[~brain], return_counts=True)
+            background = float(values[np.argmax(counts)])
+            data = np.where(brain, vol.data, background).astype(np.float32)
+            yield label, dataclasses.replace(vol, data=data), brain, truth
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default=",".join(n for n, _ in METHODS))
@@ -117,6 +144,7 @@ def main() -> None:
     parser.add_argument("--plain-ae", default=None)
     parser.add_argument("--pass-mask", action="store_true", help="give brainae the case's brain mask")
     parser.add_argument("--flair", action="store_true", help="also score the FLAIR volume")
+    parser.add_argument("--cases", default="t1,t1c", help="t1 (plain T1, lesion-dev-t1), t1c (BraTS T1c)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None)
@@ -130,27 +158,18 @@ def main() -> None:
 
     wanted = [m for m in args.methods.split(",") if m]
     methods = [(n, f) for n, f in METHODS if n in wanted and (n != "plain_ae" or args.plain_ae)]
-    brain = load_volume(CASE / "brainmask.nii.gz").data > 0
-    truth = load_volume(CASE / "OTMultiClass.nii.gz").data > 0
-    modalities = [("T1c", "T1c_subtrMeanDivStd.nii.gz")]
-    if args.flair:
-        modalities.append(("FLAIR", "Flair_subtrMeanDivStd.nii.gz"))
     pending: dict[str, str] = {}
     results: dict = {}
-    for label, fname in modalities:
-        vol = load_volume(CASE / fname)
-        values, counts = np.unique(vol.data[~brain], return_counts=True)
-        background = float(values[np.argmax(counts)])
-        data = np.where(brain, vol.data, background).astype(np.float32)
-        ctx = Context(dataclasses.replace(vol, data=data), brain, args)
+    for label, data, brain, truth in _cases(args, load_volume):
+        ctx = Context(data, brain, args)
         t = truth[brain]
-        row: dict = {"background": round(background, 4)}
+        row: dict = {"lesion_fraction_of_brain": r4(float(t.mean())), "brain_voxels": int(brain.sum())}
         for name, fn in methods:
             if name in pending:
                 continue
             t0 = time.perf_counter()
             try:
-                outs = fn(data, ctx)
+                outs = fn(data.data, ctx)
             except Pending as exc:
                 pending[name] = str(exc)
                 print(f"[lesion_case] {name}: pending ({exc})", file=sys.stderr)
@@ -162,6 +181,7 @@ def main() -> None:
                 row[key] = {
                     "auroc": r4(auroc(s, t)),
                     "auprc": r4(average_precision(s, t)),
+                    "auprc_over_prevalence": r4(average_precision(s, t) / max(float(t.mean()), 1e-9)),
                     "best_dice": r4(d),
                     "best_threshold": r4(thr),
                     "dice_own": r4(dice(own[brain], t)) if own is not None else None,
@@ -174,11 +194,10 @@ def main() -> None:
 
     report = {
         "benchmark": "lesion_case",
-        "case": "BraTS 2013 pat0001 (lesion-dev), 1 mm, 240 x 240 x 155",
-        "truth": "OTMultiClass > 0",
-        "brain_voxels": int(brain.sum()),
-        "tumour_voxels": int(truth.sum()),
-        "tumour_fraction_of_brain": r4(float(truth[brain].mean())),
+        "cases": {
+            "T1": "lesion-dev-t1: a brain metastasis on plain T1, 1 mm, 240 x 240 x 155; truth lesion_auto > 0",
+            "T1c/FLAIR": "BraTS 2013 pat0001 (lesion-dev), 1 mm, 240 x 240 x 155; truth OTMultiClass > 0",
+        },
         "pass_mask": args.pass_mask,
         "model": args.model or "default",
         "threads": args.threads,

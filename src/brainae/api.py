@@ -121,6 +121,22 @@ def inpaint(img, mask, *, model=None, device: str = "cpu"):
     return to_image(inpaint_volume(vol, m.data != 0, vm, device=device), vol)
 
 
+def _anomaly_model(model, device):
+    """The normative model (default, ``"normative"``, a normative ``.npz`` or a loaded one) or a volumetric
+    anomaly checkpoint (``"anomaly"``, a path, a loaded one)."""
+    from brainae.normative import DEFAULT_NORMATIVE, NormativeModel, is_normative_file, load_normative
+
+    if isinstance(model, NormativeModel):
+        return model
+    if model is None or str(model) == "normative":
+        return load_normative(DEFAULT_NORMATIVE)
+    if is_normative_file(model):
+        return load_normative(model)
+    if str(model) == "anomaly":
+        model = None
+    return _model(model, "anomaly", device)
+
+
 @dataclass
 class AnomalyOutput:
     """What :func:`anomaly` returns: nibabel images on the input's grid and the scores.
@@ -155,12 +171,18 @@ class AnomalyOutput:
 def anomaly(
     img, *, model=None, device: str = "cpu", brain_mask=None, fpr: float = 0.01, mask_method: str = "auto"
 ):
-    """Anomaly maps of a scan (see :func:`brainae.infer.anomaly_volume`) as an :class:`AnomalyOutput`.
+    """Anomaly maps of a scan as an :class:`AnomalyOutput`.
+
+    The default ``model`` is the normative model of healthy anatomy (:func:`brainae.normative.normative_anomaly`:
+    registration to a healthy template, per-voxel comparison with the healthy cohort); ``model="anomaly"``
+    (or an anomaly checkpoint) gives the coarse-noise autoencoder's residual map
+    (:func:`brainae.infer.anomaly_volume`).
 
     ``brain_mask`` (same kinds as ``img``) skips brain extraction; otherwise a skull-stripped input is used as
     it is and one with its skull is stripped (``mask_method``: deepbet when installed).
     """
     from brainae.infer import anomaly_volume
+    from brainae.normative import NormativeModel, normative_anomaly
 
     vol = as_volume(img)
     brain = None
@@ -168,8 +190,11 @@ def anomaly(
         b = as_volume(brain_mask, name="brain_mask")
         check_same_grid(b, vol, "brain mask")
         brain = b.data != 0
-    vm = _model(model, "anomaly", device)
-    res = anomaly_volume(vol, vm, brain=brain, device=device, mask_method=mask_method, fpr=fpr)
+    vm = _anomaly_model(model, device)
+    if isinstance(vm, NormativeModel):
+        res = normative_anomaly(vol, vm, brain=brain, mask_method=mask_method, fpr=fpr)
+    else:
+        res = anomaly_volume(vol, vm, brain=brain, device=device, mask_method=mask_method, fpr=fpr)
     return AnomalyOutput(
         residual=to_image(res.residual, vol),
         calibrated=None if res.calibrated is None else to_image(res.calibrated, vol),

@@ -857,15 +857,9 @@ class AnomalyMaps:
     threshold: float | None = None
 
 
-def _working_residual(
-    volume, vm: VolumetricModel, *, brain: np.ndarray | None, device, mask_method: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
-    """(residual on the working grid, brain on the working grid, brain on the input grid, was stripped)."""
-    from scipy import ndimage
-
-    prep = vm.preprocessing
-    data, zooms = volume.data, volume.zooms
-    if brain is None and mask_method == "auto" and not looks_skull_stripped(data, zooms):
+def check_can_strip(volume, brain: np.ndarray | None, mask_method: str) -> None:
+    """Refuse an anomaly map of a scan with its skull when only the rough threshold mask could strip it."""
+    if brain is None and mask_method == "auto" and not looks_skull_stripped(volume.data, volume.zooms):
         from brainae.brainmask import deepbet_available
 
         if not deepbet_available():
@@ -875,6 +869,17 @@ def _working_residual(
                 "--mask-method threshold to accept the rough threshold mask (it keeps non-brain tissue, which "
                 "shows up as anomalies)"
             )
+
+
+def _working_residual(
+    volume, vm: VolumetricModel, *, brain: np.ndarray | None, device, mask_method: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """(residual on the working grid, brain on the working grid, brain on the input grid, was stripped)."""
+    from scipy import ndimage
+
+    prep = vm.preprocessing
+    data, zooms = volume.data, volume.zooms
+    check_can_strip(volume, brain, mask_method)
     stripped, brain_in, was_stripped = strip(data, zooms, method=mask_method, brain=brain)
     grid = prep.grid_mm
     img = to_grid(stripped, zooms, grid)

@@ -8,6 +8,9 @@
 - :func:`synthetic_lesion`: an irregular, soft-edged lesion of equivalent radius ``radius_mm`` added inside
   the brain with a signed contrast (a fraction of the brain's median intensity: positive = hyper-intense,
   negative = hypo-intense). Ground truth: the voxels where the soft weight is at least 0.5.
+- :func:`moved_tissue_lesion` and :func:`mass_lesion`: iso-intense lesions, as plain-T1 tumours are: the
+  brain's own tissue moved to a place where it does not belong, and a mass that pushes its surroundings
+  outwards.
 
 Example:
     >>> rng = np.random.default_rng(0)
@@ -28,6 +31,8 @@ __all__ = [
     "cube_mask",
     "irregular_blob",
     "irregular_mask",
+    "mass_lesion",
+    "moved_tissue_lesion",
     "place_inside",
     "random_cube_mask",
     "synthetic_lesion",
@@ -222,3 +227,107 @@ def synthetic_lesion(
     return Lesion(
         data=out, truth=(w >= 0.5) & brain, weight=w, radius_mm=float(radius_mm), contrast=float(contrast)
     )
+
+
+def moved_tissue_lesion(
+    volume: np.ndarray,
+    brain_mask: np.ndarray,
+    rng: np.random.Generator,
+    radius_mm: float,
+    *,
+    zooms=(2.0, 2.0, 2.0),
+    edge_mm: float = 1.0,
+    min_shift_mm: float = 20.0,
+) -> Lesion:
+    """An iso-intense lesion: healthy tissue of the same brain, moved from elsewhere.
+
+    An :func:`irregular_blob` (volume of a ball of ``radius_mm``) is placed inside the brain; its content is
+    replaced, with a soft edge (Gaussian of ``edge_mm``), by the tissue found at a random shift of at least
+    ``min_shift_mm`` (a shift whose source also lies inside the brain). The intensities are the brain's own,
+    so an intensity threshold cannot see the lesion; tissue of the wrong kind for its place can.
+
+    Example:
+        >>> v = np.zeros((40, 40, 40), np.float32); v[:, :, 20:] = 100.0   # two 'tissues'
+        >>> brain = np.zeros(v.shape, bool); brain[3:37, 3:37, 3:37] = True
+        >>> les = moved_tissue_lesion(v, brain, np.random.default_rng(1), 5.0, zooms=(1.0, 1.0, 1.0))
+        >>> bool(brain[les.truth].all()), les.contrast
+        (True, 0.0)
+    """
+    from scipy import ndimage
+
+    data = np.asarray(volume, dtype=np.float32)
+    brain = np.asarray(brain_mask, dtype=bool)
+    step = np.asarray(zooms, dtype=float)
+    inner = ndimage.distance_transform_edt(brain, sampling=step) > edge_mm
+    shape = place_inside(irregular_blob(step, rng, 4.0 / 3.0 * np.pi * radius_mm**3 / 1000.0), inner, rng)
+    shift = _source_shift(shape, brain, rng, step, max(min_shift_mm, 2.0 * radius_mm))
+    moved = np.roll(data, tuple(-shift), axis=(0, 1, 2))  # moved[x] = data[x + shift]
+    w = ndimage.gaussian_filter(shape.astype(np.float32), sigma=edge_mm / step)
+    w = np.where(brain, w / max(float(w.max()), 1e-6), 0.0).astype(np.float32)
+    out = (data * (1.0 - w) + moved * w).astype(np.float32)
+    return Lesion(data=out, truth=(w >= 0.5) & brain, weight=w, radius_mm=float(radius_mm), contrast=0.0)
+
+
+def mass_lesion(
+    volume: np.ndarray,
+    brain_mask: np.ndarray,
+    rng: np.random.Generator,
+    radius_mm: float,
+    *,
+    zooms=(2.0, 2.0, 2.0),
+) -> Lesion:
+    """An iso-intense mass that displaces its surroundings.
+
+    A ball of ``radius_mm`` at a random place inside the brain pushes the tissue around it outwards, as a
+    growing mass does: a point at distance ``d`` from the centre shows the tissue that lay at distance
+    ``(d^3 - r^3)^(1/3)`` (the volume outside the ball is conserved and the push fades as ``r^3 / 3d^2``);
+    the ball itself is filled with tissue moved from elsewhere in the brain (:func:`moved_tissue_lesion`'s
+    content), so its intensity is the brain's own. Ground truth: the ball.
+
+    Example:
+        >>> v = np.zeros((40, 40, 40), np.float32); v[:, :, 20:] = 100.0
+        >>> brain = np.zeros(v.shape, bool); brain[3:37, 3:37, 3:37] = True
+        >>> les = mass_lesion(v, brain, np.random.default_rng(0), 5.0, zooms=(1.0, 1.0, 1.0))
+        >>> bool(brain[les.truth].all()), int(les.truth.sum()) > 400
+        (True, True)
+    """
+    from scipy import ndimage
+
+    data = np.asarray(volume, dtype=np.float32)
+    brain = np.asarray(brain_mask, dtype=bool)
+    step = np.asarray(zooms, dtype=float)
+    depth = ndimage.distance_transform_edt(brain, sampling=step)
+    candidates = np.argwhere(depth > radius_mm + 2.0)
+    if len(candidates) == 0:
+        raise ValueError(f"no place inside the brain for a mass of radius {radius_mm} mm")
+    centre = candidates[rng.integers(len(candidates))]
+    grids = np.meshgrid(*[np.arange(n) for n in data.shape], indexing="ij")
+    offset = [(g - c) * s for g, c, s in zip(grids, centre, step)]
+    d = np.sqrt(sum(o**2 for o in offset))
+    ball = d <= radius_mm
+    src_d = np.cbrt(np.maximum(d**3 - radius_mm**3, 0.0))
+    ratio = np.where(d > 0, src_d / np.maximum(d, 1e-9), 0.0)
+    coords = [c + o * ratio / s for c, o, s in zip(centre, offset, step)]
+    pushed = ndimage.map_coordinates(data, coords, order=1, mode="nearest").astype(np.float32)
+    shift = _source_shift(ball & brain, brain, rng, step, 2.0 * radius_mm + 10.0)
+    content = np.roll(data, tuple(-shift), axis=(0, 1, 2))
+    out = np.where(ball, content, pushed)
+    out = np.where(brain, out, data).astype(np.float32)
+    truth = ball & brain
+    return Lesion(data=out, truth=truth, weight=truth.astype(np.float32), radius_mm=float(radius_mm), contrast=0.0)
+
+
+def _source_shift(region, brain, rng, step, min_mm: float) -> np.ndarray:
+    """A random integer shift (voxels) of at least ``min_mm`` such that ``region`` moved by it lies inside
+    ``brain`` (the place tissue is taken from)."""
+    for _ in range(500):
+        shift_mm = rng.uniform(-1.0, 1.0, 3) * 3.0 * min_mm
+        if np.linalg.norm(shift_mm) < min_mm:
+            continue
+        shift = np.round(shift_mm / step).astype(int)
+        if any(abs(v) >= n for v, n in zip(shift, region.shape)):
+            continue
+        src = np.roll(region, tuple(shift), axis=(0, 1, 2))
+        if src.sum() == region.sum() and brain[src].all():
+            return shift
+    raise ValueError("no place inside the brain to take tissue from")

@@ -84,11 +84,21 @@ def _load_model(path: Path, device: str):
 
 
 def _job_model(model: str | None, task: str, device: str):
-    """("volumetric", VolumetricModel) or ("slice", (model, prep, normative)) for a job's ``--model``."""
+    """("volumetric", VolumetricModel), ("normative", NormativeModel) or ("slice", (model, prep, normative))
+    for a job's ``--model`` (the default of ``anomaly`` is the normative model)."""
     from brainae.cli.volumetric import resolve_model_name
+    from brainae.errors import BrainaeError
     from brainae.infer import is_volumetric, load_volumetric
+    from brainae.normative import is_normative_file, load_normative
 
-    path = resolve_model_name(model if model is not None else task)
+    default = "normative" if task == "anomaly" else task
+    path = resolve_model_name(model if model is not None else default)
+    if is_normative_file(path):
+        if task != "anomaly":
+            raise BrainaeError(
+                f"{path.name}: a normative model makes anomaly maps; use `brainae anomaly`, or give a {task} model"
+            )
+        return "normative", load_normative(path)
     if path.suffix.lower() in (".h5", ".hdf5", ".keras"):
         return "slice", _load_model(path, device)
     from brainae.checkpoint import read_checkpoint
@@ -572,10 +582,13 @@ def anomaly_cmd(
 ) -> None:
     """Anomaly maps of a T1 scan and its anomaly score with a z-score against healthy volumes.
 
-    The default model is brainae's coarse-noise denoising autoencoder (3-D, skull-stripped, 2 mm): the map is
-    |x - f(x)| inside the brain (zero outside), median-filtered; --calibrated and --lesion-mask give maps that
-    mean the same on every scan (calibrated on healthy validation volumes). A scan with its skull is
-    skull-stripped first (deepbet when installed); a skull-stripped scan is used as it is.
+    The default model is brainae's normative model of healthy anatomy: the scan is registered (ANTs affine +
+    coarse SyN) to a symmetric template of healthy IXI brains and compared voxel by voxel with them (intensity
+    against the healthy mean and sd at that place, left-right asymmetry, local swelling); the map is that
+    score inside the brain (zero outside). --model anomaly gives the earlier map, |x - f(x)| of a
+    coarse-noise denoising autoencoder. --calibrated and --lesion-mask give maps that mean the same on every
+    scan (calibrated on healthy validation volumes). A scan with its skull is skull-stripped first (deepbet
+    when installed); a skull-stripped scan is used as it is.
     """
     from brainae.errors import BrainaeError
     from brainae.io import list_niftis
@@ -620,6 +633,7 @@ def _volumetric_anomaly(
     from brainae.errors import BrainaeError
     from brainae.infer import anomaly_volume, warn_if_threshold_mask
     from brainae.io import load_volume
+    from brainae.normative import NormativeModel, normative_anomaly
 
     def job(src: Path, _dst) -> tuple:
         """(volume, whether a brain mask was given, the maps)."""
@@ -630,7 +644,10 @@ def _volumetric_anomaly(
             if not bpath.exists():
                 raise BrainaeError(f"{bpath}: no such brain mask; give a mask NIfTI on the scan's grid")
             brain = _load_mask(bpath, vol)
-        res = anomaly_volume(vol, vm, brain=brain, device=device, mask_method=mask_method or "auto", fpr=fpr)
+        if isinstance(vm, NormativeModel):
+            res = normative_anomaly(vol, vm, brain=brain, mask_method=mask_method or "auto", fpr=fpr)
+        else:
+            res = anomaly_volume(vol, vm, brain=brain, device=device, mask_method=mask_method or "auto", fpr=fpr)
         return vol, brain is not None, res
 
     rows, lines = [], []

@@ -17,8 +17,9 @@ def fit_command(
         str,
         typer.Argument(
             metavar="TASK",
-            help="denoise, inpaint, anomaly or plain-ae (a 3-D U-Net), or atlas (the inpainting atlas: "
-            "registered healthy volumes, written as .npz).",
+            help="denoise, inpaint, anomaly or plain-ae (a 3-D U-Net), atlas (the inpainting atlas: "
+            "registered healthy volumes, written as .npz) or normative (the default anomaly model: a healthy "
+            "template with per-voxel statistics, written as .npz).",
         ),
     ],
     data: Annotated[Path, typer.Argument(metavar="DIR", help="Folder of healthy T1 NIfTI volumes.")],
@@ -81,6 +82,10 @@ def fit_command(
     TASK atlas builds the inpainting atlas instead (no training): the train volumes are registered to their
     mean and stored; the val volumes calibrate how much of its detail a fill takes
     (brainae fit atlas ../shared/data/ixi-t1-2mm --split ixi --out brainae-inpaint-atlas.npz).
+
+    TASK normative builds the default anomaly model (no training): the train volumes are registered (ANTs) to
+    a symmetric template rebuilt from them, per-voxel healthy statistics are kept, and the val volumes
+    calibrate the score (brainae fit normative ../shared/data/ixi-t1-2mm --split ixi --out brainae-normative.npz).
     """
     import dataclasses
 
@@ -92,6 +97,9 @@ def fit_command(
 
     if task == "atlas":
         _fit_atlas(data, out, split=split, masks=masks, mask_method=mask_method, seed=seed, force=force)
+        return
+    if task == "normative":
+        _fit_normative(data, out, split=split, masks=masks, mask_method=mask_method, seed=seed, force=force)
         return
     get_task(task)
     check_checkpoint_output(out, [data, masks], force)
@@ -156,14 +164,46 @@ def _fit_atlas(data: Path, out: Path, *, split, masks, mask_method, seed: int, f
     console.print(json.dumps({"atlas": str(out), "volumes": int(atlas.volumes.shape[0]), **summary}))
 
 
+def _fit_normative(data: Path, out: Path, *, split, masks, mask_method, seed: int, force: bool) -> None:
+    from brainae.errors import BrainaeError
+    from brainae.normative import fit_normative
+
+    if out.suffix.lower() != ".npz":
+        raise BrainaeError(f"{out}: a normative model is written as .npz; give --out NAME.npz")
+    if out.exists() and not force:
+        raise BrainaeError(f"{out} exists; use --force to overwrite it")
+    if not data.is_dir():
+        raise BrainaeError(f"{data}: no such folder; give a folder of healthy T1 NIfTI volumes")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(msg: str) -> None:
+        err_console.print(msg, markup=False, highlight=False)
+
+    model = fit_normative(
+        data,
+        split=None if split in (None, "random") else split,
+        masks=masks,
+        mask_method=mask_method or "deepbet",
+        seed=seed,
+        log=log,
+    )
+    model.save(out)
+    cal = model.calibration
+    console.print(
+        json.dumps({"normative": str(out), "volumes": len(model.provenance["train"]), "calibration_scans": cal["n"],
+                    "score_mean": cal["mean"], "score_std": cal["std"]})
+    )
+
+
 @command("info")
 def info_command(
     model: Annotated[
         str,
         typer.Argument(
             metavar="MODEL",
-            help="A checkpoint or atlas file, or a shipped model: denoise, inpaint, anomaly (brainae's 3-D "
-            "U-Nets), atlas (the default inpainter) or thesis.",
+            help="A checkpoint, atlas or normative-model file, or a shipped model: denoise, inpaint, anomaly "
+            "(brainae's 3-D U-Nets), atlas (the default inpainter), normative (the default anomaly model) or "
+            "thesis.",
         ),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole card as JSON.")] = False,
@@ -173,8 +213,12 @@ def info_command(
     from brainae.checkpoint import read_checkpoint
     from brainae.models import build_model
     from brainae.models.registry import count_parameters
+    from brainae.normative import is_normative_file
 
     path = resolve_model_name(model)
+    if is_normative_file(path):
+        _normative_info(path, as_json)
+        return
     if path.suffix.lower() == ".npz":
         _atlas_info(path, as_json)
         return
@@ -262,6 +306,44 @@ def info_command(
         console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
+def _normative_info(path: Path, as_json: bool) -> None:
+    """The card of a normative model (:mod:`brainae.normative`)."""
+    from dataclasses import asdict
+
+    from brainae.normative import load_normative
+
+    m = load_normative(path)
+    prov, st, cal = m.provenance, m.settings, m.calibration
+    card = {
+        "file": str(path),
+        "size_mb": round(path.stat().st_size / 1e6, 2),
+        "task": "anomaly",
+        "kind": "normative model of healthy anatomy (template + per-voxel statistics; no network)",
+        "grid": list(m.template.shape),
+        "settings": asdict(st),
+        "provenance": prov,
+        "calibration": {k: v for k, v in cal.items() if k not in ("levels", "thresholds")},
+    }
+    if as_json:
+        typer.echo(json.dumps(card, indent=1, default=str))
+        return
+    lines = [
+        f"model        {path.name} ({card['size_mb']} MB)",
+        "task         anomaly",
+        f"architecture normative model: symmetric template of {len(prov.get('train', []))} healthy brains "
+        f"({prov.get('source')}) and their mirror images, 2 mm grid {tuple(card['grid'])}; no network",
+        f"method       ANTs affine + SyN (iterations {tuple(st.syn_iterations)}, flow sigma {st.flow_sigma}) to the "
+        "template; per voxel: intensity z-score (after matching the brain's percentiles), left-right "
+        "asymmetry z-score, swelling (log-Jacobian z-score)",
+        f"calibration  {cal.get('n')} val volumes, {cal.get('voxels')} brain voxels; volume score "
+        f"{cal.get('mean', float('nan')):.3f} +- {cal.get('std') or float('nan'):.3f}",
+        "recipe       brainae fit normative ../shared/data/ixi-t1-2mm --split ixi --out brainae-normative.npz",
+        "data         derived from the IXI dataset (CC BY-SA 3.0): shared under the same licence",
+    ]
+    for line in lines:
+        console.print(line, markup=False, highlight=False)
+
+
 def _atlas_info(path: Path, as_json: bool) -> None:
     """The card of an inpainting atlas (:mod:`brainae.atlas`)."""
     from dataclasses import asdict
@@ -306,14 +388,18 @@ def _atlas_info(path: Path, as_json: bool) -> None:
 
 
 def resolve_model_name(model: str | Path) -> Path:
-    """A checkpoint path from a file name or a shipped model's name (denoise, inpaint, anomaly, atlas, thesis)."""
+    """A checkpoint path from a file name or a shipped model's name (denoise, inpaint, anomaly, atlas, normative,
+    thesis)."""
     from brainae.errors import BrainaeError
     from brainae.infer import DEFAULT_ATLAS, DEFAULT_MODELS
+    from brainae.normative import DEFAULT_NORMATIVE
     from brainae.pretrained import THESIS_RES_UNET
 
     name = str(model)
     if name == "atlas":
         return DEFAULT_ATLAS
+    if name == "normative":
+        return DEFAULT_NORMATIVE
     if name in DEFAULT_MODELS:
         return DEFAULT_MODELS[name]
     if name == "thesis":
@@ -321,6 +407,6 @@ def resolve_model_name(model: str | Path) -> Path:
     path = Path(name)
     if not path.exists():
         raise BrainaeError(
-            f"{path}: no such checkpoint; give a file or one of: {', '.join(DEFAULT_MODELS)}, atlas, thesis"
+            f"{path}: no such checkpoint; give a file or one of: {', '.join(DEFAULT_MODELS)}, atlas, normative, thesis"
         )
     return path

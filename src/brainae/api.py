@@ -142,7 +142,8 @@ class AnomalyOutput:
     """What :func:`anomaly` returns: nibabel images on the input's grid and the scores.
 
     Attributes:
-        residual: ``|x - f(x)|`` inside the brain (0 outside).
+        residual: the anomaly map inside the brain (0 outside): the normative model's score, or
+            ``|x - f(x)|`` of an autoencoder.
         calibrated: ``-log10`` healthy tail probability of each voxel's residual (2 = 1 % of healthy voxels).
         mask: binary lesion mask at the healthy-data threshold (``fpr``).
         brain: the brain mask used.

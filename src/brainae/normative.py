@@ -14,19 +14,29 @@ after registering it to their template:
 2. **Normative maps**, per template voxel, of the registered, intensity-standardised volumes: the mean
    and sd of intensity; the sd of the left-right difference ``x - mirror(x)``; the mean and sd of the
    log-Jacobian of the warp (local volume change).
-3. **A scan** (:func:`normative_maps`) is skull-stripped, put on the 2 mm grid, registered to the template
+3. **A scan** (:func:`scan_score`, :func:`normative_anomaly`) is skull-stripped, put on the 2 mm grid, registered to the template
    the same way, its intensities standardised (:func:`standardise`: its brain's quantiles mapped to the
    healthy cohort's), and three deviations are computed in template space: intensity
    ``z = (x - mean) / sd``, asymmetry ``a = (x - mirror(x)) / sd_lr``, and volume change
    ``j = (log J - mean) / sd``. The deformable warp is kept coarse (no finest-level iterations, smooth
    update field), so that a lesion is not registered away: it stays as a region that departs from the
    template.
-4. **Score**: ``s = max(0, -(z + a) / 2)`` + ``max(0, (z + a) / 2)`` weighted (:attr:`NormativeSettings.bright`) +
-   the swelling term, smoothed; mapped back onto the scan's own grid (inverse warp). The healthy calibration
+4. **Score** (:func:`score`): with ``e = (z + a) / 2`` (both smoothed by a Gaussian of
+   :attr:`NormativeSettings.smooth` voxels inside the brain), ``s = max(-e, 0) + bright x max(e, 0) +
+   swelling x max(j, 0)``: darker than healthy brains at that place and darker than the other side counts
+   fully (plain-T1 oedema, necrosis and most tumour tissue are hypo-intense), brighter counts half, and local
+   swelling adds. ``s`` is brought back onto the scan's own grid (inverse warp). The healthy calibration
    (:func:`calibrate_normative`, the ``val`` volumes) turns it into ``-log10`` of the healthy false-positive
    rate, as for brainae's other anomaly maps.
 
-The registration uses ANTsPy (``antspyx``), the field's reference implementation of SyN.
+What it is for: plain T1. A contrast-enhanced T1 (bright enhancing rim) or a FLAIR scan is another contrast
+than the template's; the autoencoder (``--model anomaly``) does better there (see the README's table), and a
+FLAIR scan is usually refused as a failed registration.
+
+The registration uses ANTsPy (``antspyx``), the field's reference implementation of SyN. Its metric
+sampling is seeded (:data:`ANTS_SEED`); bit-identical repeats also need ITK on one thread, which the
+``brainae`` command sets (``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1`` unless the variable is set already; in
+Python, set it before ANTs is first used). With more threads, repeated maps differ slightly.
 """
 
 from __future__ import annotations
@@ -93,7 +103,7 @@ class NormativeSettings:
     total_sigma: float = 0.0
     sd_floor: float = 0.05
     jac_floor: float = 0.05
-    smooth: float = 1.0
+    smooth: float = 1.5
     bright: float = 0.5
     swelling: float = 0.5
     min_fit: float = 0.5
@@ -226,8 +236,15 @@ def _ants():
     return ants
 
 
+ANTS_SEED = 1
+"""The random seed of ANTs' metric sampling (set for each call, then put back): runs repeat."""
+
+
 def _ants_call(fn, *args, **kwargs):
-    """An ANTs call whose failure becomes one clear line (ANTs raises RuntimeError with C++ detail)."""
+    """An ANTs call, seeded, whose failure becomes one clear line (ANTs raises RuntimeError with C++ detail)."""
+    config = _ants().config
+    before = config._random_seed
+    config._random_seed = ANTS_SEED
     try:
         return fn(*args, **kwargs)
     except (RuntimeError, ValueError, OSError) as exc:
@@ -236,6 +253,8 @@ def _ants_call(fn, *args, **kwargs):
             f"registration to the healthy template failed ({first}); is this a T1-weighted brain scan with a "
             "correct header (voxel sizes, orientation)?"
         ) from None
+    finally:
+        config._random_seed = before
 
 
 def _image(arr: np.ndarray):
@@ -265,7 +284,6 @@ def registered(
             reg_iterations=tuple(settings.syn_iterations),
             flow_sigma=settings.flow_sigma,
             total_sigma=settings.total_sigma,
-            random_seed=1,
             outprefix=str(Path(tmp) / "reg"),
         )
         fwd = reg["fwdtransforms"]

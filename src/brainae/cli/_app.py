@@ -9,6 +9,7 @@ matplotlib) happen inside the commands, so ``brainae --help`` stays fast.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -321,6 +322,9 @@ def track(iterable: Iterable[T], description: str = "working", total: int | None
 
 def main() -> None:
     """Entry point of the ``brainae`` command."""
+    # ANTs (the normative anomaly model's registration) repeats bit for bit only on one thread: the command
+    # line gives reproducible maps unless the user asks for more threads (read when ITK starts).
+    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
     try:
         app()
     except KeyboardInterrupt:  # pragma: no cover - interactive only

@@ -651,7 +651,8 @@ def test_inpaint_and_anomaly_folders_with_workers_match_one_process(tmp_path, cr
         )
         assert res.exit_code == 0, res.output
         res = runner.invoke(
-            app, ["anomaly", str(folder), "-o", str(tmp_path / f"a{workers}"), "--workers", workers]
+            app,
+            ["anomaly", str(folder), "-o", str(tmp_path / f"a{workers}"), "--model", "anomaly", "--workers", workers],
         )
         assert res.exit_code == 0, res.output
     for f in sorted(folder.iterdir()):

@@ -188,3 +188,29 @@ def test_info_shows_the_normative_card():
     card = json.loads(CliRunner().invoke(app, ["info", "normative", "--json"]).output)
     assert card["task"] == "anomaly" and len(card["provenance"]["train"]) == 20
     assert not set(card["provenance"]["train"]) & set(card["provenance"]["val"])
+
+
+def test_build_normative_gives_a_symmetric_template_and_sane_maps(tmp_path):
+    """Three real volumes, few iterations: the recipe's steps run end to end and their products hold."""
+    from brainae.brainmask import brain_mask
+    from brainae.io import load_volume
+
+    scans = []
+    for name in ("IXI132-HH-1415_T1", "IXI162-HH-1548_T1", "IXI211-HH-1568_T1"):  # train volumes
+        vol = load_volume(IXI_2MM / f"{name}.nii.gz")
+        scans.append(N.prepare_scan(vol.data, vol.zooms, brain_mask(vol.data, vol.zooms, method="threshold")))
+    quick = N.NormativeSettings(aff_iterations=(30, 10), syn_iterations=(5, 0))
+    model = N.build_normative(scans, rounds=1, settings=quick, provenance={"train": ["a", "b", "c"]})
+    assert model.template.shape == N.TEMPLATE_SHAPE
+    assert np.allclose(model.template, N.mirror(model.template), atol=1e-5)
+    assert np.allclose(model.mean, N.mirror(model.mean), atol=1e-4)
+    assert 0.0 <= model.brain.min() and model.brain.max() <= 1.0 and (model.brain >= 0.5).sum() > 50_000
+    assert (model.sd >= 0).all() and (model.lr_sd >= 0).all() and (model.jac_sd >= 0).all()
+    assert np.all(np.diff(model.quantiles) >= 0)
+    model.save(tmp_path / "n.npz")
+    assert N.load_normative(tmp_path / "n.npz").settings == quick
+
+
+def test_a_field_of_view_that_holds_no_brain_is_refused():
+    with pytest.raises(BrainaeError, match="field of view"):
+        N.prepare_scan(np.ones((10, 10, 10), np.float32), (1.0, 1.0, 1.0), np.ones((10, 10, 10), bool))

@@ -5,6 +5,7 @@ from here, never from each other."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -12,10 +13,44 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from brainae.datasets import data_home, missing
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-IXI_2MM = SHARED / "data" / "ixi-t1-2mm"
-SEED_WEIGHTS = SHARED / "data" / "seed-weights"
+
+
+# ------------------------------------------------------------- the real data: ../shared/data, else the cache
+def _data_folder(name: str) -> Path:
+    """``../shared/data/<name>`` when it is complete there, else the cache's (``brainae fetch`` fills it)."""
+    return SHARED / "data" / name if not missing(name, SHARED / "data") else data_home() / name
+
+
+IXI_2MM = _data_folder("ixi-t1-2mm")
+SEED_WEIGHTS = _data_folder("seed-weights")
+#: The one line a test without its data skips (or, with BRAINAE_REQUIRE_DATA=1, fails) with.
+NO_DATA = (
+    f"real data not found (neither ../shared/data beside the checkout nor the cache {data_home()}): "
+    "run `brainae fetch` (with --mirror DIR_OR_URL where there is no internet), then pytest again"
+)
+
+
+def require_data(*names: str) -> None:
+    """Skip the calling test (or fixture) when a data set is in neither place; fail instead with
+    ``BRAINAE_REQUIRE_DATA=1`` (set by ``.ci/run``), so that CI cannot pass by skipping."""
+    for name in names:
+        if missing(name, SHARED / "data") and missing(name, data_home()):
+            if os.environ.get("BRAINAE_REQUIRE_DATA") == "1":
+                pytest.fail(f"{NO_DATA} (BRAINAE_REQUIRE_DATA=1)")
+            pytest.skip(NO_DATA)
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "data(*names): the test needs these real data sets (ixi-t1-2mm, seed-weights)")
+
+
+def pytest_runtest_setup(item) -> None:
+    for mark in item.iter_markers("data"):
+        require_data(*mark.args)
 
 
 # Native IXI stores voxel axes as P, S, R: axis 0 runs to posterior, 1 to superior, 2 to the right.

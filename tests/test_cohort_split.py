@@ -11,6 +11,8 @@ from brainae.errors import BrainaeError
 from brainae.split import stratified_split
 from conftest import IXI_2MM
 
+pytestmark = pytest.mark.data("ixi-t1-2mm")
+
 
 def test_read_real_ixi_xls():
     t = read_demographics(IXI_2MM / "IXI.xls")

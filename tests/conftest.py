@@ -48,9 +48,15 @@ def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "data(*names): the test needs these real data sets (ixi-t1-2mm, seed-weights)")
 
 
+#: Module fixtures that read the real data: a test that uses one needs that data set (one skip line for all).
+DATA_FIXTURES = {"crop": "ixi-t1-2mm", "val_volume": "ixi-t1-2mm"}
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item) -> None:
     for mark in item.iter_markers("data"):
         require_data(*mark.args)
+    require_data(*(DATA_FIXTURES[f] for f in getattr(item, "fixturenames", ()) if f in DATA_FIXTURES))
 
 
 # Native IXI stores voxel axes as P, S, R: axis 0 runs to posterior, 1 to superior, 2 to the right.

@@ -7,7 +7,6 @@ import functools
 import hashlib
 import http.server
 import threading
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner

@@ -187,7 +187,7 @@ class TrainDisplay:
             self._print(
                 f"note        {total} steps in all: a short run that shows the machinery. Expect a blurry "
                 "model far below the thesis's (up to 100 epochs of the full IXI): e.g. 4 epochs of the embedded "
-                "sample at 128 x 128 reach 24 dB val PSNR (README, training). To adapt a trained model in a "
+                "sample at 128 x 128 reach 24 dB val PSNR (docs/reference.md, training). To adapt a trained model in a "
                 "short run, start from it: --init CKPT --lr 1e-4."
             )
         if self.live:

@@ -45,7 +45,9 @@ def require_data(*names: str) -> None:
 
 
 def pytest_configure(config) -> None:
-    config.addinivalue_line("markers", "data(*names): the test needs these real data sets (ixi-t1-2mm, seed-weights)")
+    config.addinivalue_line(
+        "markers", "data(*names): the test needs these real data sets (ixi-t1-2mm, seed-weights)"
+    )
 
 
 #: Module fixtures that read the real data: a test that uses one needs that data set (one skip line for all).
@@ -264,3 +266,23 @@ def tiny(**kw):
     )
     base.update(kw)
     return TrainConfig(**base)
+
+
+def make_bids(root: Path, *, sessions: dict[str, list[str | None]] | None = None) -> Path:
+    """A tiny BIDS dataset of synthetic heads: by default sub-01, sub-02 (sessions 1 and 2) and sub-03, with a
+    dataset_description.json and a participants.tsv."""
+    sessions = sessions or {"01": [None], "02": ["1", "2"], "03": [None]}
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "tiny", "BIDSVersion": "1.9.0"}))
+    rows = ["participant_id\tage\tsex"]
+    k = 0
+    for sub, sess in sessions.items():
+        rows.append(f"sub-{sub}\t{30 + 7 * len(rows)}\t{'MF'[len(rows) % 2]}")
+        for ses in sess:
+            folder = root / f"sub-{sub}" / (f"ses-{ses}" if ses else "") / "anat"
+            folder.mkdir(parents=True, exist_ok=True)
+            name = f"sub-{sub}" + (f"_ses-{ses}" if ses else "") + "_T1w.nii.gz"
+            write_volume(folder / name, synthetic_head(seed=k))
+            k += 1
+    (root / "participants.tsv").write_text("\n".join(rows) + "\n")
+    return root

@@ -44,8 +44,14 @@ def mirror(tmp_path, monkeypatch):
 
 
 def _register(monkeypatch, base_url: str | None) -> ds.Dataset:
-    files = tuple(ds.DataFile(rel, _sha(d), base_url and f"{base_url}/tiny/{rel}") for rel, d in FILES.items())
-    files += (ds.DataFile("participants.csv", _sha(DERIVED), base_url and f"{base_url}/public/table.csv", ("C3", "A1")),)
+    files = tuple(
+        ds.DataFile(rel, _sha(d), base_url and f"{base_url}/tiny/{rel}") for rel, d in FILES.items()
+    )
+    files += (
+        ds.DataFile(
+            "participants.csv", _sha(DERIVED), base_url and f"{base_url}/public/table.csv", ("C3", "A1")
+        ),
+    )
     tiny = ds.Dataset("tiny", "two tiny files", "none", files)
     monkeypatch.setattr(ds, "DATASETS", {"tiny": tiny})
     return tiny
@@ -78,7 +84,9 @@ def test_fetch_from_a_mirror_folder_checks_and_keeps_files(mirror, monkeypatch, 
     assert {how for *_, how in seen} == {"mirror"} and len(seen) == 3
     assert ds.missing("tiny", tmp_path / "cache") == []
     seen.clear()
-    ds.fetch(["tiny"], mirror="file://" + str(mirror), progress=lambda *a: seen.append(a))  # a file:// address
+    ds.fetch(
+        ["tiny"], mirror="file://" + str(mirror), progress=lambda *a: seen.append(a)
+    )  # a file:// address
     assert {how for *_, how in seen} == {"cached"}
     assert not list((tmp_path / "cache").rglob("*.part"))
 

@@ -219,7 +219,11 @@ def _download(url: str, dest: Path, sha: str | None) -> None:
 
     try:
         pooch.retrieve(
-            url, known_hash=f"sha256:{sha}" if sha else None, fname=dest.name, path=dest.parent, progressbar=False
+            url,
+            known_hash=f"sha256:{sha}" if sha else None,
+            fname=dest.name,
+            path=dest.parent,
+            progressbar=False,
         )
     except ValueError as exc:
         if "hash" in str(exc).lower():

@@ -27,7 +27,9 @@ def fetch_cmd(
         Path | None,
         typer.Option("--dir", help="Cache folder (default $BRAINAE_DATA, else the user's cache folder)."),
     ] = None,
-    list_only: Annotated[bool, typer.Option("--list", help="List the data sets and where they are; fetch nothing.")] = False,
+    list_only: Annotated[
+        bool, typer.Option("--list", help="List the data sets and where they are; fetch nothing.")
+    ] = False,
 ) -> None:
     """Download the 2 mm IXI sample and the thesis's Keras models into the cache folder, checking every file's
     SHA-256 (a file that does not match is refused, never kept).

@@ -133,3 +133,24 @@ def test_a_single_file_with_shard_is_a_one_line_error(tmp_path):
     res = runner.invoke(app, ["denoise", str(tmp_path), str(tmp_path / "out"), "--shard", "3/2"])
     assert res.exit_code == 1 and "1 <= K <= N" in res.output
     assert hashlib.sha256(f.read_bytes()).hexdigest() == digest
+
+
+def test_inspect_and_prepare_take_a_bids_dataset_with_its_participants(tmp_path):
+    sessions = {f"{i:02d}": [None] for i in range(1, 9)} | {"09": ["1", "2"]}
+    bids = make_bids(tmp_path / "bids", sessions=sessions)
+    res = runner.invoke(app, ["inspect", str(bids), "--out", str(tmp_path / "insp")])
+    assert res.exit_code == 0, res.output
+    table = (tmp_path / "insp" / "inspect.csv").read_text()
+    assert "sub-09_ses-2_T1w.nii.gz" in table and "same subject as sub-09_ses-1_T1w.nii.gz" in table
+    args = ["prepare", str(bids), "--out", str(tmp_path / "ds"), "--size", "32", "--mask-method", "threshold"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    import pandas as pd
+
+    vols = pd.read_csv(tmp_path / "ds" / "volumes.csv")
+    assert sorted(vols["subject_id"]) == [f"sub-{i:02d}" for i in range(1, 10)]  # one volume per subject
+    tsv = pd.read_csv(bids / "participants.tsv", sep="\t").set_index("participant_id")
+    got = vols.set_index("subject_id")
+    assert (got["age"] == tsv.loc[got.index, "age"]).all() and (got["sex"] == tsv.loc[got.index, "sex"]).all()
+    settings = json.loads((tmp_path / "ds" / "settings.json").read_text())
+    assert json.dumps(settings).count("participants.tsv") >= 1

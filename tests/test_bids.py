@@ -154,3 +154,19 @@ def test_inspect_and_prepare_take_a_bids_dataset_with_its_participants(tmp_path)
     assert (got["age"] == tsv.loc[got.index, "age"]).all() and (got["sex"] == tsv.loc[got.index, "sex"]).all()
     settings = json.loads((tmp_path / "ds" / "settings.json").read_text())
     assert json.dumps(settings).count("participants.tsv") >= 1
+
+
+def test_shard_into_the_input_folder_or_over_foreign_files_is_refused(tmp_path):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for i in range(2):
+        write_volume(folder / f"s{i}.nii.gz", synthetic_head(seed=i))
+    before = _tree(folder)
+    res = runner.invoke(app, ["denoise", str(folder), str(folder), "--shard", "1/1"])
+    assert res.exit_code == 1 and "is the input folder" in res.output
+    out = tmp_path / "out"
+    out.mkdir()
+    write_volume(out / "s0.nii.gz", synthetic_head(seed=5))  # a file of the user's, where an output would go
+    res = runner.invoke(app, ["denoise", str(folder), str(out), "--shard", "1/1"])
+    assert res.exit_code == 1 and "was not written by brainae" in res.output and "Traceback" not in res.output
+    assert _tree(folder) == before

@@ -167,6 +167,11 @@ def plan(
             raise BrainaeError(f"{inp}: give an output folder for the results of a folder of scans")
         if out.exists() and not out.is_dir():
             raise BrainaeError(f"{out}: is a file; with a folder of inputs, OUT must be a folder")
+        for folder in [out, *(d for d in (extras or {}).values() if d is not None)]:
+            if folder.exists() and folder.resolve() == inp.resolve():
+                raise BrainaeError(
+                    f"{folder}: is the input folder; inputs are never overwritten, choose another"
+                )
         items = []
         for f in take_shard(list_niftis(inp), parts):
             outputs = {"main": out / f.name} | {
@@ -203,8 +208,10 @@ def _check_unique(scans: list) -> None:
 def _complete(item: Item) -> bool:
     """Every output of the scan is there (each was renamed into place whole; the sidecar, when there is one,
     last of all)."""
+    from brainae.io import written_by_brainae
+
     files = [*item.outputs.values(), *([item.sidecar] if item.sidecar else [])]
-    return all(p.is_file() for p in files)
+    return all(p.is_file() for p in files) and all(written_by_brainae(p) for p in item.outputs.values())
 
 
 def _check_replaceable(item: Item, inputs: list[Path]) -> None:

@@ -418,6 +418,9 @@ def denoise_cmd(
     (nearly) as it is. A scan with air around the head and voxels under 8 mm^3 (2 mm cubed) keeps the noise
     such a scan carries of its own (about 2 % of its intensity scale at 1 mm); a skull-stripped scan finer
     than 1.5 mm gets its strength per scan (Stein's unbiased risk estimate) and loses its own noise too.
+
+    IN may be a BIDS dataset: its *_T1w scans are denoised into BIDS derivatives (OUT, --bids-out, or
+    IN/derivatives/brainae) with a JSON sidecar each. --shard K/N splits a folder or a dataset between jobs.
     """
     from brainae.cli import _cohort
     from brainae.errors import BrainaeError
@@ -667,6 +670,10 @@ def anomaly_cmd(
     |x - f(x)| inside the brain (zero outside), median-filtered; --calibrated and --lesion-mask give maps that
     mean the same on every scan (calibrated on healthy validation volumes). A scan with its skull is
     skull-stripped first (deepbet when installed); a skull-stripped scan is used as it is.
+
+    IN may be a BIDS dataset: every *_T1w scan gets its maps as BIDS derivatives (--bids-out, default
+    IN/derivatives/brainae): desc-anomaly_T1w, desc-anomalycalibrated_T1w and desc-anomaly_mask, with JSON
+    sidecars holding the scores. --shard K/N splits a folder or a dataset between jobs.
     """
     from brainae.cli import _cohort
     from brainae.errors import BrainaeError

@@ -170,3 +170,26 @@ def test_shard_into_the_input_folder_or_over_foreign_files_is_refused(tmp_path):
     res = runner.invoke(app, ["denoise", str(folder), str(out), "--shard", "1/1"])
     assert res.exit_code == 1 and "was not written by brainae" in res.output and "Traceback" not in res.output
     assert _tree(folder) == before
+
+
+def test_inpaint_a_bids_dataset_with_a_mask_tree(tmp_path):
+    import numpy as np
+
+    bids = make_bids(tmp_path / "bids")
+    masks = tmp_path / "masks"
+    for scan in find_t1w(bids):
+        m = np.zeros((40, 40, 30), np.uint8)
+        m[18:22, 18:22, 12:16] = 1
+        (masks / scan.path.relative_to(bids)).parent.mkdir(parents=True, exist_ok=True)
+        write_volume(masks / scan.path.relative_to(bids), m)
+    res = runner.invoke(app, ["inpaint", str(bids), str(masks), "--model", "biharmonic", "--shard", "1/2"])
+    assert res.exit_code == 0, res.output
+    assert "shard 1/2 of" in res.output and "2 scans, 2 written, 0 skipped" in res.output
+    deriv = bids / "derivatives" / "brainae"
+    images = _check_derivatives(deriv, bids)
+    assert sorted(images) == [
+        "sub-01/anat/sub-01_desc-inpainted_T1w.nii.gz",
+        "sub-02/ses-2/anat/sub-02_ses-2_desc-inpainted_T1w.nii.gz",
+    ]
+    side = json.loads((deriv / "sub-01/anat/sub-01_desc-inpainted_T1w.json").read_text())
+    assert side["Settings"]["mask"].endswith("sub-01/anat/sub-01_T1w.nii.gz")

@@ -527,7 +527,14 @@ def inpaint_cmd(
             "mask for all or a folder of masks with the same file names.",
         ),
     ],
-    out: Annotated[Path, typer.Argument(metavar="OUT", help="Output NIfTI file (a folder for a folder IN).")],
+    out: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="OUT",
+            help="Output NIfTI file (a folder for a folder IN; for a BIDS dataset IN, the derivatives folder, "
+            "default IN/derivatives/brainae).",
+        ),
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option(
@@ -543,6 +550,8 @@ def inpaint_cmd(
     force: ForceOpt = False,
     view: ViewOpt = None,
     workers: WorkersOpt = 1,
+    bids_out: BidsOutOpt = None,
+    shard: ShardOpt = None,
 ) -> None:
     """Fill the masked voxels; every other voxel stays exactly as in the input.
 
@@ -550,17 +559,30 @@ def inpaint_cmd(
     fill of each masked region plus the detail that healthy brains show at the same place (20 IXI volumes
     registered to the scan; the regions whose surroundings match the hole's best, combined). See
     `brainae info atlas`.
+
+    IN may be a BIDS dataset (MASK: one mask, or a folder with each mask at its scan's path relative to IN,
+    e.g. sub-01/anat/sub-01_T1w.nii.gz): results as BIDS derivatives, desc-inpainted_T1w with a JSON sidecar.
+    --shard K/N splits a folder or a dataset between jobs.
     """
     from brainae.apply import inpaint
+    from brainae.cli import _cohort
     from brainae.errors import BrainaeError
     from brainae.infer import inpaint_volume
     from brainae.io import load_volume
 
     _check_view(view, inp, force)
-    pairs = _pairs(inp, out, force)
+    cohort = _cohort.plan(inp, out, job="inpaint", bids_out=bids_out, shard=shard, force=force)
+    if cohort is None and out is None:
+        raise BrainaeError("OUT: give the output file (a folder for a folder IN)")
+    pairs = cohort.pairs if cohort is not None else _pairs(inp, out, force)
     masks = {}
     for src, _ in pairs:
-        m = mask / src.name if mask.is_dir() else mask
+        rel = (
+            src.relative_to(inp)
+            if cohort is not None and cohort.bids and src.is_relative_to(inp)
+            else src.name
+        )
+        m = mask / rel if mask.is_dir() else mask
         if not m.exists():
             raise BrainaeError(f"{m}: no such mask file; give a mask NIfTI on the volume's grid")
         masks[src] = m
@@ -601,9 +623,14 @@ def inpaint_cmd(
         for src, dst, (vol, filled, line) in _each(pairs, "inpaint", workers, device, job):  # noqa: B007
             outputs.save(dst, filled, vol)
             lines.append(line)
+            if cohort is not None:
+                settings = {"device": device, "mask": str(masks[src])}
+                cohort.done(outputs, src, _cohort.sidecar(loaded, model or "atlas", settings))
         if view is not None:
             lines.append(_view_beside(view, vol, "inpainted", filled, f"{src.name}: inpainted"))
     _print(lines)
+    if cohort is not None:
+        console.print(cohort.summary())
 
 
 @command("anomaly")

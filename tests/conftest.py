@@ -13,13 +13,55 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from brainae.datasets import data_home, missing
+
 # ANTs registration (the normative anomaly model) repeats bit for bit only on one thread, as `brainae` sets it.
 os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-IXI_2MM = SHARED / "data" / "ixi-t1-2mm"
-SEED_WEIGHTS = SHARED / "data" / "seed-weights"
+
+
+# ------------------------------------------------------------- the real data: ../shared/data, else the cache
+def _data_folder(name: str) -> Path:
+    """``../shared/data/<name>`` when it is complete there, else the cache's (``brainae fetch`` fills it)."""
+    return SHARED / "data" / name if not missing(name, SHARED / "data") else data_home() / name
+
+
+IXI_2MM = _data_folder("ixi-t1-2mm")
+SEED_WEIGHTS = _data_folder("seed-weights")
+#: The one line a test without its data skips (or, with BRAINAE_REQUIRE_DATA=1, fails) with.
+NO_DATA = (
+    f"real data not found (neither ../shared/data beside the checkout nor the cache {data_home()}): "
+    "run `brainae fetch` (with --mirror DIR_OR_URL where there is no internet), then pytest again"
+)
+
+
+def require_data(*names: str) -> None:
+    """Skip the calling test (or fixture) when a data set is in neither place; fail instead with
+    ``BRAINAE_REQUIRE_DATA=1`` (set by ``.ci/run``), so that CI cannot pass by skipping."""
+    for name in names:
+        if missing(name, SHARED / "data") and missing(name, data_home()):
+            if os.environ.get("BRAINAE_REQUIRE_DATA") == "1":
+                pytest.fail(f"{NO_DATA} (BRAINAE_REQUIRE_DATA=1)")
+            pytest.skip(NO_DATA)
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        "markers", "data(*names): the test needs these real data sets (ixi-t1-2mm, seed-weights)"
+    )
+
+
+#: Module fixtures that read the real data: a test that uses one needs that data set (one skip line for all).
+DATA_FIXTURES = {"crop": "ixi-t1-2mm", "val_volume": "ixi-t1-2mm"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item) -> None:
+    for mark in item.iter_markers("data"):
+        require_data(*mark.args)
+    require_data(*(DATA_FIXTURES[f] for f in getattr(item, "fixturenames", ()) if f in DATA_FIXTURES))
 
 
 # Native IXI stores voxel axes as P, S, R: axis 0 runs to posterior, 1 to superior, 2 to the right.
@@ -227,3 +269,23 @@ def tiny(**kw):
     )
     base.update(kw)
     return TrainConfig(**base)
+
+
+def make_bids(root: Path, *, sessions: dict[str, list[str | None]] | None = None) -> Path:
+    """A tiny BIDS dataset of synthetic heads: by default sub-01, sub-02 (sessions 1 and 2) and sub-03, with a
+    dataset_description.json and a participants.tsv."""
+    sessions = sessions or {"01": [None], "02": ["1", "2"], "03": [None]}
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "tiny", "BIDSVersion": "1.9.0"}))
+    rows = ["participant_id\tage\tsex"]
+    k = 0
+    for sub, sess in sessions.items():
+        rows.append(f"sub-{sub}\t{30 + 7 * len(rows)}\t{'MF'[len(rows) % 2]}")
+        for ses in sess:
+            folder = root / f"sub-{sub}" / (f"ses-{ses}" if ses else "") / "anat"
+            folder.mkdir(parents=True, exist_ok=True)
+            name = f"sub-{sub}" + (f"_ses-{ses}" if ses else "") + "_T1w.nii.gz"
+            write_volume(folder / name, synthetic_head(seed=k))
+            k += 1
+    (root / "participants.tsv").write_text("\n".join(rows) + "\n")
+    return root

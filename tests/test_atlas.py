@@ -29,7 +29,7 @@ from brainae.errors import BrainaeError
 from brainae.infer import DEFAULT_ATLAS, fill_holes
 from brainae.io import load_volume
 from brainae.volumetric import to_grid
-from conftest import IXI_2MM
+from conftest import IXI_2MM, require_data
 
 runner = CliRunner()
 VAL_VOLUME = IXI_2MM / "IXI174-HH-1571_T1.nii.gz"  # a `val` volume: not in the atlas
@@ -156,7 +156,8 @@ def _cube(shape, corner, side) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def val_volume():
-    return load_volume(VAL_VOLUME)  # ../shared is beside the checkout in CI too
+    require_data("ixi-t1-2mm")
+    return load_volume(VAL_VOLUME)
 
 
 def _psnr(clean, test, mask, peak):
@@ -222,6 +223,7 @@ def test_normalise_refuses_a_constant_volume():
         normalise(np.zeros((8, 8, 8), np.float32))
 
 
+@pytest.mark.data("ixi-t1-2mm")
 def test_cli_inpaint_uses_the_atlas_by_default_and_info_shows_its_card(val_volume, tmp_path):
     img = nib.load(str(VAL_VOLUME))
     mask = np.zeros(img.shape, np.uint8)

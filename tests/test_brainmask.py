@@ -38,6 +38,7 @@ def test_threshold_mask_of_a_flat_volume_is_empty() -> None:
     assert not threshold_mask(np.full((20, 20, 20), 7.0, np.float32), (2.0, 2.0, 2.0)).any()
 
 
+@pytest.mark.data("ixi-t1-2mm")
 def test_threshold_mask_on_a_real_ixi_volume() -> None:
     vol = load_volume(sorted(IXI_2MM.glob("*.nii.gz"))[0])
     mask = brain_mask(vol.data, vol.zooms, "threshold")

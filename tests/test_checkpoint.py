@@ -26,8 +26,9 @@ from brainae.cli import app
 from brainae.errors import BrainaeError
 from brainae.models import build_model
 from brainae.volume import THESIS_PREPROCESSING, Preprocessing, VolumetricPreprocessing
+from conftest import SEED_WEIGHTS
 
-SEED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "seed-weights"
+SEED = SEED_WEIGHTS
 SKIP_H5 = SEED / "skip_con_cae_MSE_AUG_NoKReg_LRPlat.h5"
 
 
@@ -211,6 +212,7 @@ def _invoke(args: list[str]):  # noqa: ANN202 - typer's vendored click Result
     return CliRunner().invoke(app, args)
 
 
+@pytest.mark.data("seed-weights")
 def test_cli_import_keras(tmp_path: Path) -> None:
     out = tmp_path / "skip.safetensors"
     result = _invoke(["import-keras", str(SKIP_H5), "--out", str(out)])

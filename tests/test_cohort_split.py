@@ -12,6 +12,7 @@ from brainae.split import stratified_split
 from conftest import IXI_2MM
 
 
+@pytest.mark.data("ixi-t1-2mm")
 def test_read_real_ixi_xls():
     t = read_demographics(IXI_2MM / "IXI.xls")
     assert t["key"].is_unique  # duplicated IXI_IDs merged
@@ -23,6 +24,7 @@ def test_read_real_ixi_xls():
     assert m["age"].notna().all() and m["sex"].notna().all()
 
 
+@pytest.mark.data("ixi-t1-2mm")
 def test_participants_csv_matches_by_subject(tmp_path):
     t = read_demographics(IXI_2MM / "participants.csv")
     files = [Path("IXI443-HH-2215_T1.nii.gz"), Path("IXI999-XX-0000_T1.nii.gz")]

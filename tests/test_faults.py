@@ -153,6 +153,7 @@ def test_force_never_replaces_inputs_or_foreign_folders(cohort, prepared, tmp_pa
     }
 
 
+@pytest.mark.data("seed-weights")
 def test_import_keras_force_does_not_overwrite_other_files(tmp_path):
     h5 = SEED_WEIGHTS / "skip_con_cae_MSE_AUG_NoKReg_LRPlat.h5"  # the shared data is required, as elsewhere
     target = tmp_path / "notes.safetensors"
@@ -161,6 +162,7 @@ def test_import_keras_force_does_not_overwrite_other_files(tmp_path):
     assert target.read_text() == "not a checkpoint"
 
 
+@pytest.mark.data("seed-weights")
 def test_nan_kernels_in_h5_are_refused(tmp_path):
     import h5py  # a dependency of brainae (Keras import)
 

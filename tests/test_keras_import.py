@@ -12,10 +12,8 @@ import torch
 from brainae.errors import BrainaeError
 from brainae.models import THESIS_PARAMETERS, count_parameters
 from brainae.models.keras_import import import_keras
+from conftest import SEED_WEIGHTS as SEED
 
-SEED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "seed-weights"
-H5_FILES = sorted(SEED.glob("*.h5"))
-assert len(H5_FILES) == 4, f"expected the 4 thesis models in {SEED} (shared/ beside the checkout)"
 EXPECTED_ARCH = {
     "res_skip_cae_DSSIM_AUG_NoKReg_LRPlat.h5": "res-unet",
     "res_skip_cae_MSE_AUG_NoKReg_LRPlat.h5": "res-unet",
@@ -24,12 +22,19 @@ EXPECTED_ARCH = {
 }
 
 
+H5_FILES = sorted(EXPECTED_ARCH)  # the 4 thesis models (brainae fetch seed-weights)
+needs_seed = pytest.mark.data("seed-weights")
+
+
+@needs_seed
 def test_all_seed_files_are_known() -> None:
-    assert {f.name for f in H5_FILES} == set(EXPECTED_ARCH)
+    assert {f.name for f in SEED.glob("*.h5")} == set(EXPECTED_ARCH)
 
 
-@pytest.mark.parametrize("h5", H5_FILES, ids=lambda p: p.stem)
-def test_import_reproduces_keras_reference_outputs(h5: Path) -> None:
+@needs_seed
+@pytest.mark.parametrize("name", H5_FILES, ids=lambda n: n.removesuffix(".h5"))
+def test_import_reproduces_keras_reference_outputs(name: str) -> None:
+    h5 = SEED / name
     model, info = import_keras(h5)
     assert info["arch"] == EXPECTED_ARCH[h5.name]
     assert info["arch_kwargs"] == {"in_channels": 1, "latent_channels": 128}
@@ -43,11 +48,13 @@ def test_import_reproduces_keras_reference_outputs(h5: Path) -> None:
             assert np.abs(y - ref[f"y_{kind}"]).max() < 1e-5  # 6.1e-7 measured on CPU (module doc, README)
 
 
+@needs_seed
 def test_explicit_matching_arch_is_accepted() -> None:
     _, info = import_keras(SEED / "skip_con_cae_MSE_AUG_NoKReg_LRPlat.h5", arch="skip-cae")
     assert info["arch"] == "skip-cae"
 
 
+@needs_seed
 @pytest.mark.parametrize(
     ("file", "arch", "match"),
     [

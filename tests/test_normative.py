@@ -214,3 +214,22 @@ def test_build_normative_gives_a_symmetric_template_and_sane_maps(tmp_path):
 def test_a_field_of_view_that_holds_no_brain_is_refused():
     with pytest.raises(BrainaeError, match="field of view"):
         N.prepare_scan(np.ones((10, 10, 10), np.float32), (1.0, 1.0, 1.0), np.ones((10, 10, 10), bool))
+
+
+def test_a_bids_dataset_gets_normative_maps_as_derivatives(tmp_path, held_out):
+    """The default model in cohort mode: maps, calibrated map and mask as BIDS derivatives, a sidecar that
+    names the normative model."""
+    from brainae.cli import app
+
+    vol, brain, _ = held_out
+    anat = tmp_path / "bids" / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    (tmp_path / "bids" / "dataset_description.json").write_text('{"Name": "t", "BIDSVersion": "1.9.0"}')
+    write_volume(anat / "sub-01_T1w.nii.gz", np.where(brain, vol.data, 0.0).astype(np.float32), vol.affine)
+    result = CliRunner().invoke(app, ["anomaly", str(tmp_path / "bids")])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "bids" / "derivatives" / "brainae" / "sub-01" / "anat"
+    names = sorted(p.name for p in out.iterdir())
+    assert "sub-01_desc-anomaly_T1w.nii.gz" in names and "sub-01_desc-anomaly_mask.nii.gz" in names, names
+    side = json.loads((out / "sub-01_desc-anomaly_T1w.json").read_text())
+    assert side["Model"]["Name"] == "normative" and side["Model"]["Task"] == "anomaly"

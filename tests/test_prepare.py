@@ -227,6 +227,7 @@ def test_skull_strip_zeroes_outside_the_brain_and_is_recorded(cohort, tmp_path):
     assert skull_strip_for(vol, dataclasses.replace(prep, skull_strip=False)) is vol
 
 
+@pytest.mark.data("ixi-t1-2mm")
 def test_workers_give_a_byte_identical_dataset(tmp_path):
     """prepare --workers 2 on real IXI volumes == one process, file for file (figures included)."""
     from conftest import IXI_2MM

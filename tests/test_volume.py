@@ -87,6 +87,7 @@ def test_round_trip_is_identity_at_native_size():
     assert inside.all() and np.abs(back - vol).max() < 1e-3
 
 
+@pytest.mark.data("ixi-t1-2mm")
 def test_native_ixi_and_2mm_give_the_same_view():
     """A 2 mm IXI volume and the same head resampled to native IXI geometry give the same model input."""
     from scipy import ndimage

@@ -29,7 +29,7 @@ from brainae.tasks import (
     smooth_fill,
 )
 from brainae.volumetric import fit_intensity, from_grid, looks_skull_stripped, run_blocks, to_grid
-from conftest import IXI_2MM
+from conftest import IXI_2MM, require_data
 
 runner = CliRunner()
 TEST_VOLUME = IXI_2MM / "IXI212-HH-1643_T1.nii.gz"  # a held-out test volume of pretrained/ixi-split.json
@@ -38,6 +38,7 @@ TEST_VOLUME = IXI_2MM / "IXI212-HH-1643_T1.nii.gz"  # a held-out test volume of 
 @pytest.fixture(scope="module")
 def crop():
     """A 56 x 64 x 56 crop of a real held-out 2 mm IXI volume (RAS+), with its affine."""
+    require_data("ixi-t1-2mm")
     vol = load_volume(TEST_VOLUME)
     data = np.ascontiguousarray(vol.data[32:88, 30:94, 17:73])
     return data, np.diag([2.0, 2.0, 2.0, 1.0])
@@ -175,6 +176,7 @@ def test_noise_estimate_follows_the_noise_level():
     assert ests[2] == pytest.approx(0.05, rel=0.15)
 
 
+@pytest.mark.data("ixi-t1-2mm")
 def test_intensity_grid_and_stripping(crop):
     data, _ = crop
     norm = fit_intensity(data)
@@ -189,6 +191,7 @@ def test_intensity_grid_and_stripping(crop):
     assert looks_skull_stripped(np.where(brain, head.data, 0), head.zooms)
 
 
+@pytest.mark.data("ixi-t1-2mm")
 def test_unknown_task_and_wrong_task_checkpoint_are_one_line(tmp_path):
     with pytest.raises(BrainaeError, match="unknown task 'segment'"):
         get_task("segment")
@@ -261,6 +264,7 @@ def _without_nlm(blend: dict) -> dict:
     }
 
 
+@pytest.mark.data("ixi-t1-2mm")
 def test_denoise_mix_with_non_local_means_beats_the_model_alone():
     """The shipped tables keep shares of non-local means and other classical estimates, per intensity class; on
     a noisy held-out scan that mix has a lower error than the model's own blend (the same checkpoint with those
@@ -397,6 +401,7 @@ def test_own_noise_keep_leaves_fine_voxels_their_own_noise():
     assert 0.004 < blend["own_noise"]["sd"] < 0.012 and blend["own_noise"]["voxel_mm3"] == 8.0
 
 
+@pytest.mark.data("ixi-t1-2mm")
 def test_fine_voxels_with_air_keep_the_noise_of_their_own():
     """A ~1 mm scan with air carries more noise per voxel than the 2 mm calibration scans; with 2 % added,
     denoise brings it closer to that original scan (noise of its own included) than the input is, and changes
@@ -497,6 +502,7 @@ def test_anomaly_map_zero_outside_brain_and_lesion_scores_higher(crop):
     assert res.lesion[lesion].mean() > 0.5
 
 
+@pytest.mark.data("ixi-t1-2mm")
 def test_healthy_threshold_keeps_the_false_positive_rate():
     from brainae.brainmask import brain_mask
 
@@ -507,6 +513,7 @@ def test_healthy_threshold_keeps_the_false_positive_rate():
     assert res.z is not None and abs(res.z) < 5
 
 
+@pytest.mark.data("ixi-t1-2mm")
 def test_anomaly_json_is_strict(tmp_path):
     src = tmp_path / "scan.nii.gz"
     vol = load_volume(TEST_VOLUME)
@@ -585,6 +592,7 @@ def test_public_functions_are_not_shadowed_by_modules():
     assert callable(brainae.anomaly) and callable(brainae.denoise) and callable(brainae.inpaint)
 
 
+@pytest.mark.data("ixi-t1-2mm")
 def test_background_noise_reads_the_noise_level_whatever_the_voxel_size():
     from brainae.volumetric import background_noise_sd
 
@@ -604,6 +612,7 @@ def test_background_noise_reads_the_noise_level_whatever_the_voxel_size():
     assert background_noise_sd(np.where(brain, noisy, 0), vol.zooms) is None  # skull-stripped: no air
 
 
+@pytest.mark.data("ixi-t1-2mm")
 def test_anomaly_on_a_scan_with_skull_needs_a_real_brain_mask(monkeypatch):
     import brainae.brainmask
 
@@ -612,6 +621,7 @@ def test_anomaly_on_a_scan_with_skull_needs_a_real_brain_mask(monkeypatch):
         anomaly_volume(load_volume(TEST_VOLUME), load_volumetric(None, task="anomaly"))
 
 
+@pytest.mark.data("ixi-t1-2mm")
 def test_denoise_folder_with_workers_matches_one_process(tmp_path):
     import shutil
 

@@ -87,7 +87,7 @@ DEFAULT_MODELS = {
     "inpaint": PRETRAINED / "brainae-inpaint.safetensors",
     "anomaly": PRETRAINED / "brainae-anomaly.safetensors",
 }
-"""The shipped 3-D U-Net of each task (trained by ``brainae fit TASK ... --split ixi``; see README). The default
+"""The shipped 3-D U-Net of each task (trained by ``brainae fit TASK ... --split ixi``; see docs/reference.md). The default
 inpainter is the atlas (:data:`DEFAULT_ATLAS`); the inpainting network stays available as ``--model inpaint``."""
 
 DEFAULT_ATLAS = PRETRAINED / "brainae-inpaint-atlas.npz"

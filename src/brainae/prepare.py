@@ -3,7 +3,9 @@
 :func:`inspect_folder` reports every file (problems included, never a crash). :func:`prepare` makes the
 dataset folder described in ``docs/dataset-format.md``:
 
-1. list the volumes, skip unreadable / non-3-D / NaN files and duplicated subjects (warning each);
+1. list the volumes (of a BIDS dataset: its ``sub-*/[ses-*/]anat/*_T1w`` scans, with ``participants.tsv`` as the
+   demographics when none are given), skip unreadable / non-3-D / NaN files and duplicated subjects (a
+   subject's later sessions; warning each);
 2. choose the slicing profile from the voxel sizes (:func:`brainae.volume.choose_profile`, the majority
    over the cohort) and the field of view (the cohort's median in-plane extent), reorient to RAS+;
 3. measure every slice for the three selection methods (:mod:`brainae.select`), brain masks from
@@ -60,6 +62,17 @@ def _no_track(iterable: Iterable[T], description: str = "", total: int | None = 
     yield from iterable
 
 
+# ----------------------------------------------------------------------------------------------- inputs
+def input_files(folder: str | os.PathLike) -> list[Path]:
+    """The volumes of ``folder``: the NIfTI files directly in it, or, for a BIDS dataset, its
+    ``sub-*/[ses-*/]anat/*_T1w.nii[.gz]`` scans (:func:`brainae.bids.find_t1w`), sorted."""
+    from brainae.bids import find_t1w, is_bids
+
+    if is_bids(folder):
+        return [scan.path for scan in find_t1w(folder)]
+    return list_niftis(folder)
+
+
 # ----------------------------------------------------------------------------------------------- inspect
 def inspect_folder(folder: str | os.PathLike, *, track: Track = _no_track):
     """One row per NIfTI file: facts, or the reason it cannot be used (``status`` != ``ok``).
@@ -70,7 +83,7 @@ def inspect_folder(folder: str | os.PathLike, *, track: Track = _no_track):
     """
     import pandas as pd
 
-    files = list_niftis(folder)
+    files = input_files(folder)
     rows = []
     seen: dict[str, str] = {}
     for f in track(files, description="inspecting", total=len(files)):
@@ -597,6 +610,17 @@ def _check_out(out: Path, folder: Path, config: PrepareConfig, force: bool) -> N
         ) from exc
 
 
+def _bids_participants(folder: Path, config: PrepareConfig) -> PrepareConfig:
+    """A BIDS dataset's ``participants.tsv`` as the demographics, when none were given."""
+    import dataclasses
+
+    from brainae.bids import is_bids, participants
+
+    if config.demographics is None and is_bids(folder) and (tsv := participants(folder)) is not None:
+        return dataclasses.replace(config, demographics=str(tsv))
+    return config
+
+
 def prepare(
     folder: str | os.PathLike,
     out: str | os.PathLike,
@@ -619,7 +643,8 @@ def prepare(
     if workers < 1:
         raise BrainaeError(f"--workers {workers}: must be at least 1")
     folder, out = Path(folder), Path(out)
-    files = list_niftis(folder)
+    files = input_files(folder)
+    config = _bids_participants(folder, config)
     check_not_input(out, [folder, config.demographics], "output folder")
     demo_table = read_demographics(config.demographics) if config.demographics else None
     probe = {"config": config.to_dict(), "inputs": _fingerprint(files)}

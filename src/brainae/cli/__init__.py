@@ -7,6 +7,7 @@
 - :mod:`brainae.cli.apply`: ``denoise``, ``inpaint``, ``reconstruct``, ``anomaly``
 - :mod:`brainae.cli.view`: ``view``
 - :mod:`brainae.cli.demo`: ``demo``
+- :mod:`brainae.cli.fetch`: ``fetch``
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ for _stage in (
     "apply",
     "view",
     "demo",
+    "fetch",
 ):  # pipeline order is --help's order
     importlib.import_module(f"brainae.cli.{_stage}")
 

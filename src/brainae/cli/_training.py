@@ -121,8 +121,14 @@ def given_on_command_line(ctx: typer.Context, names: tuple[str, ...] | list[str]
 
 
 def quiet_lightning() -> None:
-    """Lightning's informational lines (GPU available, tips) off for this command's process."""
+    """Lightning's informational lines off for this command's process: "GPU available: False, used: False",
+    "TPU available ...", its advertisements ("Tip: ... litlogger"), "`Trainer.fit` stopped: ...". Its warnings
+    still show (as ``warning:`` lines). Lightning sets its loggers to INFO when first imported, so it is
+    imported here first: levels set before that import would be undone by it (the demo's banner, issue 28)."""
     import logging
+
+    import lightning.fabric  # noqa: F401 - see above
+    import lightning.pytorch  # noqa: F401
 
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -181,7 +187,7 @@ class TrainDisplay:
             self._print(
                 f"note        {total} steps in all: a short run that shows the machinery. Expect a blurry "
                 "model far below the thesis's (up to 100 epochs of the full IXI): e.g. 4 epochs of the embedded "
-                "sample at 128 x 128 reach 24 dB val PSNR (README, training). To adapt a trained model in a "
+                "sample at 128 x 128 reach 24 dB val PSNR (docs/reference.md, training). To adapt a trained model in a "
                 "short run, start from it: --init CKPT --lr 1e-4."
             )
         if self.live:

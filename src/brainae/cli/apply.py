@@ -50,6 +50,27 @@ WorkersOpt = Annotated[
     ),
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
+BidsOutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--bids-out",
+        help="Write BIDS derivatives to this folder: sub-*/[ses-*/]anat/<scan>_desc-<job>_T1w.nii.gz with a "
+        "JSON sidecar each, and dataset_description.json. A BIDS dataset IN gets them without it, in OUT or "
+        "IN/derivatives/brainae.",
+        show_default=False,
+    ),
+]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        help="K/N: only job K of N's share of a folder or BIDS dataset (every N-th scan of the sorted list, "
+        "from the K-th), for cluster job arrays (docs/slurm.md). With --shard or BIDS, each scan's outputs "
+        "are written as soon as it is done, scans whose outputs are all there are skipped (a rerun "
+        "continues; --force redoes them), and a summary line is printed.",
+        show_default=False,
+    ),
+]
 ViewOpt = Annotated[
     Path | None,
     typer.Option(
@@ -176,6 +197,26 @@ class _Outputs:
         tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}-staged{suffix}")
         self.staged.append((tmp, dst))
         save_like(tmp, data, like)
+
+    def save_bytes(self, dst: Path, data: bytes) -> None:
+        """Stage a small file (a JSON sidecar) as :meth:`save` stages a volume."""
+        import os
+
+        if not dst.parent.exists():
+            self.created.extend(q for q in [dst.parent, *dst.parent.parents] if not q.exists())
+            dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}-staged{dst.suffix}")
+        tmp.write_bytes(data)
+        self.staged.append((tmp, dst))
+
+    def commit(self) -> None:
+        """Rename what is staged so far into place, in the order it was staged (cohort mode: after each scan)."""
+        import os
+
+        for tmp, dst in self.staged:
+            os.replace(tmp, dst)
+        self.staged.clear()
+        self.created.clear()
 
     def __enter__(self) -> _Outputs:
         return self
@@ -311,13 +352,26 @@ def _describe(sel) -> str:
 
 
 def _run_simple(
-    kind: str, inp, out, loaded, device, batch_size, force, min_brain_frac, mask_method, view=None, workers=1
+    kind: str,
+    inp,
+    out,
+    loaded,
+    device,
+    batch_size,
+    force,
+    min_brain_frac,
+    mask_method,
+    view=None,
+    workers=1,
+    cohort=None,
+    model_name=None,
 ) -> None:
     """denoise / reconstruct with a slice autoencoder; ``loaded`` is (model, prep, normative)."""
     from brainae.apply import denoise, reconstruct
+    from brainae.cli import _cohort
     from brainae.io import load_volume
 
-    pairs = _pairs(inp, out, force)
+    pairs = cohort.pairs if cohort is not None else _pairs(inp, out, force)
     model, prep, normative = loaded
     sel = _selection(min_brain_frac, mask_method, normative)
     func = denoise if kind == "denoise" else reconstruct
@@ -334,15 +388,27 @@ def _run_simple(
                 f"{dst}: {res.n_processed} slices through the model, {res.n_passed} passed through unchanged "
                 f"(selection: {_describe(sel)})"
             )
+            if cohort is not None:
+                settings = {"device": device, "selection": _describe(sel), "batch_size": batch_size}
+                cohort.done(outputs, src, _cohort.sidecar(None, model_name, settings))
         if view is not None:
             lines.append(_view_beside(view, vol, kind + "d", res.data, f"{src.name}: {kind}"))
     _print(lines)
+    if cohort is not None:
+        console.print(cohort.summary())
 
 
 @command("denoise")
 def denoise_cmd(
     inp: Annotated[Path, typer.Argument(metavar="IN", help="NIfTI file or folder of NIfTI files.")],
-    out: Annotated[Path, typer.Argument(metavar="OUT", help="Output NIfTI file (a folder for a folder IN).")],
+    out: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="OUT",
+            help="Output NIfTI file (a folder for a folder IN; for a BIDS dataset IN, the derivatives folder, "
+            "default IN/derivatives/brainae).",
+        ),
+    ] = None,
     model: JobModelOpt = None,
     device: DeviceOpt = "auto",
     batch_size: BatchOpt = 64,
@@ -351,6 +417,8 @@ def denoise_cmd(
     mask_method: MaskMethodOpt = None,
     view: ViewOpt = None,
     workers: WorkersOpt = 1,
+    bids_out: BidsOutOpt = None,
+    shard: ShardOpt = None,
 ) -> None:
     """Denoise a T1 volume (Gaussian / Rician noise of any level; written on the input's grid and header).
 
@@ -360,18 +428,38 @@ def denoise_cmd(
     (nearly) as it is. A scan with air around the head and voxels under 8 mm^3 (2 mm cubed) keeps the noise
     such a scan carries of its own (about 2 % of its intensity scale at 1 mm); a skull-stripped scan finer
     than 1.5 mm gets its strength per scan (Stein's unbiased risk estimate) and loses its own noise too.
+
+    IN may be a BIDS dataset: its *_T1w scans are denoised into BIDS derivatives (OUT, --bids-out, or
+    IN/derivatives/brainae) with a JSON sidecar each. --shard K/N splits a folder or a dataset between jobs.
     """
+    from brainae.cli import _cohort
+    from brainae.errors import BrainaeError
     from brainae.infer import denoise_volume
     from brainae.io import load_volume
 
     _check_view(view, inp, force)
+    cohort = _cohort.plan(inp, out, job="denoise", bids_out=bids_out, shard=shard, force=force)
+    if cohort is None and out is None:
+        raise BrainaeError("OUT: give the output file (a folder for a folder IN)")
     kind, loaded = _job_model(model, "denoise", device)
     if kind == "slice":
         _run_simple(
-            "denoise", inp, out, loaded, device, batch_size, force, min_brain_frac, mask_method, view, workers
+            "denoise",
+            inp,
+            out,
+            loaded,
+            device,
+            batch_size,
+            force,
+            min_brain_frac,
+            mask_method,
+            view,
+            workers,
+            cohort,
+            model or "denoise",
         )
         return
-    pairs = _pairs(inp, out, force)
+    pairs = cohort.pairs if cohort is not None else _pairs(inp, out, force)
     lines = []
 
     def job(src: Path, _dst: Path) -> tuple:
@@ -382,11 +470,15 @@ def denoise_cmd(
         for src, dst, (vol, result) in _each(pairs, "denoise", workers, device, job):  # noqa: B007
             outputs.save(dst, result, vol)
             lines.append(f"{dst}: denoised with {loaded.name}")
+            if cohort is not None:
+                cohort.done(outputs, src, _cohort.sidecar(loaded, model, {"device": device}))
         if view is not None:
             lines.append(
                 _view_beside(view, vol, "denoised", result, f"{src.name}: denoised with {loaded.name}")
             )
     _print(lines)
+    if cohort is not None:
+        console.print(cohort.summary())
 
 
 @command("reconstruct")
@@ -445,7 +537,14 @@ def inpaint_cmd(
             "mask for all or a folder of masks with the same file names.",
         ),
     ],
-    out: Annotated[Path, typer.Argument(metavar="OUT", help="Output NIfTI file (a folder for a folder IN).")],
+    out: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="OUT",
+            help="Output NIfTI file (a folder for a folder IN; for a BIDS dataset IN, the derivatives folder, "
+            "default IN/derivatives/brainae).",
+        ),
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option(
@@ -461,6 +560,8 @@ def inpaint_cmd(
     force: ForceOpt = False,
     view: ViewOpt = None,
     workers: WorkersOpt = 1,
+    bids_out: BidsOutOpt = None,
+    shard: ShardOpt = None,
 ) -> None:
     """Fill the masked voxels; every other voxel stays exactly as in the input.
 
@@ -468,17 +569,30 @@ def inpaint_cmd(
     fill of each masked region plus the detail that healthy brains show at the same place (20 IXI volumes
     registered to the scan; the regions whose surroundings match the hole's best, combined). See
     `brainae info atlas`.
+
+    IN may be a BIDS dataset (MASK: one mask, or a folder with each mask at its scan's path relative to IN,
+    e.g. sub-01/anat/sub-01_T1w.nii.gz): results as BIDS derivatives, desc-inpainted_T1w with a JSON sidecar.
+    --shard K/N splits a folder or a dataset between jobs.
     """
     from brainae.apply import inpaint
+    from brainae.cli import _cohort
     from brainae.errors import BrainaeError
     from brainae.infer import inpaint_volume
     from brainae.io import load_volume
 
     _check_view(view, inp, force)
-    pairs = _pairs(inp, out, force)
+    cohort = _cohort.plan(inp, out, job="inpaint", bids_out=bids_out, shard=shard, force=force)
+    if cohort is None and out is None:
+        raise BrainaeError("OUT: give the output file (a folder for a folder IN)")
+    pairs = cohort.pairs if cohort is not None else _pairs(inp, out, force)
     masks = {}
     for src, _ in pairs:
-        m = mask / src.name if mask.is_dir() else mask
+        rel = (
+            src.relative_to(inp)
+            if cohort is not None and cohort.bids and src.is_relative_to(inp)
+            else src.name
+        )
+        m = mask / rel if mask.is_dir() else mask
         if not m.exists():
             raise BrainaeError(f"{m}: no such mask file; give a mask NIfTI on the volume's grid")
         masks[src] = m
@@ -519,9 +633,14 @@ def inpaint_cmd(
         for src, dst, (vol, filled, line) in _each(pairs, "inpaint", workers, device, job):  # noqa: B007
             outputs.save(dst, filled, vol)
             lines.append(line)
+            if cohort is not None:
+                settings = {"device": device, "mask": str(masks[src])}
+                cohort.done(outputs, src, _cohort.sidecar(loaded, model or "atlas", settings))
         if view is not None:
             lines.append(_view_beside(view, vol, "inpainted", filled, f"{src.name}: inpainted"))
     _print(lines)
+    if cohort is not None:
+        console.print(cohort.summary())
 
 
 @command("anomaly")
@@ -579,6 +698,8 @@ def anomaly_cmd(
         ),
     ] = None,
     workers: WorkersOpt = 1,
+    bids_out: BidsOutOpt = None,
+    shard: ShardOpt = None,
 ) -> None:
     """Anomaly maps of a T1 scan and its anomaly score with a z-score against healthy volumes.
 
@@ -589,11 +710,33 @@ def anomaly_cmd(
     coarse-noise denoising autoencoder. --calibrated and --lesion-mask give maps that mean the same on every
     scan (calibrated on healthy validation volumes). A scan with its skull is skull-stripped first (deepbet
     when installed); a skull-stripped scan is used as it is.
+
+    IN may be a BIDS dataset: every *_T1w scan gets its maps as BIDS derivatives (--bids-out, default
+    IN/derivatives/brainae): desc-anomaly_T1w, desc-anomalycalibrated_T1w and desc-anomaly_mask, with JSON
+    sidecars holding the scores. --shard K/N splits a folder or a dataset between jobs.
     """
+    from brainae.cli import _cohort
     from brainae.errors import BrainaeError
     from brainae.io import list_niftis
 
-    if out is not None:
+    cohort = None
+    if _cohort.wanted(inp, bids_out, shard):  # BIDS / --shard: the model decides which maps there are
+        kind, loaded = _job_model(model, "anomaly", device)
+        cohort = _cohort.plan(
+            inp,
+            out,
+            job="anomaly",
+            bids_out=bids_out,
+            shard=shard,
+            force=force,
+            extras={"calibrated": calibrated, "lesion": lesion_mask},
+            bids_extras=("calibrated", "lesion") if kind in ("volumetric", "normative") else (),
+        )
+        pairs = cohort.pairs
+        extra = {
+            k: cohort.extra(k) for k in ("calibrated", "lesion") if all(k in i.outputs for i in cohort.items)
+        }
+    elif out is not None:
         pairs = _pairs(inp, out, force)
     elif inp.is_dir():
         pairs = [(f, None) for f in list_niftis(inp)]
@@ -602,11 +745,12 @@ def anomaly_cmd(
     else:
         raise BrainaeError(f"{inp}: no such file or folder; check the path")
     _check_view(view, inp, force)
-    extra = {}
-    for name, target in (("calibrated", calibrated), ("lesion", lesion_mask)):
-        if target is not None:
-            extra[name] = [dst for _, dst in _pairs(inp, target, force)]
-    kind, loaded = _job_model(model, "anomaly", device)
+    if cohort is None:
+        extra = {}
+        for name, target in (("calibrated", calibrated), ("lesion", lesion_mask)):
+            if target is not None:
+                extra[name] = [dst for _, dst in _pairs(inp, target, force)]
+        kind, loaded = _job_model(model, "anomaly", device)
     if kind == "slice":
         if extra or brain_mask is not None or workers > 1:
             raise BrainaeError(
@@ -614,22 +758,60 @@ def anomaly_cmd(
                 "not a slice autoencoder"
             )
         rows, lines = _slice_anomaly(
-            inp, pairs, loaded, model, signed, device, batch_size, min_brain_frac, mask_method, as_json, view
+            inp,
+            pairs,
+            loaded,
+            model,
+            signed,
+            device,
+            batch_size,
+            min_brain_frac,
+            mask_method,
+            as_json,
+            view,
+            cohort,
         )
     else:
         rows, lines = _volumetric_anomaly(
-            inp, pairs, extra, loaded, brain_mask, fpr, device, mask_method, as_json, view, workers
+            inp,
+            pairs,
+            extra,
+            loaded,
+            brain_mask,
+            fpr,
+            device,
+            mask_method,
+            as_json,
+            view,
+            workers,
+            cohort,
+            model,
         )
     _print(lines)
+    if cohort is not None and not as_json:
+        console.print(cohort.summary())
     if as_json:
         typer.echo(json.dumps(rows if inp.is_dir() else rows[0], allow_nan=False))
 
 
 def _volumetric_anomaly(
-    inp, pairs, extra, vm, brain_mask, fpr, device, mask_method, as_json, view=None, workers=1
+    inp,
+    pairs,
+    extra,
+    vm,
+    brain_mask,
+    fpr,
+    device,
+    mask_method,
+    as_json,
+    view=None,
+    workers=1,
+    cohort=None,
+    model=None,
 ):
     import numpy as np
 
+    from brainae.cli import _cohort
     from brainae.errors import BrainaeError
     from brainae.infer import anomaly_volume, warn_if_threshold_mask
     from brainae.io import load_volume
@@ -673,6 +855,9 @@ def _volumetric_anomaly(
                 "brain_ml": float(res.brain.sum() * np.prod(vol.zooms) / 1000.0),
             }
             rows.append({"file": str(src), **row} if inp.is_dir() else row)
+            if cohort is not None:
+                settings = {"device": device, "fpr": fpr, "mask_method": mask_method or "auto"}
+                cohort.done(outputs, src, _cohort.sidecar(vm, model, settings, Scores=row))
             if not as_json:
                 z_text = "n/a" if z is None else f"{z:+.2f}"
                 s_text = "n/a" if score is None else f"{score:.4f}"
@@ -694,10 +879,22 @@ def _volumetric_anomaly(
 
 
 def _slice_anomaly(
-    inp, pairs, loaded, model, signed, device, batch_size, min_brain_frac, mask_method, as_json, view=None
+    inp,
+    pairs,
+    loaded,
+    model,
+    signed,
+    device,
+    batch_size,
+    min_brain_frac,
+    mask_method,
+    as_json,
+    view=None,
+    cohort=None,
 ):
     import warnings
 
+    from brainae.cli import _cohort
     from brainae.errors import BrainaeWarning
     from brainae.io import load_volume
     from brainae.slice_anomaly import anomaly
@@ -730,6 +927,9 @@ def _slice_anomaly(
             z = None if res.z is None else _finite_or_none(res.z, f"{src.name}: the z-score")
             row = {"score": score, "z": z, "slices": res.n_slices}
             rows.append({"file": str(src), **row} if inp.is_dir() else row)
+            if cohort is not None:
+                settings = {"device": device, "selection": _describe(sel), "signed": signed}
+                cohort.done(outputs, src, _cohort.sidecar(None, model or "anomaly", settings, Scores=row))
             if not as_json:
                 z_text = "n/a" if z is None else f"{z:+.2f}"
                 s_text = "n/a" if score is None else f"{score:.4f}"

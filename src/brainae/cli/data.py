@@ -13,7 +13,10 @@ from brainae.cli._app import command, console, track
 
 @command("inspect")
 def inspect_cmd(
-    folder: Annotated[Path, typer.Argument(help="Folder of NIfTI volumes (.nii / .nii.gz).")],
+    folder: Annotated[
+        Path,
+        typer.Argument(help="Folder of NIfTI volumes (.nii / .nii.gz), or a BIDS dataset (its *_T1w scans)."),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for inspect.csv and inspect.png.")],
 ) -> None:
     """Shape, voxel size, orientation, dtype and intensity range of every volume; problems listed, never a crash.
@@ -47,7 +50,14 @@ def inspect_cmd(
 
 @command("prepare")
 def prepare_cmd(
-    folder: Annotated[Path, typer.Argument(help="Folder of T1 NIfTI volumes (IXI names or any *.nii[.gz]).")],
+    folder: Annotated[
+        Path,
+        typer.Argument(
+            help="Folder of T1 NIfTI volumes (IXI names or any *.nii[.gz]), or a BIDS dataset: its "
+            "sub-*/[ses-*/]anat/*_T1w scans, one per subject (the first session), participants.tsv as the "
+            "demographics unless --demographics is given."
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to create.")],
     demographics: Annotated[
         Path | None,

@@ -375,10 +375,19 @@ def test_unwritable_output_gives_one_line(cohort, tmp_path, monkeypatch):
             raise PermissionError(13, "Permission denied", str(dst))
         return real_replace(src, dst, *a, **k)
 
+    real_link = os.link
+
+    def refuse_link(src, dst, *a, **k):  # an output that is new is put in place by a hard link (no clobber)
+        if str(dst).startswith(str(tmp_path)):
+            raise PermissionError(13, "Permission denied", str(dst))
+        return real_link(src, dst, *a, **k)
+
     monkeypatch.setattr(os, "replace", refuse)
+    monkeypatch.setattr(os, "link", refuse_link)
     one_error_line(cli("inspect", cohort, "--out", out), str(out), "Permission denied")
     assert not out.exists()
     monkeypatch.setattr(os, "replace", real_replace)
+    monkeypatch.setattr(os, "link", real_link)
     if os.geteuid() != 0:  # root ignores permission bits; the monkeypatched case above covers it
         ro = tmp_path / "ro"
         ro.mkdir()
@@ -399,15 +408,26 @@ def test_stale_temporaries_of_a_killed_run_are_removed(cohort, tmp_path):
 
     out = tmp_path / "ds"
     dead = 2**22 + 12345  # above the default pid_max of most systems: no such process
-    stale = [tmp_path / f".ds.tmp-{dead}-abc123", tmp_path / f".ds.old-{dead}"]
+    stale = [tmp_path / f".ds.brainae-tmp-{dead}-abc123_x", tmp_path / f".ds.brainae-old-{dead}-abc123_y"]
     for s in stale:
         s.mkdir()
         (s / "slices.npy").write_bytes(b"half")
-    keep = tmp_path / f".ds.tmp-{os.getpid()}-live"  # a writer that is still running: left alone
+    keep = tmp_path / f".ds.brainae-tmp-{os.getpid()}-live1234"  # a writer that is still running: left alone
     keep.mkdir()
+    # entries that merely look alike are the user's: only brainae's whole, anchored pattern is swept
+    mine = [
+        tmp_path / f".ds.tmp-{dead}-abc123",
+        tmp_path / f".ds.old-{dead}",
+        tmp_path / f".ds.brainae-tmp-{dead}-abc123_x.backup folder",
+        tmp_path / f".ds2.brainae-tmp-{dead}-abc123_x",
+    ]
+    for m in mine:
+        m.mkdir()
+        (m / "notes.txt").write_text("mine")
     prepare(cohort, out, PrepareConfig.from_options(size=32, mask_method="none", select="nonzero-mean"))
     assert not any(s.exists() for s in stale)
     assert keep.exists()
+    assert all((m / "notes.txt").read_text() == "mine" for m in mine)
 
 
 # --------------------------------------------------------------------------------------- names as markup

@@ -343,7 +343,10 @@ def _peak(x: np.ndarray, brain: np.ndarray | None = None) -> float:
     ref = x[brain] if brain is not None else x[x > 0.1 * np.percentile(x, 99.5)]
     peak = float(np.percentile(ref, 99.5)) if ref.size else 0.0
     if not math.isfinite(peak) or peak <= 0:
-        raise BrainaeError("the volume is constant (or its brain is at background level): nothing to fill")
+        raise BrainaeError(
+            "the volume is constant (or its brain is at background level), or the mask covers all of it: "
+            "nothing to fill from; give a T1 scan of a head and a mask of only the region to fill"
+        )
     return peak
 
 
@@ -642,6 +645,10 @@ def inpaint_with_atlas(volume, mask: np.ndarray, atlas: Atlas) -> np.ndarray:
     out = data.copy()
     if not mask.any():
         return out
+    if mask.all():
+        raise BrainaeError(
+            "the mask covers every voxel: nothing is left to fill from; mask only the region to fill"
+        )
     lo = background_value(np.where(mask, data.min(), data))
     known = np.where(mask, lo, data).astype(np.float32)
     smooth = fill_holes(known, mask, "biharmonic")

@@ -98,28 +98,27 @@ def _job_model(model: str | None, task: str, device: str):
     return "slice", _load_model(path, device)
 
 
-def _check_output(out: Path, inputs: list[Path], force: bool) -> None:
+def _check_output(out: Path, inputs: list, force: bool) -> None:
+    """Refuse an output NIfTI before any work: not a NIfTI name, an input (scan, mask, brain mask, model,
+    data folder: :func:`brainae.io.check_output_file`), or an existing file that brainae did not write."""
     from brainae.errors import BrainaeError
-    from brainae.io import is_nifti, written_by_brainae
+    from brainae.io import check_output_file, is_nifti, written_by_brainae
 
     if not is_nifti(out):
         raise BrainaeError(f"{out}: outputs are NIfTI files; end the name with .nii.gz or .nii")
-    for src in inputs:
-        if src.exists() and out.exists() and out.resolve() == src.resolve():
-            raise BrainaeError(
-                f"{out}: is an input file; inputs are never overwritten, choose another output"
-            )
-    if out.exists() and not force:
-        raise BrainaeError(f"{out}: already exists; add --force to overwrite it or choose another output")
-    if out.exists() and not written_by_brainae(out):
-        raise BrainaeError(
-            f"{out}: exists and was not written by brainae (no brainae mark in its header); --force replaces "
-            "only brainae's own outputs: choose another output, or move the file away yourself"
-        )
+    check_output_file(
+        out,
+        inputs,
+        force=force,
+        is_ours=written_by_brainae,
+        what="a NIfTI that brainae wrote (no brainae mark in its header)",
+        option="output",
+    )
 
 
-def _pairs(inp: Path, out: Path, force: bool) -> list[tuple[Path, Path]]:
-    """(input, output) files for a file or a folder of files; every output checked before any work."""
+def _pairs(inp: Path, out: Path, force: bool, inputs: list | None = None) -> list[tuple[Path, Path]]:
+    """(input, output) files for a file or a folder of files; every output checked before any work against
+    every input of the command (``inputs``: masks, brain masks, the model; IN and its files are added)."""
     from brainae.errors import BrainaeError
     from brainae.io import list_niftis
 
@@ -133,56 +132,87 @@ def _pairs(inp: Path, out: Path, force: bool) -> list[tuple[Path, Path]]:
             raise BrainaeError(f"{inp}: no such file or folder; check the path")
         target = out / inp.name if out.is_dir() else out
         pairs = [(inp, target)]
-    for src, dst in pairs:
-        _check_output(dst, [src], force)
+    every = [inp, *(p for p, _ in pairs), *(inputs or [])]
+    for _, dst in pairs:
+        _check_output(dst, every, force)
     return pairs
 
 
-class _Outputs:
-    """All outputs of one command, or none: each is written beside its destination under a temporary name,
-    checked for NaN/Inf, and all are renamed into place only once every input has been processed."""
+def _model_input(model: str | None, task: str) -> Path | None:
+    """The file behind ``--model`` (a shipped model by name or a path), as one of the command's inputs."""
+    from brainae.cli.volumetric import resolve_model_name
+    from brainae.errors import BrainaeError
 
-    def __init__(self) -> None:
+    if model == "biharmonic":
+        return None
+    try:
+        return resolve_model_name(model if model is not None else task)
+    except BrainaeError:
+        return None  # reported when the model is loaded
+
+
+class _Outputs:
+    """All outputs of one command, or none: each is written beside its destination under a brainae temporary
+    name (:func:`brainae.io.stage_like`), checked for NaN/Inf, and all are renamed into place only once every
+    input has been processed (:func:`brainae.io.publish`: without ``force`` an output that another run created
+    meanwhile is never replaced)."""
+
+    def __init__(self, force: bool = False) -> None:
+        self.force = force
         self.staged: list[tuple[Path, Path]] = []
         self.created: list[Path] = []
 
     def save(self, dst: Path, data, like) -> None:
-        import os
-
         import numpy as np
 
         from brainae.errors import BrainaeError
-        from brainae.io import save_like
+        from brainae.io import stage_like, write_error
 
         if not np.isfinite(data).all():
             raise BrainaeError(
                 f"{like.path}: the model produced {int((~np.isfinite(data)).sum())} NaN/Inf voxels; nothing was "
                 "written: check the checkpoint (a diverged training) or the input's intensities"
             )
+        if any(d == dst for _, d in self.staged):
+            raise BrainaeError(f"{dst}: named for two outputs of this command; give each output its own file")
         if not dst.parent.exists():
             missing = [q for q in [dst.parent, *dst.parent.parents] if not q.exists()]
             self.created.extend(missing)
-        suffix = ".nii.gz" if dst.name.lower().endswith(".nii.gz") else ".nii"
-        tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}-staged{suffix}")
-        self.staged.append((tmp, dst))
-        save_like(tmp, data, like)
+            try:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise write_error(dst, exc) from None  # type: ignore[misc]
+        self.staged.append((stage_like(dst, data, like), dst))
 
     def __enter__(self) -> _Outputs:
         return self
 
     def __exit__(self, kind, exc, tb) -> None:
         import contextlib
-        import os
 
-        from brainae.io import write_error
+        from brainae.errors import BrainaeError
+        from brainae.io import publish, write_error
 
+        published: list[Path] = []
         if exc is None:
             try:
+                if not self.force:
+                    for _, dst in self.staged:  # another run's output appeared meanwhile: write none
+                        if dst.exists() or dst.is_symlink():
+                            raise BrainaeError(
+                                f"{dst}: was created by another run while this one worked; nothing was "
+                                "written: add --force to replace it, or choose another output"
+                            )
                 for tmp, dst in self.staged:
-                    os.replace(tmp, dst)
+                    publish(tmp, dst, replace=self.force)
+                    published.append(dst)
                 return
-            except OSError as err:
-                exc = write_error(dst, err)
+            except (OSError, BrainaeError) as err:
+                exc = write_error(dst, err) or err
+                if not self.force:  # all or nothing: take back what this run put in place
+                    for done in published:
+                        with contextlib.suppress(OSError):
+                            done.unlink()
         for tmp, _ in self.staged:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
@@ -193,8 +223,8 @@ class _Outputs:
             raise exc
 
 
-def _check_view(view: Path | None, inp: Path, force: bool) -> None:
-    """Refuse a ``--view`` page before any work (a folder IN, a bad or existing path)."""
+def _check_view(view: Path | None, inp: Path, force: bool, inputs: list | None = None) -> None:
+    """Refuse a ``--view`` page before any work (a folder IN, a bad or existing path, one of ``inputs``)."""
     from brainae.errors import BrainaeError
     from brainae.view import check_view_output
 
@@ -204,7 +234,7 @@ def _check_view(view: Path | None, inp: Path, force: bool) -> None:
         raise BrainaeError(
             f"{inp}: --view shows one volume; give one input file, or run brainae view afterwards"
         )
-    check_view_output(view, [inp], force=force)
+    check_view_output(view, [inp, *(inputs or [])], force=force)
 
 
 def _write_view(view: Path | None, vol, results: list, *, mode: str, title: str) -> str | None:
@@ -240,39 +270,47 @@ def _run_job(pair: tuple) -> object:
     return _JOB(*pair)
 
 
-def _worker_threads(threads: int) -> None:
-    import torch
+def _naming(job):
+    """``job`` whose errors name the input file they came from (library errors about an array, such as "the
+    volume is constant", do not know it)."""
+    from brainae.errors import BrainaeError
 
-    torch.set_num_threads(threads)
+    def run(src: Path, dst) -> object:
+        try:
+            return job(src, dst)
+        except BrainaeError as exc:
+            text = str(exc)
+            if str(src) in text or src.name in text:
+                raise
+            raise BrainaeError(f"{src}: {text}") from None
+
+    return run
 
 
 def _each(pairs: list, what: str, workers: int, device: str, job):
     """``(src, dst, job(src, dst))`` for each pair, in order, with progress.
 
-    With ``workers > 1``, a folder and the CPU, the jobs run in that many forked processes, which share the
-    cores (``torch`` threads = cores // workers); each volume is processed alone by the same code, so the
-    outputs depend on ``workers`` only through the float rounding of torch's multi-threaded kernels (measured
-    on 2 mm IXI volumes: 1e-7 of the volume's maximum). The outputs are still written here, by
-    :class:`_Outputs`.
+    With ``workers > 1``, a folder and the CPU, the jobs run in that many forked processes
+    (:func:`brainae.workers.process_pool`: they die with this process, and their errors come back intact),
+    which share the cores (``torch`` threads = cores // workers); each volume is processed alone by the same
+    code, so the outputs depend on ``workers`` only through the float rounding of torch's multi-threaded
+    kernels (measured on 2 mm IXI volumes: 1e-7 of the volume's maximum). The outputs are still written here,
+    by :class:`_Outputs`.
     """
     global _JOB
+    job = _naming(job)
     if workers <= 1 or len(pairs) < 2 or not str(device).startswith(("cpu", "auto")) or _cuda():
         for src, dst in _iterate(pairs, what):
             yield src, dst, job(src, dst)
         return
-    import multiprocessing
     import os
-    from concurrent.futures import ProcessPoolExecutor
+
+    from brainae.workers import process_pool
 
     _JOB = job
     threads = max(1, (os.cpu_count() or 1) // workers)
-    ctx = multiprocessing.get_context(
-        "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    )
     try:
-        with ProcessPoolExecutor(
-            workers, mp_context=ctx, initializer=_worker_threads, initargs=(threads,)
-        ) as ex:
+        with process_pool(workers, threads=threads) as ex:
             results = ex.map(_run_job, pairs)
             for (src, dst), result in zip(_iterate(pairs, what), results):
                 yield src, dst, result
@@ -301,13 +339,25 @@ def _describe(sel) -> str:
 
 
 def _run_simple(
-    kind: str, inp, out, loaded, device, batch_size, force, min_brain_frac, mask_method, view=None, workers=1
+    kind: str,
+    inp,
+    out,
+    loaded,
+    device,
+    batch_size,
+    force,
+    min_brain_frac,
+    mask_method,
+    view=None,
+    workers=1,
+    inputs=None,
 ) -> None:
-    """denoise / reconstruct with a slice autoencoder; ``loaded`` is (model, prep, normative)."""
+    """denoise / reconstruct with a slice autoencoder; ``loaded`` is (model, prep, normative); ``inputs``: the
+    command's other inputs (the model file)."""
     from brainae.apply import denoise, reconstruct
     from brainae.io import load_volume
 
-    pairs = _pairs(inp, out, force)
+    pairs = _pairs(inp, out, force, inputs)
     model, prep, normative = loaded
     sel = _selection(min_brain_frac, mask_method, normative)
     func = denoise if kind == "denoise" else reconstruct
@@ -317,7 +367,7 @@ def _run_simple(
         vol = load_volume(src)
         return vol, func(vol, model, prep, batch_size=batch_size, device=device, selection=sel)
 
-    with _Outputs() as outputs:
+    with _Outputs(force) as outputs:
         for src, dst, (vol, res) in _each(pairs, kind, workers, device, job):  # noqa: B007 (src: the view)
             outputs.save(dst, res.data, vol)
             lines.append(
@@ -354,21 +404,33 @@ def denoise_cmd(
     from brainae.infer import denoise_volume
     from brainae.io import load_volume
 
-    _check_view(view, inp, force)
+    inputs = [_model_input(model, "denoise")]
+    _check_view(view, inp, force, inputs)
     kind, loaded = _job_model(model, "denoise", device)
     if kind == "slice":
         _run_simple(
-            "denoise", inp, out, loaded, device, batch_size, force, min_brain_frac, mask_method, view, workers
+            "denoise",
+            inp,
+            out,
+            loaded,
+            device,
+            batch_size,
+            force,
+            min_brain_frac,
+            mask_method,
+            view,
+            workers,
+            inputs,
         )
         return
-    pairs = _pairs(inp, out, force)
+    pairs = _pairs(inp, out, force, inputs)
     lines = []
 
     def job(src: Path, _dst: Path) -> tuple:
         vol = load_volume(src)
         return vol, denoise_volume(vol, loaded, device=device)
 
-    with _Outputs() as outputs:
+    with _Outputs(force) as outputs:
         for src, dst, (vol, result) in _each(pairs, "denoise", workers, device, job):  # noqa: B007
             outputs.save(dst, result, vol)
             lines.append(f"{dst}: denoised with {loaded.name}")
@@ -411,7 +473,18 @@ def reconstruct_cmd(
             )
     loaded = _load_model(path, device)
     _run_simple(
-        "reconstruct", inp, out, loaded, device, batch_size, force, min_brain_frac, mask_method, None, workers
+        "reconstruct",
+        inp,
+        out,
+        loaded,
+        device,
+        batch_size,
+        force,
+        min_brain_frac,
+        mask_method,
+        None,
+        workers,
+        [path],
     )
 
 
@@ -464,8 +537,9 @@ def inpaint_cmd(
     from brainae.infer import inpaint_volume
     from brainae.io import load_volume
 
-    _check_view(view, inp, force)
-    pairs = _pairs(inp, out, force)
+    inputs = [mask, _model_input(model, "atlas")]
+    _check_view(view, inp, force, inputs)
+    pairs = _pairs(inp, out, force, inputs)
     masks = {}
     for src, _ in pairs:
         m = mask / src.name if mask.is_dir() else mask
@@ -487,6 +561,11 @@ def inpaint_cmd(
         """(volume, filled data, the output's line)."""
         vol = load_volume(src)
         m = _load_mask(masks[src], vol)
+        if m.all():
+            raise BrainaeError(
+                f"{masks[src]}: the mask covers every voxel of {src.name}: nothing is left to fill from; "
+                "give a mask of only the region to fill"
+            )
         if kind == "biharmonic":
             from brainae.baselines import biharmonic_inpaint
 
@@ -505,7 +584,7 @@ def inpaint_cmd(
         note = f", {left} outside the field of view kept" if left else ""
         return vol, res.data, f"{dst}: {int(res.inside.sum())} voxels filled{note}"
 
-    with _Outputs() as outputs:
+    with _Outputs(force) as outputs:
         for src, dst, (vol, filled, line) in _each(pairs, "inpaint", workers, device, job):  # noqa: B007
             outputs.save(dst, filled, vol)
             lines.append(line)
@@ -578,21 +657,23 @@ def anomaly_cmd(
     skull-stripped first (deepbet when installed); a skull-stripped scan is used as it is.
     """
     from brainae.errors import BrainaeError
-    from brainae.io import list_niftis
+    from brainae.io import check_distinct, list_niftis
 
+    inputs = [brain_mask, _model_input(model, "anomaly")]
     if out is not None:
-        pairs = _pairs(inp, out, force)
+        pairs = _pairs(inp, out, force, inputs)
     elif inp.is_dir():
         pairs = [(f, None) for f in list_niftis(inp)]
     elif inp.exists():
         pairs = [(inp, None)]
     else:
         raise BrainaeError(f"{inp}: no such file or folder; check the path")
-    _check_view(view, inp, force)
+    _check_view(view, inp, force, inputs)
     extra = {}
     for name, target in (("calibrated", calibrated), ("lesion", lesion_mask)):
         if target is not None:
-            extra[name] = [dst for _, dst in _pairs(inp, target, force)]
+            extra[name] = [dst for _, dst in _pairs(inp, target, force, inputs)]
+    check_distinct([dst for _, dst in pairs] + [d for dsts in extra.values() for d in dsts] + [view])
     kind, loaded = _job_model(model, "anomaly", device)
     if kind == "slice":
         if extra or brain_mask is not None or workers > 1:
@@ -601,11 +682,22 @@ def anomaly_cmd(
                 "not a slice autoencoder"
             )
         rows, lines = _slice_anomaly(
-            inp, pairs, loaded, model, signed, device, batch_size, min_brain_frac, mask_method, as_json, view
+            inp,
+            pairs,
+            loaded,
+            model,
+            signed,
+            device,
+            batch_size,
+            min_brain_frac,
+            mask_method,
+            as_json,
+            view,
+            force,
         )
     else:
         rows, lines = _volumetric_anomaly(
-            inp, pairs, extra, loaded, brain_mask, fpr, device, mask_method, as_json, view, workers
+            inp, pairs, extra, loaded, brain_mask, fpr, device, mask_method, as_json, view, workers, force
         )
     _print(lines)
     if as_json:
@@ -613,7 +705,7 @@ def anomaly_cmd(
 
 
 def _volumetric_anomaly(
-    inp, pairs, extra, vm, brain_mask, fpr, device, mask_method, as_json, view=None, workers=1
+    inp, pairs, extra, vm, brain_mask, fpr, device, mask_method, as_json, view=None, workers=1, force=False
 ):
     import numpy as np
 
@@ -634,7 +726,7 @@ def _volumetric_anomaly(
         return vol, brain is not None, res
 
     rows, lines = [], []
-    with _Outputs() as outputs:
+    with _Outputs(force) as outputs:
         for i, (src, dst, (vol, given, res)) in enumerate(_each(pairs, "anomaly", workers, device, job)):
             if not given:
                 warn_if_threshold_mask(res.stripped_input)
@@ -677,7 +769,18 @@ def _volumetric_anomaly(
 
 
 def _slice_anomaly(
-    inp, pairs, loaded, model, signed, device, batch_size, min_brain_frac, mask_method, as_json, view=None
+    inp,
+    pairs,
+    loaded,
+    model,
+    signed,
+    device,
+    batch_size,
+    min_brain_frac,
+    mask_method,
+    as_json,
+    view=None,
+    force=False,
 ):
     import warnings
 
@@ -694,7 +797,7 @@ def _slice_anomaly(
         )
     sel = _selection(min_brain_frac, mask_method, normative)
     rows, lines = [], []
-    with _Outputs() as outputs:
+    with _Outputs(force) as outputs:
         for src, dst in _iterate(pairs, "anomaly"):
             vol = load_volume(src)
             res = anomaly(

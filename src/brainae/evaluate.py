@@ -409,13 +409,19 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def _load_models(paths: Sequence[str | os.PathLike], ds: Any, device: str) -> list[ModelSpec]:
-    from brainae.checkpoint import load_checkpoint
+    from brainae.checkpoint import load_checkpoint, read_checkpoint
 
     files = [resolve_checkpoint(p) for p in paths]
     names = model_names(files)
     size = int(ds.slices.shape[1])
     specs = []
     for name, path in zip(names, files, strict=True):
+        card = read_checkpoint(path, weights=False)
+        if card.volumetric:
+            raise BrainaeError(
+                f"{path}: a volumetric model for {card.preprocessing.task} (from brainae fit); evaluate scores "
+                "slice autoencoders (from brainae train or import-keras): give one of those"
+            )
         model, ckpt = load_checkpoint(path, device)
         check_preprocessing(ckpt.preprocessing, ds.settings.get("preprocessing"), where=path.name, size=size)
         in_ch = (ckpt.arch_kwargs or {}).get("in_channels", 1)

@@ -28,6 +28,7 @@ The per-slice ``lo``/``hi`` are returned so that results can be put back on the 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -134,9 +135,15 @@ class VolumetricPreprocessing:
 
     @classmethod
     def from_dict(cls, d: dict) -> VolumetricPreprocessing:
-        grid = d.get("grid_mm")
+        from brainae.tasks import TASKS
+
+        task, grid = str(d["task"]), d.get("grid_mm")
+        if task not in TASKS:
+            raise BrainaeError(f"unknown task {task!r} in the card (known: {', '.join(TASKS)})")
+        if grid is not None and not (math.isfinite(float(grid)) and float(grid) > 0):
+            raise BrainaeError(f"working grid {grid!r} mm in the card is not a positive number")
         return cls(
-            task=str(d["task"]),
+            task=task,
             grid_mm=None if grid is None else float(grid),
             voxel_mm=tuple(float(v) for v in d.get("voxel_mm", (1.0, 2.0))),
             reference=str(d.get("reference", "median")),

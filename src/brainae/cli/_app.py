@@ -193,6 +193,16 @@ def _os_failure(exc: BaseException) -> str | None:
     return text
 
 
+def _check_numbers(values: dict[str, Any]) -> None:
+    """One error line for a number option given as NaN or infinity (click's ranges let NaN through: every
+    comparison with it is false)."""
+    import math
+
+    for name, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            fail(f"--{name.replace('_', '-')} {value}: give a finite number")
+
+
 def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
     """Register a typer command whose library errors become one ``error:`` line and exit code 1."""
 
@@ -203,6 +213,7 @@ def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
 
             old = warnings.showwarning
             warnings.showwarning = _show_warning
+            _check_numbers(kw)
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", DeprecationWarning)

@@ -111,7 +111,7 @@ def _check_output(out: Path, inputs: list, force: bool) -> None:
         inputs,
         force=force,
         is_ours=written_by_brainae,
-        what="a NIfTI that brainae wrote (no brainae mark in its header)",
+        what="written by brainae (its header has no brainae mark)",
         option="output",
     )
 
@@ -234,7 +234,7 @@ def _check_view(view: Path | None, inp: Path, force: bool, inputs: list | None =
         raise BrainaeError(
             f"{inp}: --view shows one volume; give one input file, or run brainae view afterwards"
         )
-    check_view_output(view, [inp, *(inputs or [])], force=force)
+    check_view_output(view, [inp, *(p for p in inputs or [] if p is not None)], force=force)
 
 
 def _write_view(view: Path | None, vol, results: list, *, mode: str, title: str) -> str | None:

@@ -94,7 +94,8 @@ def fit_command(
         _fit_atlas(data, out, split=split, masks=masks, mask_method=mask_method, seed=seed, force=force)
         return
     get_task(task)
-    check_checkpoint_output(out, [data, masks], force)
+    split_file = Path(split) if split not in (None, "random", "ixi") else None
+    check_checkpoint_output(out, [data, masks, split_file], force)
     width_list = None
     if widths is not None:
         try:
@@ -130,16 +131,23 @@ def fit_command(
 
 
 def _fit_atlas(data: Path, out: Path, *, split, masks, mask_method, seed: int, force: bool) -> None:
-    from brainae.atlas import fit_atlas
+    from brainae.atlas import fit_atlas, is_atlas
     from brainae.errors import BrainaeError
+    from brainae.io import check_output_file
 
     if out.suffix.lower() != ".npz":
         raise BrainaeError(f"{out}: an atlas is written as .npz; give --out NAME.npz")
-    if out.exists() and not force:
-        raise BrainaeError(f"{out} exists; use --force to overwrite it")
     if not data.is_dir():
         raise BrainaeError(f"{data}: no such folder; give a folder of healthy T1 NIfTI volumes")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    split_file = Path(split) if split not in (None, "random", "ixi") else None
+    check_output_file(
+        out,
+        [data, masks, split_file],
+        force=force,
+        is_ours=is_atlas,
+        what="an atlas that brainae wrote",
+        option="--out",
+    )
 
     def log(msg: str) -> None:
         err_console.print(msg, markup=False, highlight=False)
@@ -170,19 +178,17 @@ def info_command(
 ) -> None:
     """Show a model card: task, architecture, training data and recipe, preprocessing, measured numbers."""
     from brainae.card import Training
-    from brainae.checkpoint import read_checkpoint
-    from brainae.models import build_model
-    from brainae.models.registry import count_parameters
+    from brainae.checkpoint import verify_checkpoint
 
     path = resolve_model_name(model)
     if path.suffix.lower() == ".npz":
         _atlas_info(path, as_json)
         return
-    ckpt = read_checkpoint(path, weights=False)
+    ckpt, parameters = verify_checkpoint(path)  # NaN weights, crafted sizes: refused, nothing is built
     card = ckpt.metadata()
     card["file"] = str(path)
     card["size_mb"] = round(path.stat().st_size / 1e6, 2)
-    card["parameters"] = count_parameters(build_model(ckpt.arch, **ckpt.arch_kwargs))
+    card["parameters"] = parameters
     if as_json:
         typer.echo(json.dumps(card, indent=1, default=str))
         return

@@ -89,6 +89,13 @@ def _job_model(model: str | None, task: str, device: str):
     from brainae.infer import is_volumetric, load_volumetric
 
     path = resolve_model_name(model if model is not None else task)
+    if path.suffix.lower() == ".npz":
+        from brainae.errors import BrainaeError
+
+        raise BrainaeError(
+            f"{model or path}: an inpainting atlas, which only `brainae inpaint` uses; {task} needs a model for "
+            f"{task}: leave --model out (brainae's {task} model) or give a checkpoint from `brainae fit {task}`"
+        )
     if path.suffix.lower() in (".h5", ".hdf5", ".keras"):
         return "slice", _load_model(path, device)
     from brainae.checkpoint import read_checkpoint
@@ -462,6 +469,11 @@ def reconstruct_cmd(
     from brainae.infer import is_volumetric
 
     path = resolve_model_name(model)
+    if path.suffix.lower() == ".npz":
+        raise BrainaeError(
+            f"{model}: an inpainting atlas, which only `brainae inpaint` uses; reconstruct needs a slice "
+            "autoencoder (e.g. --model thesis)"
+        )
     if path.suffix.lower() == ".safetensors" and path.is_file():
         from brainae.checkpoint import read_checkpoint
 

@@ -150,12 +150,28 @@ def _check_readable(path: Path) -> None:
         )
 
 
+@contextlib.contextmanager
+def _quiet_nibabel() -> Iterator[None]:
+    """Silence nibabel's log lines about header repairs ("data code 1234 not recognized") while a file is
+    opened: what is wrong reaches the user as brainae's one error line."""
+    import logging
+
+    logger = logging.getLogger("nibabel.global")
+    disabled = logger.disabled
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
+
+
 def _load_image(path: Path):
     import nibabel as nib
 
     _check_readable(path)
     try:
-        img = nib.load(str(path))
+        with _quiet_nibabel():
+            img = nib.load(str(path))
         shape = img.shape
     except Exception as exc:  # nibabel raises many types for broken files
         first = (str(exc).splitlines() or [""])[0][:120]

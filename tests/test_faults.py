@@ -960,6 +960,16 @@ def test_a_second_run_never_silently_replaces_the_first(volume, tmp_path, monkey
             tmp.write_text("second")
             page.write_text("first")
     assert page.read_text() == "first"
+    from brainae.io import atomic_dir
+
+    folder = tmp_path / "ds"
+    with pytest.raises(BrainaeError, match="another run"):
+        with atomic_dir(folder) as tmp:
+            (tmp / "a").write_text("second")
+            folder.mkdir()
+            (folder / "a").write_text("first")
+    assert [p.read_text() for p in folder.iterdir()] == ["first"]
+    assert [p.name for p in tmp_path.glob(".*")] == []
 
 
 def test_os_errors_name_the_output_not_a_temporary(volume, tmp_path, monkeypatch):

@@ -688,9 +688,12 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     An existing ``path`` is moved aside first and removed only once the new folder is in place, so a
     failure leaves either the old folder or nothing, never a half-written one. Temporary folders left by a
     killed earlier writer are removed first; operating-system errors become one :class:`BrainaeError`.
-    Callers decide beforehand whether an existing ``path`` may be replaced (:func:`check_output`).
+    Callers decide beforehand whether an existing ``path`` may be replaced (:func:`check_output`); a ``path``
+    that did not exist then and was created meanwhile (another run writing the same output) is never replaced:
+    the temporary is removed and a :class:`BrainaeError` says so.
     """
     path = Path(path)
+    existed = path.exists() or path.is_symlink()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path)
@@ -701,6 +704,11 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
         old = None
+        if not existed and (path.is_symlink() or (path.exists() and not _empty_dir(path))):
+            raise BrainaeError(
+                f"{path}: was created by another run while this one worked; nothing was written: add --force "
+                "to replace it, or choose another output"
+            )
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path, _OLD_TAG), dir=path.parent))
             os.replace(path, old)  # an existing (empty) folder is replaced by rename
@@ -715,6 +723,13 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         if err is not None:
             raise err from None
         raise
+
+
+def _empty_dir(path: Path) -> bool:
+    try:
+        return path.is_dir() and not any(path.iterdir())
+    except OSError:
+        return False
 
 
 # ------------------------------------------------------------------------------ what --force may replace

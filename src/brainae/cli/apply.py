@@ -810,7 +810,8 @@ def _slice_anomaly(
     sel = _selection(min_brain_frac, mask_method, normative)
     rows, lines = [], []
     with _Outputs(force) as outputs:
-        for src, dst in _iterate(pairs, "anomaly"):
+
+        def job(src: Path, _dst) -> tuple:
             vol = load_volume(src)
             res = anomaly(
                 vol,
@@ -822,6 +823,9 @@ def _slice_anomaly(
                 selection=sel,
                 signed=signed,
             )
+            return vol, res
+
+        for src, dst, (vol, res) in _each(pairs, "anomaly", 1, device, job):
             if dst is not None:
                 outputs.save(dst, res.map, vol)
             score = _finite_or_none(res.score, f"{src.name}: the anomaly score")

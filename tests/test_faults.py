@@ -50,7 +50,7 @@ def one_error_line(result, *names: str) -> str:
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1, result.output
-    assert "Traceback" not in result.output
+    assert "Traceback" not in result.output and "unexpected failure" not in lines[0], result.output
     for name in names:
         assert name in lines[0], lines[0]
     return lines[0]

@@ -360,6 +360,14 @@ def _model_makers(good: Path) -> list[tuple[str, Callable[[Path, np.random.Gener
         ("bad-preprocessing", crafted(lambda m, s: ({**m, "preprocessing": "sagittal"}, s))),
         ("bad-size", crafted(lambda m, s: ({**m, "preprocessing": {**m["preprocessing"], "size": -3}}, s))),
         (
+            "huge-size",
+            crafted(lambda m, s: ({**m, "preprocessing": {**m["preprocessing"], "size": 1 << 20}}, s)),
+        ),
+        (
+            "nan-fov",
+            crafted(lambda m, s: ({**m, "preprocessing": {**m["preprocessing"], "fov_mm": float("nan")}}, s)),
+        ),
+        (
             "unknown-task",
             crafted(lambda m, s: ({**m, "preprocessing": {"kind": "volumetric", "task": "x"}}, s)),
         ),
@@ -403,6 +411,8 @@ def _check(result, case: str, outputs: list[Path]) -> str | None:
     others = [ln for ln in lines if not ln.startswith(("error:", "warning:"))]
     if others:
         return f"{case}: lines other than error/warning: {others[:2]}"
+    if "unexpected failure" in errors[0]:
+        return f"{case}: a failure brainae did not foresee: {errors[0]}"
     if len(errors[0]) < 30:
         return f"{case}: error line too terse to name the file and the fix: {errors[0]}"
     if any(p.exists() for p in outputs):

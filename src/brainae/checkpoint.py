@@ -331,6 +331,8 @@ def read_checkpoint(path: str | os.PathLike, *, weights: bool = True) -> Checkpo
     from safetensors import safe_open
 
     path = Path(path)
+    if path.is_dir():
+        raise BrainaeError(f"{path}: is a folder; give the checkpoint file (.safetensors) written by brainae")
     if not path.is_file():
         raise BrainaeError(f"{path}: no such checkpoint file; give a .safetensors file written by brainae")
     try:

@@ -40,6 +40,10 @@ PROFILE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
 SCALINGS = ("slice-minmax", "volume-minmax", "volume-percentile")
 
 
+MAX_SIZE = 1024
+"""The largest model grid (pixels per side): far above any brain slice model, far below an absurd card."""
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """Everything needed to turn a volume into model input, and model output back into a volume.
@@ -61,8 +65,13 @@ class Preprocessing:
             raise BrainaeError(f"unknown scaling {self.scaling!r}; choose one of {', '.join(SCALINGS)}")
         if int(self.size) < 8 or int(self.size) % 8:
             raise BrainaeError(f"--size {self.size}: must be a multiple of 8 (the models downsample 3 times)")
-        if self.fov_mm is not None and not self.fov_mm > 0:
-            raise BrainaeError(f"fov_mm {self.fov_mm}: must be positive")
+        if int(self.size) > MAX_SIZE:
+            raise BrainaeError(f"--size {self.size}: at most {MAX_SIZE} pixels (a slice of a brain scan)")
+        if self.fov_mm is not None and not (math.isfinite(self.fov_mm) and self.fov_mm > 0):
+            raise BrainaeError(f"fov_mm {self.fov_mm}: must be a positive number of millimetres")
+        lo, hi = (float(p) for p in self.percentiles)
+        if not (0 <= lo < hi <= 100):
+            raise BrainaeError(f"percentiles {self.percentiles}: give two numbers 0 <= low < high <= 100")
 
     def to_dict(self) -> dict:
         d = asdict(self)

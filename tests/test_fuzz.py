@@ -430,6 +430,7 @@ def test_malformed_inputs_never_give_a_traceback_or_change_an_input(tmp_path, mo
     scans, masks, models = _scan_makers(), _mask_makers(), _model_makers(good_model)
     problems: list[str] = []
     counts: dict[str, int] = {}
+    spent: dict[str, float] = {}
     start = time.perf_counter()
     for i in range(CASES):
         case_dir = tmp_path / f"c{i:03d}"
@@ -487,7 +488,9 @@ def test_malformed_inputs_never_give_a_traceback_or_change_an_input(tmp_path, mo
         inputs = [p for p in (scan, mask, model, good_scan) if p is not None and Path(p).exists()]
         inputs = [p for p in inputs if Path(p).is_relative_to(tmp_path)]  # the tiny model: never written
         before = _digest(inputs)
+        t0 = time.perf_counter()
         result = runner.invoke(app, [str(a) for a in args])
+        spent[command] = spent.get(command, 0.0) + time.perf_counter() - t0
         label = f"#{i} {command} {slot}={name}"
         problem = _check(result, label, outputs)
         if problem is None and _digest(inputs) != before:
@@ -501,7 +504,7 @@ def test_malformed_inputs_never_give_a_traceback_or_change_an_input(tmp_path, mo
     seconds = time.perf_counter() - start
     assert not problems, "\n".join(problems[:20])
     assert counts.get("ok", 0) >= 20 and counts.get("refused", 0) >= 100, counts  # both paths exercised
-    print(f"fuzz: {CASES} cases ({counts}) in {seconds:.1f} s")
+    print(f"fuzz: {CASES} cases ({counts}) in {seconds:.1f} s; by command: {spent}")
 
 
 @pytest.mark.parametrize("name", ["zero-affine", "nan-affine", "huge-dims", "complex"])

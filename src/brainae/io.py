@@ -617,9 +617,7 @@ def write_error(path: Path, exc: BaseException) -> BrainaeError | None:
         return None
     import errno
 
-    where = Path(err.filename) if getattr(err, "filename", None) else path
-    if is_temporary(where.name) or is_temporary(path.name):
-        where = _owner_path(where if is_temporary(where.name) else path)  # name the user's output
+    where = _owner_path(Path(err.filename) if getattr(err, "filename", None) else path)  # the user's name
     reason = err.strerror or str(err) or type(exc).__name__
     code = getattr(err, "errno", None)
     if code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) or "too large" in reason or "No space" in reason:
@@ -634,10 +632,14 @@ def write_error(path: Path, exc: BaseException) -> BrainaeError | None:
 
 
 def _owner_path(path: Path) -> Path:
-    """The output that a temporary ``path`` stands for (``path`` itself when it is not a temporary)."""
-    while (owner := temp_owner(path.name)) is not None:
-        path = path.with_name(owner)
-    return path
+    """``path`` with every brainae temporary in it named as the output it stands for (e.g. a file inside a
+    temporary folder is named inside the output folder): error messages name the user's paths."""
+    parts = []
+    for part in path.parts:
+        while (owner := temp_owner(part)) is not None:
+            part = owner
+        parts.append(part)
+    return Path(*parts) if parts else path
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ overwritten without ``--force`` and inputs are never written.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -139,9 +140,8 @@ def _pairs(inp: Path, out: Path, force: bool, inputs: list | None = None) -> lis
             raise BrainaeError(f"{inp}: no such file or folder; check the path")
         target = out / inp.name if out.is_dir() else out
         pairs = [(inp, target)]
-    every = [inp, *(p for p, _ in pairs), *(inputs or [])]
-    for _, dst in pairs:
-        _check_output(dst, every, force)
+    for src, dst in pairs:  # IN covers its files (an output lying inside it); src: a link to it
+        _check_output(dst, [inp, src, *(inputs or [])], force)
     return pairs
 
 
@@ -277,6 +277,9 @@ def _run_job(pair: tuple) -> object:
     return _JOB(*pair)
 
 
+_NAMES_A_FILE = re.compile(r"\.(nii|nii\.gz|safetensors|npz|h5|hdf5|keras|json)\b", re.IGNORECASE)
+
+
 def _naming(job):
     """``job`` whose errors name the input file they came from (library errors about an array, such as "the
     volume is constant", do not know it)."""
@@ -287,8 +290,8 @@ def _naming(job):
             return job(src, dst)
         except BrainaeError as exc:
             text = str(exc)
-            if str(src) in text or src.name in text:
-                raise
+            if str(src) in text or src.name in text or _NAMES_A_FILE.search(text):
+                raise  # it names the scan, or another file (a mask, a model) already
             raise BrainaeError(f"{src}: {text}") from None
 
     return run

@@ -177,8 +177,8 @@ def info_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole card as JSON.")] = False,
 ) -> None:
     """Show a model card: task, architecture, training data and recipe, preprocessing, measured numbers."""
-    from brainae.card import Training
     from brainae.checkpoint import verify_checkpoint
+    from brainae.errors import BrainaeError
 
     path = resolve_model_name(model)
     if path.suffix.lower() == ".npz":
@@ -192,6 +192,20 @@ def info_command(
     if as_json:
         typer.echo(json.dumps(card, indent=1, default=str))
         return
+    try:
+        lines = _card_lines(ckpt, card, path)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+        raise BrainaeError(
+            f"{path}: a damaged model card ({type(exc).__name__}: {exc}); re-create the checkpoint"
+        ) from None
+    for line in lines:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _card_lines(ckpt, card: dict, path: Path) -> list[str]:
+    """The lines of ``brainae info`` for a checkpoint."""
+    from brainae.card import Training
+
     prep, training, norm = ckpt.preprocessing, ckpt.training, ckpt.normative
     source = ckpt.source.to_dict() if ckpt.source is not None else {}
     task = prep.task if ckpt.volumetric else "reconstruct (slice autoencoder)"
@@ -264,8 +278,7 @@ def info_command(
     lines.append(f"source       {json.dumps(source)}")
     if source.get("measured"):
         lines.append(f"measured     {json.dumps(source['measured'])}")
-    for line in lines:
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    return lines
 
 
 def _atlas_info(path: Path, as_json: bool) -> None:
@@ -289,7 +302,12 @@ def _atlas_info(path: Path, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(card, indent=1, default=str))
         return
-    cal = prov.get("calibration", {})
+    cal = prov.get("calibration") if isinstance(prov.get("calibration"), dict) else {}
+
+    def count(key: str) -> int:
+        value = prov.get(key)
+        return len(value) if isinstance(value, list) else 0
+
     lines = [
         f"model        {path.name} ({card['size_mb']} MB)",
         "task         inpaint",
@@ -299,8 +317,8 @@ def _atlas_info(path: Path, as_json: bool) -> None:
         f"matched over +-{st.radius} voxels, {len(st.scales)} scalings x {1 + 6 * sum(1 for a in st.angles if a)} "
         f"rotations, {st.keep} candidates combined per voxel by "
         f"{'joint weights' if st.fusion == 'joint' else 'ring-mismatch weights'})",
-        f"training     atlas volumes: {len(prov.get('train', []))} ({prov.get('source')}); calibration: "
-        f"{len(prov.get('val', []))} val volumes, {cal.get('holes')} holes",
+        f"training     atlas volumes: {count('train')} ({prov.get('source')}); calibration: "
+        f"{count('val')} val volumes, {cal.get('holes')} holes",
         f"calibration  share {st.share}; mean gain over biharmonic on the calibration holes "
         f"{cal.get('mean_gain_db_over_biharmonic')} dB; falls back to biharmonic below registration "
         f"correlation {st.min_fit} or above ring mismatch {st.max_ring_rms}",

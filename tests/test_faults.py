@@ -860,6 +860,12 @@ def test_error_lines_name_the_file_and_the_fix(volume, tmp_path):
     full = write_volume(tmp_path / "full.nii.gz", np.ones((40, 40, 30), np.uint8))
     one_error_line(cli("inpaint", volume, full, tmp_path / "i.nii.gz"), "full.nii.gz", "mask")
     one_error_line(cli("denoise", volume, tmp_path / "d.nii.gz", "--model", "atlas"), "atlas", "inpaint")
+    for name, data in (
+        ("no-brain", np.zeros((40, 40, 30), np.uint8)),
+        ("all-brain", np.ones((40, 40, 30), np.uint8)),
+    ):
+        brain = write_volume(tmp_path / f"{name}.nii.gz", data)
+        one_error_line(cli("anomaly", volume, "--brain-mask", brain), brain.name, "brain mask")
     assert not list(tmp_path.glob("[di].nii.gz"))
 
 

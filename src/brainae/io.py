@@ -230,6 +230,25 @@ def check_header(img, shape: tuple[int, ...], path: Path) -> None:
             f"{path}: voxels of type {dtype} are not intensities; convert the file to int16 or float32 "
             "(e.g. fslmaths in out -odt float)",
         )
+    _check_size(img, dims, dtype, path)
+
+
+def _check_size(img, dims: list[int], dtype: np.dtype, path: Path) -> None:
+    """Refuse a file that cannot hold the voxels its header promises, before memory is set aside for them
+    (gzip shrinks a volume at most about 1000-fold)."""
+    try:
+        size = path.stat().st_size
+        offset = float(img.header["vox_offset"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return
+    need = float(np.prod([float(d) for d in dims])) * dtype.itemsize
+    packed = str(path).lower().endswith(".gz")
+    if (packed and need > 1100.0 * size + 1e6) or (not packed and need + offset > size):
+        raise VolumeError(
+            "unreadable",
+            f"{path}: truncated: the header promises {need / 1e6:.1f} MB of voxels and the file holds "
+            f"{size / 1e6:.1f} MB; re-download or re-export the file",
+        )
 
 
 def read_header(path: str | os.PathLike) -> HeaderFacts:

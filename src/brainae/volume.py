@@ -247,6 +247,13 @@ def _grid(n_out: tuple[int, int], scale: tuple[float, float]):
     return torch.stack([gx, gy], dim=-1).float()[None]
 
 
+def _contiguous(a: np.ndarray) -> np.ndarray:
+    """``a`` as a C-contiguous float32 array that torch can take: numpy keeps the negative strides of size-1
+    axes of a flipped view (it calls them contiguous), torch refuses them."""
+    arr = np.ascontiguousarray(a, dtype=np.float32)
+    return arr.copy() if any(st < 0 for st in arr.strides) else arr
+
+
 def resample_slices(
     stack: np.ndarray, spacing: tuple[float, float], size: int, fov_mm: float | None = None
 ) -> np.ndarray:
@@ -263,7 +270,7 @@ def resample_slices(
     fov = _fov((h, w), spacing, fov_mm)
     pix = fov / size
     grid = _grid((size, size), (pix / (h * spacing[0]), pix / (w * spacing[1])))
-    x = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
+    x = torch.from_numpy(_contiguous(stack))[:, None]
     # 'border' clamps at the edges like a plain resize; beyond the slice's extent the value is 0.
     out = F.grid_sample(
         x, grid.expand(n, -1, -1, -1), mode="bilinear", padding_mode="border", align_corners=False
@@ -290,7 +297,7 @@ def unresample_slices(
     h, w = shape
     fov = _fov((h, w), spacing, fov_mm)
     grid = _grid((h, w), (spacing[0] / fov, spacing[1] / fov))
-    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
+    x = torch.from_numpy(_contiguous(images))[:, None]
     out = F.grid_sample(
         x, grid.expand(n, -1, -1, -1), mode="bilinear", padding_mode="border", align_corners=False
     )

@@ -737,7 +737,23 @@ def _volumetric_anomaly(
             if not bpath.exists():
                 raise BrainaeError(f"{bpath}: no such brain mask; give a mask NIfTI on the scan's grid")
             brain = _load_mask(bpath, vol)
-        res = anomaly_volume(vol, vm, brain=brain, device=device, mask_method=mask_method or "auto", fpr=fpr)
+            if not brain.any() or brain.all():
+                what = "is empty" if not brain.any() else "covers every voxel"
+                raise BrainaeError(
+                    f"{bpath}: the brain mask {what}; give the brain mask of {src.name} (non-zero inside the "
+                    "brain only), or leave --brain-mask out"
+                )
+        try:
+            res = anomaly_volume(
+                vol, vm, brain=brain, device=device, mask_method=mask_method or "auto", fpr=fpr
+            )
+        except BrainaeError as exc:
+            if brain is None or bpath.name in str(exc):
+                raise
+            raise BrainaeError(
+                f"{bpath}: with this brain mask {src.name} cannot be scored ({exc}); check that it is the brain "
+                "mask of this scan"
+            ) from None
         return vol, brain is not None, res
 
     rows, lines = [], []

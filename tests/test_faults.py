@@ -50,7 +50,7 @@ def one_error_line(result, *names: str) -> str:
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1, result.output
-    assert "Traceback" not in result.output
+    assert "Traceback" not in result.output and "unexpected failure" not in lines[0], result.output
     for name in names:
         assert name in lines[0], lines[0]
     return lines[0]
@@ -377,10 +377,19 @@ def test_unwritable_output_gives_one_line(cohort, tmp_path, monkeypatch):
             raise PermissionError(13, "Permission denied", str(dst))
         return real_replace(src, dst, *a, **k)
 
+    real_link = os.link
+
+    def refuse_link(src, dst, *a, **k):  # an output that is new is put in place by a hard link (no clobber)
+        if str(dst).startswith(str(tmp_path)):
+            raise PermissionError(13, "Permission denied", str(dst))
+        return real_link(src, dst, *a, **k)
+
     monkeypatch.setattr(os, "replace", refuse)
+    monkeypatch.setattr(os, "link", refuse_link)
     one_error_line(cli("inspect", cohort, "--out", out), str(out), "Permission denied")
     assert not out.exists()
     monkeypatch.setattr(os, "replace", real_replace)
+    monkeypatch.setattr(os, "link", real_link)
     if os.geteuid() != 0:  # root ignores permission bits; the monkeypatched case above covers it
         ro = tmp_path / "ro"
         ro.mkdir()
@@ -401,15 +410,26 @@ def test_stale_temporaries_of_a_killed_run_are_removed(cohort, tmp_path):
 
     out = tmp_path / "ds"
     dead = 2**22 + 12345  # above the default pid_max of most systems: no such process
-    stale = [tmp_path / f".ds.tmp-{dead}-abc123", tmp_path / f".ds.old-{dead}"]
+    stale = [tmp_path / f".ds.brainae-tmp-{dead}-abc123_x", tmp_path / f".ds.brainae-old-{dead}-abc123_y"]
     for s in stale:
         s.mkdir()
         (s / "slices.npy").write_bytes(b"half")
-    keep = tmp_path / f".ds.tmp-{os.getpid()}-live"  # a writer that is still running: left alone
+    keep = tmp_path / f".ds.brainae-tmp-{os.getpid()}-live1234"  # a writer that is still running: left alone
     keep.mkdir()
+    # entries that merely look alike are the user's: only brainae's whole, anchored pattern is swept
+    mine = [
+        tmp_path / f".ds.tmp-{dead}-abc123",
+        tmp_path / f".ds.old-{dead}",
+        tmp_path / f".ds.brainae-tmp-{dead}-abc123_x.backup folder",
+        tmp_path / f".ds2.brainae-tmp-{dead}-abc123_x",
+    ]
+    for m in mine:
+        m.mkdir()
+        (m / "notes.txt").write_text("mine")
     prepare(cohort, out, PrepareConfig.from_options(size=32, mask_method="none", select="nonzero-mean"))
     assert not any(s.exists() for s in stale)
     assert keep.exists()
+    assert all((m / "notes.txt").read_text() == "mine" for m in mine)
 
 
 # --------------------------------------------------------------------------------------- names as markup
@@ -595,3 +615,397 @@ def test_report_over_a_grid_folder(prepared, tmp_path):
     assert res.exit_code == 0, res.output
     html = (tmp_path / "report.html").read_text()
     assert "not an evaluation" in html and "identity" in html
+
+
+# ------------------------------------------------------------------ issue 27: never lose data, round two
+
+
+def _bad_affine_file(path: Path, affine: np.ndarray) -> Path:
+    """A gzipped NIfTI whose sform holds ``affine`` (nibabel refuses to write such a file itself)."""
+    import gzip
+
+    import nibabel as nib
+
+    data = synthetic_head()
+    img = nib.Nifti1Image(data, np.eye(4))
+    hdr = img.header
+    hdr["qform_code"], hdr["sform_code"] = 0, 1
+    hdr["pixdim"][1:4] = 0.0 if not np.isfinite(affine).all() else hdr["pixdim"][1:4]
+    for i, key in enumerate(("srow_x", "srow_y", "srow_z")):
+        hdr[key] = affine[i]
+    hdr["vox_offset"] = 352
+    body = hdr.binaryblock + b"\0" * 4 + np.asarray(data, "<i2").tobytes(order="F")
+    path.write_bytes(gzip.compress(body))
+    return path
+
+
+def _brainae_nifti(path: Path, data: np.ndarray) -> Path:
+    """A NIfTI as a brainae command writes it (its header carries brainae's mark)."""
+    import nibabel as nib
+
+    from brainae.io import mark_as_brainae
+
+    img = nib.Nifti1Image(data, np.eye(4) * [2, 2, 2.5, 1])
+    mark_as_brainae(img)
+    nib.save(img, str(path))
+    return path
+
+
+def test_masks_brain_masks_and_models_are_inputs_no_output_replaces(volume, tmp_path):
+    import nibabel as nib
+
+    vol = nib.load(str(volume))
+    mask = np.zeros(vol.shape, np.uint8)
+    mask[15:20, 15:20, 12:16] = 1
+    m = tmp_path / "m.nii.gz"
+    img = nib.Nifti1Image(mask, vol.affine)
+    from brainae.io import mark_as_brainae
+
+    mark_as_brainae(img)  # a mask that brainae wrote earlier: --force may replace brainae's files, not inputs
+    nib.save(img, str(m))
+    before = digest(volume, m)
+    one_error_line(cli("inpaint", volume, m, m, "--force"), str(m), "input")
+    one_error_line(cli("inpaint", volume, m, tmp_path / "o.nii.gz", "--view", m, "--force"), str(m))
+    one_error_line(cli("anomaly", volume, "--brain-mask", m, "--lesion-mask", m, "--force"), str(m), "input")
+    one_error_line(cli("anomaly", volume, "--brain-mask", m, "-o", m, "--force"), str(m), "input")
+    # a hard link to an input is that input
+    link = tmp_path / "link.nii.gz"
+    os.link(m, link)
+    one_error_line(cli("inpaint", volume, m, link, "--force"), str(link), "input")
+    # a model file is an input too
+    ckpt = _checkpoint(tmp_path / "m.safetensors")
+    ckpt_before = digest(ckpt)
+    one_error_line(cli("denoise", volume, ckpt, "--model", ckpt, "--force"), str(ckpt))
+    assert digest(ckpt) == ckpt_before
+    # two outputs of one command on one file: refused before anything is written
+    x = tmp_path / "X.nii.gz"
+    one_error_line(cli("anomaly", volume, "-o", x, "--calibrated", x), str(x), "two")
+    assert not x.exists()
+    assert digest(volume, m) == before
+
+
+def test_fit_atlas_out_is_checked_as_every_output(cohort, tmp_path):
+    mine = tmp_path / "mine.npz"
+    mine.write_bytes(b"a file of mine")
+    one_error_line(cli("fit", "atlas", cohort, "--out", mine, "--force"), str(mine), "not an atlas")
+    assert mine.read_bytes() == b"a file of mine"
+    before = digest(cohort)
+    inside = cohort / "atlas.npz"
+    one_error_line(cli("fit", "atlas", cohort, "--out", inside), str(inside), "input")
+    one_error_line(cli("fit", "denoise", cohort, "--out", cohort / "m.safetensors"), "input")
+    assert digest(cohort) == before and not inside.exists()
+
+
+def test_workers_report_a_bad_volume_in_one_line(volume, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        write_volume(folder / f"v{i}.nii.gz", synthetic_head(seed=i))
+    (folder / "zz.nii.gz").write_bytes(b"\x1f\x8b not a volume")
+    mask = write_volume(tmp_path / "mask.nii.gz", (synthetic_head() > 90).astype(np.uint8))
+    before = digest(folder, mask)
+    ckpt = _checkpoint(tmp_path / "m.safetensors")
+    for out, args in (
+        (tmp_path / "d", ("denoise", folder, tmp_path / "d", "--model", ckpt)),
+        (tmp_path / "i", ("inpaint", folder, mask, tmp_path / "i", "--model", "biharmonic")),
+        (tmp_path / "a", ("anomaly", folder, "-o", tmp_path / "a", "--brain-mask", mask)),
+    ):
+        res = run_cli_process([*map(str, args), "--workers", "2", "--device", "cpu"], timeout=300)
+        assert res.returncode == 1, res.stderr
+        assert "Traceback" not in res.stderr and "BrokenProcessPool" not in res.stderr, res.stderr
+        lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+        assert len(lines) == 1 and "zz.nii.gz" in lines[0], res.stderr
+        assert not out.exists()
+    assert digest(folder, mask) == before
+
+
+def test_brainae_errors_cross_process_boundaries_intact():
+    import pickle
+
+    from brainae.io import VolumeError
+    from brainae.workers import portable_error
+
+    err = pickle.loads(pickle.dumps(VolumeError("nan", "a.nii: 3 NaN voxels; fix it")))
+    assert type(err) is VolumeError and err.kind == "nan" and str(err) == "a.nii: 3 NaN voxels; fix it"
+    assert str(pickle.loads(pickle.dumps(BrainaeError("x.nii: bad")))) == "x.nii: bad"
+
+    class Odd(Exception):
+        def __init__(self, a, b):
+            super().__init__(f"{a}{b}")
+
+    assert isinstance(portable_error(Odd(1, 2)), RuntimeError)
+
+
+def _children(pid: int) -> set[int]:
+    out: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out |= {int(c) for c in (task / "children").read_text().split()}
+        except OSError:
+            pass
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_sigkill_of_a_folder_run_leaves_no_worker_and_no_temporary(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(8):
+        write_volume(folder / f"v{i}.nii.gz", synthetic_head(shape=(48, 48, 40), seed=i))
+    out = tmp_path / "out"
+    args = ["denoise", str(folder), str(out), "--workers", "2", "--device", "cpu"]
+    code = f"import sys; sys.argv = ['brainae'] + {args!r}\nfrom brainae.cli import main\nmain()\n"
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
+    workers: set[int] = set()
+    deadline = time.monotonic() + 120
+    staged = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        workers |= _children(proc.pid)
+        staged = [p for p in out.glob(".*")] if out.is_dir() else []
+        if len(workers) >= 2 and staged:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None and len(workers) >= 2 and staged, "the run ended before it could be killed"
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.1)
+    assert not any(_alive(w) for w in workers), "workers outlived their killed parent"
+    assert [p.name for p in out.iterdir() if not p.name.startswith(".")] == []  # nothing published
+    # the next run removes what the killed one left and writes every output
+    res = run_cli_process(args, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in folder.iterdir())
+
+
+def test_damaged_atlas_gives_one_line(volume, tmp_path):
+    from brainae.atlas import Atlas, AtlasSettings
+
+    rng = np.random.default_rng(0)
+    vols = rng.uniform(0, 1, (2, 10, 10, 10)).astype(np.float32)
+    Atlas(vols, vols > 0.5, np.ones(2, np.float32), AtlasSettings(), {"source": "test"}, vols[0]).save(
+        tmp_path / "good.npz"
+    )
+    assert cli("info", tmp_path / "good.npz").exit_code == 0
+    good = dict(np.load(tmp_path / "good.npz"))
+    meta = json.loads(good["meta"].tobytes().decode())
+
+    def variant(name: str, **arrays) -> Path:
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, **{**good, **arrays})
+        return path
+
+    def with_meta(name: str, value) -> Path:
+        return variant(name, meta=np.frombuffer(json.dumps(value).encode(), np.uint8))
+
+    cases = [
+        with_meta("meta-list", [1, 2]),
+        with_meta("zero-levels", {**meta, "levels": 0}),
+        with_meta("text-setting", {**meta, "settings": {**meta["settings"], "radius": "6"}}),
+        with_meta("nan-top", {**meta, "top": float("nan")}),
+        variant("flat-volumes", volumes=good["volumes"].ravel()),
+        variant("flat-head", head_template=good["head_template"].ravel()),
+        variant("text-meta", meta=np.array(["abc"])),
+    ]
+    (tmp_path / "text.npz").write_text("not a zip")
+    cases.append(tmp_path / "text.npz")
+    mask = write_volume(tmp_path / "mask.nii.gz", (synthetic_head() > 90).astype(np.uint8))
+    before = digest(volume, mask, *cases)
+    for case in cases:
+        one_error_line(cli("info", case), case.name)
+        one_error_line(cli("inpaint", volume, mask, tmp_path / "o.nii.gz", "--model", case), case.name)
+    assert not (tmp_path / "o.nii.gz").exists()
+    assert digest(volume, mask, *cases) == before
+
+
+@pytest.mark.parametrize("kind", ["zero", "nan"])
+def test_a_zero_or_nan_affine_gives_one_line_everywhere(kind, tmp_path):
+    affine = np.zeros((4, 4)) if kind == "zero" else np.full((4, 4), np.nan)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    bad = _bad_affine_file(folder / "bad.nii.gz", affine)
+    mask = write_volume(tmp_path / "mask.nii.gz", (synthetic_head() > 90).astype(np.uint8))
+    before = digest(folder, mask)
+    for args in (
+        ("denoise", bad, tmp_path / "o.nii.gz"),
+        ("inpaint", bad, mask, tmp_path / "o.nii.gz", "--model", "biharmonic"),
+        ("inpaint", write_volume(tmp_path / "ok.nii.gz", synthetic_head()), bad, tmp_path / "o.nii.gz"),
+        ("anomaly", bad),
+        ("view", bad, "-o", tmp_path / "v.html"),
+    ):
+        one_error_line(cli(*args), "bad.nii.gz", "affine")
+    res = cli("inspect", folder, "--out", tmp_path / "inspect")  # a folder survey reports the file
+    assert res.exit_code == 0 and "Traceback" not in res.output
+    assert "affine" in res.output
+    assert not (tmp_path / "o.nii.gz").exists() and not (tmp_path / "v.html").exists()
+    assert digest(folder, mask) == before
+
+
+def test_error_lines_name_the_file_and_the_fix(volume, tmp_path):
+    for name, data in (
+        ("const", np.full((40, 40, 30), 7, np.int16)),
+        ("zero", np.zeros((40, 40, 30), np.int16)),
+    ):
+        scan = write_volume(tmp_path / f"{name}.nii.gz", data)
+        one_error_line(cli("anomaly", scan), scan.name)
+        one_error_line(cli("denoise", scan, tmp_path / "d.nii.gz"), scan.name, "give")
+    full = write_volume(tmp_path / "full.nii.gz", np.ones((40, 40, 30), np.uint8))
+    one_error_line(cli("inpaint", volume, full, tmp_path / "i.nii.gz"), "full.nii.gz", "mask")
+    one_error_line(cli("denoise", volume, tmp_path / "d.nii.gz", "--model", "atlas"), "atlas", "inpaint")
+    for name, data in (
+        ("no-brain", np.zeros((40, 40, 30), np.uint8)),
+        ("all-brain", np.ones((40, 40, 30), np.uint8)),
+    ):
+        brain = write_volume(tmp_path / f"{name}.nii.gz", data)
+        one_error_line(cli("anomaly", volume, "--brain-mask", brain), brain.name, "brain mask")
+    assert not list(tmp_path.glob("[di].nii.gz"))
+
+
+def test_info_checks_what_it_shows(tmp_path):
+    import resource
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from brainae.checkpoint import METADATA_KEY
+    from brainae.infer import DEFAULT_MODELS
+
+    with safe_open(str(DEFAULT_MODELS["denoise"]), framework="pt") as f:
+        meta = json.loads(f.metadata()[METADATA_KEY])
+        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+
+    def crafted(name: str, meta_: dict, state_: dict) -> Path:
+        path = tmp_path / f"{name}.safetensors"
+        save_file(state_, str(path), metadata={METADATA_KEY: json.dumps(meta_)})
+        return path
+
+    key = next(k for k, t in state.items() if t.is_floating_point())
+    nan = crafted("nan", meta, {**state, key: torch.full_like(state[key], float("nan"))})
+    one_error_line(cli("info", nan), "nan.safetensors", "NaN")
+    banana = crafted("banana", {**meta, "preprocessing": {**meta["preprocessing"], "task": "banana"}}, state)
+    one_error_line(cli("info", banana), "banana.safetensors", "banana")
+    huge = crafted(
+        "huge", {**meta, "arch_kwargs": {**meta["arch_kwargs"], "widths": [8192, 16384, 32768]}}, state
+    )
+    # info must not build the model the card describes (here hundreds of GB): under a 3 GB address-space
+    # limit, building it would fail with a traceback
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
+        f"sys.argv = ['brainae', 'info', {str(huge)!r}]\n"
+        "from brainae.cli import main\nmain()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert [ln for ln in res.stderr.splitlines() if ln.startswith("error:")][0].count("huge.safetensors") == 1
+    assert resource  # imported for the child's limit
+
+
+def test_fit_refuses_bad_settings_and_overlapping_splits(cohort, tmp_path):
+    out = tmp_path / "m.safetensors"
+    for lr in ("nan", "-1", "0", "inf"):
+        one_error_line(cli("fit", "denoise", cohort, "--out", out, "--lr", lr), "--lr")
+    ids = sorted(p.name.replace(".nii.gz", "") for p in cohort.glob("*.nii.gz"))
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ids[:5], "val": [ids[0], *ids[5:]]}))
+    one_error_line(cli("fit", "denoise", cohort, "--out", out, "--split", split), "split.json", ids[0])
+    split.write_text(json.dumps({"train": "abc", "val": ids[5:]}))
+    one_error_line(cli("fit", "denoise", cohort, "--out", out, "--split", split), "split.json")
+    assert not out.exists()
+
+
+def test_evaluate_refuses_a_volumetric_checkpoint(prepared, tmp_path):
+    from brainae.infer import DEFAULT_MODELS
+
+    res = cli(
+        "evaluate",
+        DEFAULT_MODELS["anomaly"],
+        "--data",
+        prepared,
+        "--out",
+        tmp_path / "ev",
+        "--baselines",
+        "none",
+    )
+    one_error_line(res, "brainae-anomaly.safetensors", "slice autoencoder")
+    assert not (tmp_path / "ev").exists()
+
+
+def test_a_second_run_never_silently_replaces_the_first(volume, tmp_path, monkeypatch):
+    import brainae.apply
+
+    ckpt = _checkpoint(tmp_path / "m.safetensors")
+    first = tmp_path / "first.nii.gz"
+    assert cli("denoise", volume, first, "--model", ckpt).exit_code == 0
+    out = tmp_path / "out.nii.gz"
+    real = brainae.apply.reconstruct
+
+    def meanwhile(*a, **k):  # another run writes the same output while this one works
+        out.write_bytes(first.read_bytes())
+        return real(*a, **k)
+
+    monkeypatch.setattr(brainae.apply, "reconstruct", meanwhile)
+    one_error_line(cli("denoise", volume, out, "--model", ckpt), str(out), "another run")
+    assert out.read_bytes() == first.read_bytes()
+    assert [p.name for p in tmp_path.glob(".*")] == []
+    # the same for every atomically written file (views, reports, checkpoints, atlases)
+    from brainae.io import atomic_path
+
+    page = tmp_path / "page.html"
+    with pytest.raises(BrainaeError, match="another run"):
+        with atomic_path(page) as tmp:
+            tmp.write_text("second")
+            page.write_text("first")
+    assert page.read_text() == "first"
+    from brainae.io import atomic_dir
+
+    folder = tmp_path / "ds"
+    with pytest.raises(BrainaeError, match="another run"):
+        with atomic_dir(folder) as tmp:
+            (tmp / "a").write_text("second")
+            folder.mkdir()
+            (folder / "a").write_text("first")
+    assert [p.read_text() for p in folder.iterdir()] == ["first"]
+    assert [p.name for p in tmp_path.glob(".*")] == []
+
+
+def test_os_errors_name_the_output_not_a_temporary(volume, tmp_path, monkeypatch):
+    ckpt = _checkpoint(tmp_path / "m.safetensors")
+    out = tmp_path / "out.nii.gz"
+    real_replace, real_link = os.replace, os.link
+
+    def refuse(src, dst, *a, **k):
+        raise PermissionError(13, "Permission denied", str(dst))
+
+    monkeypatch.setattr(os, "replace", refuse)
+    monkeypatch.setattr(os, "link", refuse)
+    line = one_error_line(cli("denoise", volume, out, "--model", ckpt), str(out), "Permission denied")
+    monkeypatch.setattr(os, "replace", real_replace)
+    monkeypatch.setattr(os, "link", real_link)
+    assert "tmp" not in line.replace(str(tmp_path), "")
+    assert not out.exists() and [p.name for p in tmp_path.glob(".*")] == []
+
+
+def test_temporary_names_are_anchored():
+    from brainae.io import is_temporary, temp_owner
+
+    assert temp_owner(".a.nii.gz.brainae-tmp-12-abcd_123.nii.gz") == "a.nii.gz"
+    assert temp_owner(".ds.brainae-old-7-zz00zz00") == "ds"
+    for name in (
+        ".a.nii.gz.tmp-12-staged.nii.gz",
+        ".ds.old-7",
+        "a.brainae-tmp-1-abcdabcd",
+        ".a.brainae-tmp-x-abcdabcd",
+    ):
+        assert not is_temporary(name), name

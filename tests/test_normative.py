@@ -161,7 +161,9 @@ def test_cli_default_is_the_normative_model_and_model_anomaly_keeps_the_autoenco
     from brainae.io import load_volume
 
     vol, brain, _ = held_out
-    src = write_volume(tmp_path / "stripped.nii.gz", np.where(brain, vol.data, 0.0).astype(np.float32), vol.affine)
+    src = write_volume(
+        tmp_path / "stripped.nii.gz", np.where(brain, vol.data, 0.0).astype(np.float32), vol.affine
+    )
     runner = CliRunner()
     out = {}
     for name, extra in (("normative", []), ("dae", ["--model", "anomaly"])):

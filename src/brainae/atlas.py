@@ -159,41 +159,165 @@ class Atlas:
             "levels": QUANT_LEVELS,
             "top": QUANT_TOP,
         }
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-        np.savez_compressed(
-            tmp,
-            volumes=quantised(self.volumes),
-            head_template=quantised(head),
-            brains=np.packbits(self.brains.astype(bool).ravel()),
-            brain_gain=self.brain_gain.astype(np.float32),
-            meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-        )
-        os.replace(tmp, path)
+        from brainae.io import atomic_path
+
+        with atomic_path(path) as tmp:  # a brainae temporary ending in .npz, so numpy adds no suffix
+            np.savez_compressed(
+                tmp,
+                volumes=quantised(self.volumes),
+                head_template=quantised(head),
+                brains=np.packbits(self.brains.astype(bool).ravel()),
+                brain_gain=self.brain_gain.astype(np.float32),
+                meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+            )
+
+
+def is_atlas(path: str | os.PathLike) -> bool:
+    """True for a ``.npz`` file with an atlas's arrays and description (what ``fit atlas --force`` may replace)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not {"meta", "volumes", "brains", "brain_gain"} <= set(z.files):
+                return False
+            meta = json.loads(z["meta"].tobytes().decode())
+    except Exception:  # not a zip, not numpy, damaged: not an atlas of ours
+        return False
+    return isinstance(meta, dict) and "shape" in meta and "settings" in meta
 
 
 def load_atlas(path: str | os.PathLike) -> Atlas:
-    """Read an atlas written by :meth:`Atlas.save` (one clear error when the file is not one)."""
+    """Read an atlas written by :meth:`Atlas.save` (one clear error when the file is not one, or is damaged).
+
+    Every part is checked before use: the arrays that must be there, their shapes against the recorded
+    ``shape`` (``n`` volumes of one 3-D grid), the quantisation (``levels``, ``top``), and each setting's type and
+    range, so that a damaged or hand-edited file gives one line instead of failing deep in the matching.
+    """
     path = Path(path)
     if not path.is_file():
         raise BrainaeError(f"{path}: no such atlas file; give one written by `brainae fit atlas`")
     try:
         with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(bytes(z["meta"]).decode())
-            shape = tuple(meta["shape"])
-            step = meta.get("top", QUANT_TOP) / meta.get("levels", 255)
-            volumes = z["volumes"].astype(np.float32) * step
-            head = z["head_template"].astype(np.float32) * step if "head_template" in z.files else None
-            brains = np.unpackbits(z["brains"])[: int(np.prod(shape))].reshape(shape).astype(bool)
-            gain = z["brain_gain"].astype(np.float32)
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-        raise BrainaeError(f"{path}: not an atlas written by `brainae fit atlas` ({exc})") from None
-    known = {f.name for f in fields(AtlasSettings)}
-    s = {k: tuple(v) if isinstance(v, list) else v for k, v in meta.get("settings", {}).items() if k in known}
-    s.setdefault("fusion", "softmax")  # atlases written before joint weights were calibrated with these
-    if s["fusion"] not in FUSIONS:
-        raise BrainaeError(f"{path}: unknown fusion {s['fusion']!r} (known: {', '.join(FUSIONS)})")
-    settings = AtlasSettings(**s)
-    return Atlas(volumes, brains, gain, settings, meta.get("provenance", {}), head)
+            return _atlas_from(z, path)
+    except BrainaeError:
+        raise
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        EOFError,
+        OverflowError,
+        MemoryError,
+        zipfile.BadZipFile,
+    ) as exc:
+        text = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+        raise BrainaeError(f"{path}: not an atlas written by `brainae fit atlas` ({text})") from None
+
+
+def _atlas_from(z, path: Path) -> Atlas:
+    def damaged(why: str) -> BrainaeError:
+        return BrainaeError(
+            f"{path}: a damaged atlas ({why}); rebuild it with `brainae fit atlas`, or use the shipped one "
+            "(--model atlas)"
+        )
+
+    missing = [k for k in ("meta", "volumes", "brains", "brain_gain") if k not in z.files]
+    if missing:
+        raise BrainaeError(
+            f"{path}: not an atlas written by `brainae fit atlas` (no {', '.join(missing)}); give one it wrote"
+        )
+    raw = z["meta"]
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise damaged("its description is not JSON text")
+    try:
+        meta = json.loads(raw.tobytes().decode())
+    except (UnicodeDecodeError, ValueError):
+        raise damaged("its description is not JSON text") from None
+    if not isinstance(meta, dict):
+        raise damaged("its description is not a JSON object")
+    shape = meta.get("shape")
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 4
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)
+        or math.prod(shape[1:]) < 8
+        or math.prod(shape) > 2**31
+    ):
+        raise damaged(f"shape {shape!r}: expected [volumes, X, Y, Z] of positive integers")
+    shape = tuple(shape)
+    levels, top = meta.get("levels", QUANT_LEVELS), meta.get("top", QUANT_TOP)
+    for name, value in (("levels", levels), ("top", top)):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            raise damaged(f"{name} {value!r}: expected a positive number")
+    step = float(top) / float(levels)
+    stored = z["volumes"]
+    if tuple(stored.shape) != shape or stored.dtype.kind not in "uif":
+        raise damaged(f"volumes of shape {tuple(stored.shape)} ({stored.dtype}), expected {shape}")
+    volumes = stored.astype(np.float32) * step
+    head = None
+    if "head_template" in z.files:
+        h = z["head_template"]
+        if tuple(h.shape) != shape[1:] or h.dtype.kind not in "uif":
+            raise damaged(f"head template of shape {tuple(h.shape)}, expected {shape[1:]}")
+        head = h.astype(np.float32) * step
+    packed = z["brains"]
+    count = int(np.prod(shape))
+    if packed.dtype != np.uint8 or packed.ndim != 1 or packed.size * 8 < count:
+        raise damaged(f"brain masks of {packed.size} bytes, expected {(count + 7) // 8}")
+    brains = np.unpackbits(packed)[:count].reshape(shape).astype(bool)
+    gain = z["brain_gain"]
+    if tuple(gain.shape) != shape[:1] or gain.dtype.kind not in "uif" or not np.isfinite(gain).all():
+        raise damaged(f"brain gains of shape {tuple(gain.shape)}, expected ({shape[0]},) finite numbers")
+    if not (np.isfinite(volumes).all() and (head is None or np.isfinite(head).all())):
+        raise damaged("NaN/Inf intensities")
+    provenance = meta.get("provenance", {})
+    if not isinstance(provenance, dict):
+        raise damaged("its provenance is not a JSON object")
+    settings = _atlas_settings(meta.get("settings", {}), damaged)
+    return Atlas(volumes, brains, gain.astype(np.float32), settings, provenance, head)
+
+
+def _atlas_settings(stored: object, damaged) -> AtlasSettings:
+    """:class:`AtlasSettings` from an atlas's stored settings, each checked against its field's type."""
+    if not isinstance(stored, dict):
+        raise damaged("its settings are not a JSON object")
+    defaults = AtlasSettings()
+    values: dict = {}
+    for f in fields(AtlasSettings):
+        if f.name not in stored:
+            continue
+        value, default = stored[f.name], getattr(defaults, f.name)
+        if isinstance(default, tuple):
+            ok = isinstance(value, list) and bool(value) and all(_number(v) for v in value)
+            value = tuple(float(v) for v in value) if ok else value
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+        elif isinstance(default, int):
+            ok = (
+                isinstance(value, int)
+                and not isinstance(value, bool)
+                and value >= (0 if f.name != "keep" else 1)
+            )
+        else:
+            ok = _number(value) and (math.isfinite(value) or f.name == "max_ring_rms") and value >= 0
+            value = float(value) if ok else value
+        if not ok:
+            raise damaged(f"setting {f.name} = {stored[f.name]!r}, expected a value like {default!r}")
+        values[f.name] = value
+    values.setdefault("fusion", "softmax")  # atlases written before joint weights were calibrated with these
+    if values["fusion"] not in FUSIONS:
+        raise damaged(f"unknown fusion {values['fusion']!r} (known: {', '.join(FUSIONS)})")
+    if values.get("anchor_step", 1) < 1 or values.get("per_pose", 1) < 1:
+        raise damaged("anchor_step and per_pose must be at least 1")
+    return AtlasSettings(**values)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
 
 
 # ------------------------------------------------------------------------------------------- registration
@@ -343,7 +467,10 @@ def _peak(x: np.ndarray, brain: np.ndarray | None = None) -> float:
     ref = x[brain] if brain is not None else x[x > 0.1 * np.percentile(x, 99.5)]
     peak = float(np.percentile(ref, 99.5)) if ref.size else 0.0
     if not math.isfinite(peak) or peak <= 0:
-        raise BrainaeError("the volume is constant (or its brain is at background level): nothing to fill")
+        raise BrainaeError(
+            "the volume is constant (or its brain is at background level), or the mask covers all of it: "
+            "nothing to fill from; give a T1 scan of a head and a mask of only the region to fill"
+        )
     return peak
 
 
@@ -642,6 +769,10 @@ def inpaint_with_atlas(volume, mask: np.ndarray, atlas: Atlas) -> np.ndarray:
     out = data.copy()
     if not mask.any():
         return out
+    if mask.all():
+        raise BrainaeError(
+            "the mask covers every voxel: nothing is left to fill from; mask only the region to fill"
+        )
     lo = background_value(np.where(mask, data.min(), data))
     known = np.where(mask, lo, data).astype(np.float32)
     smooth = fill_holes(known, mask, "biharmonic")

@@ -125,9 +125,18 @@ def _deepbet_model():
 
 
 def _deepbet_mask(data: np.ndarray) -> np.ndarray:
+    """deepbet's mask; an empty one where deepbet finds no brain (a constant or empty volume, where deepbet
+    itself fails on an empty list of components), as the threshold method gives."""
+    if not data.size or float(np.max(data)) <= float(np.min(data)):
+        return np.zeros(data.shape, dtype=bool)
     bet = _deepbet_model()
-    prob = bet.run_model(np.ascontiguousarray(data, dtype=np.float32).copy())
-    return np.asarray(bet.postprocess(prob > 0.5), dtype=bool)
+    try:
+        prob = bet.run_model(np.ascontiguousarray(data, dtype=np.float32).copy())
+        return np.asarray(bet.postprocess(prob > 0.5), dtype=bool)
+    except ValueError as exc:  # "argmax of an empty sequence": no connected component, i.e. no brain
+        if "empty" not in str(exc):
+            raise
+        return np.zeros(data.shape, dtype=bool)
 
 
 def threshold_mask(

@@ -110,6 +110,15 @@ def _check_fit(
     """Build the architecture and check that ``state`` fits it exactly; return the (untrained) model."""
     from brainae.models import build_model
 
+    _probe(state, arch, arch_kwargs, where)
+    return build_model(arch, **arch_kwargs)
+
+
+def _probe(state: dict[str, torch.Tensor], arch: str, arch_kwargs: dict[str, Any], where: str) -> nn.Module:
+    """The architecture built on the ``meta`` device (shapes only, nothing allocated), checked to fit
+    ``state`` exactly."""
+    from brainae.models import build_model
+
     _check_sizes(arch_kwargs, where)
     try:
         with torch.device("meta"):  # shapes only: nothing is allocated before the weights are known to fit
@@ -122,8 +131,24 @@ def _check_fit(
             "damaged or mislabelled"
         ) from None
     _compare(state, probe.state_dict(), arch, arch_kwargs, where)
-    model = build_model(arch, **arch_kwargs)
-    return model
+    return probe
+
+
+def verify_checkpoint(path: str | os.PathLike) -> tuple[Checkpoint, int]:
+    """(the checkpoint, its number of parameters) with every check :func:`load_checkpoint` makes (settings in
+    bounds, weights that fit the architecture exactly, no NaN/Inf weight), without building the model: what
+    ``brainae info`` shows, at no cost in memory whatever the card claims.
+
+    Raises:
+        BrainaeError: as :func:`load_checkpoint`.
+    """
+    ckpt = read_checkpoint(path)
+    name = Path(path).name
+    probe = _probe(ckpt.state_dict, ckpt.arch, ckpt.arch_kwargs, name)
+    check_finite_weights(ckpt.state_dict, name)
+    from brainae.models.registry import count_parameters
+
+    return ckpt, int(count_parameters(probe))
 
 
 MAX_SIZE_SETTING = 1 << 16  # channels, widths, sizes: far above any real model, far below an absurd one
@@ -276,18 +301,11 @@ def import_keras_checkpoint(
 def check_checkpoint_output(out: str | os.PathLike, inputs: list, force: bool) -> None:
     """Refuse ``--out`` for a checkpoint when it is (or lies in) an input, a folder, an existing file without
     ``--force``, or an existing file that is not a brainae checkpoint (``--force`` replaces only those)."""
-    from brainae.io import check_not_input
+    from brainae.io import check_output_file
 
-    out = Path(out)
-    check_not_input(out, inputs, "checkpoint")
-    if out.is_dir():
-        raise BrainaeError(f"{out}: is a folder; --out names the .safetensors file to write")
-    if out.exists() and not force:
-        raise BrainaeError(f"{out}: already exists; add --force to overwrite it or choose another --out")
-    if out.exists() and not is_checkpoint(out):
-        raise BrainaeError(
-            f"{out}: exists and is not a brainae checkpoint, so --force will not overwrite it; choose another --out"
-        )
+    check_output_file(
+        out, inputs, force=force, is_ours=is_checkpoint, what="a brainae checkpoint", option="--out"
+    )
 
 
 def is_checkpoint(path: str | os.PathLike) -> bool:
@@ -313,6 +331,8 @@ def read_checkpoint(path: str | os.PathLike, *, weights: bool = True) -> Checkpo
     from safetensors import safe_open
 
     path = Path(path)
+    if path.is_dir():
+        raise BrainaeError(f"{path}: is a folder; give the checkpoint file (.safetensors) written by brainae")
     if not path.is_file():
         raise BrainaeError(f"{path}: no such checkpoint file; give a .safetensors file written by brainae")
     try:

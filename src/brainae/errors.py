@@ -10,7 +10,14 @@ from __future__ import annotations
 
 
 class BrainaeError(Exception):
-    """A user-facing error: the message is shown as is, on one line."""
+    """A user-facing error: the message is shown as is, on one line.
+
+    Errors cross process boundaries intact (a ``--workers`` process raises, the main process reports): every
+    subclass pickles as its class and its message (plus what its ``__reduce__`` adds).
+    """
+
+    def __reduce__(self):  # noqa: ANN204 - pickle protocol
+        return (self.__class__, (str(self),))
 
 
 class BrainaeWarning(UserWarning):

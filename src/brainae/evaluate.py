@@ -409,13 +409,19 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def _load_models(paths: Sequence[str | os.PathLike], ds: Any, device: str) -> list[ModelSpec]:
-    from brainae.checkpoint import load_checkpoint
+    from brainae.checkpoint import load_checkpoint, read_checkpoint
 
     files = [resolve_checkpoint(p) for p in paths]
     names = model_names(files)
     size = int(ds.slices.shape[1])
     specs = []
     for name, path in zip(names, files, strict=True):
+        card = read_checkpoint(path, weights=False)
+        if card.volumetric:
+            raise BrainaeError(
+                f"{path}: a volumetric model for {card.preprocessing.task} (from brainae fit); evaluate scores "
+                "slice autoencoders (from brainae train or import-keras): give one of those"
+            )
         model, ckpt = load_checkpoint(path, device)
         check_preprocessing(ckpt.preprocessing, ds.settings.get("preprocessing"), where=path.name, size=size)
         in_ch = (ckpt.arch_kwargs or {}).get("in_channels", 1)
@@ -511,11 +517,9 @@ def _pool(workers: int) -> Iterator[Any]:
     if workers <= 1:
         yield None
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from brainae.workers import process_pool
 
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method)) as ex:
+    with process_pool(workers) as ex:  # workers die with this process; their errors come back intact
         yield ex
 
 

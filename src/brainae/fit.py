@@ -91,6 +91,27 @@ class FitConfig:
     widths: tuple[int, ...] | None = None
     max_seconds: float | None = None
 
+    def __post_init__(self) -> None:
+        """Refuse settings no training can run with (a NaN or negative learning rate, zero steps...)."""
+        for name, least in (("steps", 1), ("batch_size", 1), ("patch", 8), ("val_patches", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise BrainaeError(
+                    f"--{name.replace('_', '-')} {value!r}: must be a whole number of at least {least}"
+                )
+        if not _positive(self.lr):
+            raise BrainaeError(
+                f"--lr {self.lr!r}: the learning rate must be a positive finite number, e.g. 1e-3"
+            )
+        if self.max_seconds is not None and not _positive(self.max_seconds):
+            raise BrainaeError(
+                f"--max-seconds {self.max_seconds!r}: must be a positive finite number of seconds"
+            )
+        if self.widths is not None and (
+            len(self.widths) < 2 or any(isinstance(w, bool) or int(w) != w or w < 1 for w in self.widths)
+        ):
+            raise BrainaeError(f"--widths {self.widths!r}: give two or more positive integers, e.g. 16,32,64")
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -100,6 +121,12 @@ class FitConfig:
         if self.widths is not None:
             kwargs["widths"] = [int(w) for w in self.widths]
         return kwargs
+
+
+def _positive(value: object) -> bool:
+    return (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    )
 
 
 RECIPES: dict[str, FitConfig] = {
@@ -137,17 +164,34 @@ def load_split(split: str | os.PathLike | None, ids: list[str], seed: int = 0) -
         n_val = max(1, round(0.15 * len(ids)))
         return sorted(order[n_val:]), sorted(order[:n_val])
     path = SPLIT_FILE if str(split) == "ixi" else Path(split)
+    not_split = BrainaeError(f"{path}: not a split file; it needs 'train' and 'val' lists of volume ids")
     try:
         spec = json.loads(Path(path).read_text())
-        train, val = [str(i) for i in spec["train"]], [str(i) for i in spec["val"]]
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise BrainaeError(
             f"{path}: no such split file; give 'ixi' or a JSON file with train and val lists"
         ) from None
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, OSError):
+        raise not_split from None
+    if not isinstance(spec, dict) or not all(
+        isinstance(spec.get(k), list) and all(isinstance(i, str) for i in spec[k]) for k in ("train", "val")
+    ):
+        raise not_split
+    train, val = list(dict.fromkeys(spec["train"])), list(dict.fromkeys(spec["val"]))
+    both = sorted(set(train) & set(val))
+    if both:
         raise BrainaeError(
-            f"{path}: not a split file; it needs 'train' and 'val' lists of volume ids"
-        ) from None
+            f"{path}: {len(both)} volume(s) in both train and val (first: {both[0]}); a validation volume must "
+            "not be trained on: list each volume once"
+        )
+    from brainae.io import subject_id
+
+    subjects = sorted({subject_id(i) for i in train} & {subject_id(i) for i in val})
+    if subjects:
+        raise BrainaeError(
+            f"{path}: subject {subjects[0]} has volumes in both train and val ({len(subjects)} such subject(s)); "
+            "put all of a subject's volumes on one side"
+        )
     missing = sorted(set(train + val) - set(ids))
     if missing:
         raise BrainaeError(

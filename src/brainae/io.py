@@ -134,6 +134,9 @@ class VolumeError(BrainaeError):
         super().__init__(message)
         self.kind = kind
 
+    def __reduce__(self):  # noqa: ANN204 - pickle protocol: (kind, message), as __init__ takes them
+        return (self.__class__, (self.kind, str(self)))
+
 
 def _check_readable(path: Path) -> None:
     if not path.exists():
@@ -147,20 +150,105 @@ def _check_readable(path: Path) -> None:
         )
 
 
+@contextlib.contextmanager
+def _quiet_nibabel() -> Iterator[None]:
+    """Silence nibabel's log lines about header repairs ("data code 1234 not recognized") while a file is
+    opened: what is wrong reaches the user as brainae's one error line."""
+    import logging
+
+    logger = logging.getLogger("nibabel.global")
+    disabled = logger.disabled
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
+
+
 def _load_image(path: Path):
     import nibabel as nib
 
     _check_readable(path)
     try:
-        img = nib.load(str(path))
+        with _quiet_nibabel():
+            img = nib.load(str(path))
         shape = img.shape
     except Exception as exc:  # nibabel raises many types for broken files
+        first = (str(exc).splitlines() or [""])[0][:120]
         raise VolumeError(
             "unreadable",
-            f"{path}: cannot be read as NIfTI ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+            f"{path}: cannot be read as NIfTI ({type(exc).__name__}: {first}); "
             "re-export or re-download the file",
         ) from None
+    check_header(img, shape, path)
     return img, shape
+
+
+MAX_VOXELS = 2**31
+"""More voxels than this in one volume is a damaged header, not a brain scan (1024^3 is 2^30)."""
+
+
+def check_header(img, shape: tuple[int, ...], path: Path) -> None:
+    """Refuse a header that no command can use: a voxel-to-world affine that is not finite or is degenerate
+    (a zero voxel size, collapsed axes), an empty or implausibly large grid, or a voxel type that is not a
+    number. Every reader of volumes goes through here (via :func:`_load_image`).
+
+    Raises:
+        VolumeError: kind ``"unreadable"``.
+    """
+    fix = "fix the header (e.g. fslorient, or re-export the file from the scanner's DICOM with dcm2niix)"
+    try:
+        affine = np.asarray(img.affine, dtype=np.float64)
+    except Exception:  # nibabel fails in many ways on a damaged qform/sform
+        raise VolumeError(
+            "unreadable", f"{path}: the header's voxel-to-world affine cannot be read; {fix}"
+        ) from None
+    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        raise VolumeError(
+            "unreadable", f"{path}: the header's voxel-to-world affine is not finite (NaN/Inf); {fix}"
+        )
+    lin = affine[:3, :3]
+    sizes = np.sqrt((lin**2).sum(axis=0))
+    if not (sizes > 1e-6).all() or abs(float(np.linalg.det(lin))) < 1e-9 * float(np.prod(sizes)):
+        raise VolumeError(
+            "unreadable",
+            f"{path}: the header's voxel-to-world affine is degenerate (a zero voxel size or collapsed axes); {fix}",
+        )
+    dims = [int(d) for d in shape]
+    if any(d < 1 for d in dims) or float(np.prod([float(d) for d in dims])) > MAX_VOXELS:
+        raise VolumeError(
+            "unreadable",
+            f"{path}: the header gives an impossible grid {tuple(dims)}; re-export or re-download the file",
+        )
+    try:
+        dtype = np.dtype(img.get_data_dtype())
+    except Exception:
+        dtype = np.dtype("V1")
+    if dtype.kind not in "biuf":
+        raise VolumeError(
+            "unreadable",
+            f"{path}: voxels of type {dtype} are not intensities; convert the file to int16 or float32 "
+            "(e.g. fslmaths in out -odt float)",
+        )
+    _check_size(img, dims, dtype, path)
+
+
+def _check_size(img, dims: list[int], dtype: np.dtype, path: Path) -> None:
+    """Refuse a file that cannot hold the voxels its header promises, before memory is set aside for them
+    (gzip shrinks a volume at most about 1000-fold)."""
+    try:
+        size = path.stat().st_size
+        offset = float(img.header["vox_offset"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return
+    need = float(np.prod([float(d) for d in dims])) * dtype.itemsize
+    packed = str(path).lower().endswith(".gz")
+    if (packed and need > 1100.0 * size + 1e6) or (not packed and need + offset > size):
+        raise VolumeError(
+            "unreadable",
+            f"{path}: truncated: the header promises {need / 1e6:.1f} MB of voxels and the file holds "
+            f"{size / 1e6:.1f} MB; re-download or re-export the file",
+        )
 
 
 def read_header(path: str | os.PathLike) -> HeaderFacts:
@@ -281,6 +369,35 @@ def save_like(
     return path
 
 
+def stage_like(
+    path: str | os.PathLike, data_ras: np.ndarray, like: Volume, *, dtype: str | None = None
+) -> Path:
+    """Write what :func:`save_like` would write to ``path`` into a brainae temporary beside it, and return the
+    temporary: the caller renames it into place with :func:`publish` once every output of its command is
+    ready (or removes it). Temporaries of ``path`` left by a killed run are swept first; an operating-system
+    error names ``path``, not the temporary.
+    """
+    import nibabel as nib
+
+    out = image_like(data_ras, like, dtype=dtype)
+    mark_as_brainae(out)
+    path = Path(path)
+    tmp = None
+    try:
+        remove_stale_temporaries(path)
+        tmp = temp_file(path)
+        nib.save(out, str(tmp))
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+        err = write_error(path, exc)
+        if err is not None:
+            raise err from None
+        raise
+    return tmp
+
+
 BRAINAE_MARK = b"brainae"
 """Start of the NIfTI header's ``descrip`` field in every volume a brainae command writes (see
 :func:`written_by_brainae`: ``--force`` replaces only such files)."""
@@ -370,14 +487,52 @@ def nifti_gz_bytes(
 
 # ------------------------------------------------------------------------------------ atomic outputs
 #
-# Temporary names carry the writer's process id (``.NAME.tmp-PID-xxxx``), so that the next writer of the
-# same output can tell a temporary left by a killed run (its process is gone) from one being written now.
+# Every temporary brainae writes beside an output ``NAME`` is ``.NAME.brainae-tmp-PID-XXXXXXXX[SUFFIX]`` (a file
+# or a folder) or ``.NAME.brainae-old-PID-XXXXXXXX`` (an output moved aside while its replacement goes in):
+# PID is the writer's process id, so that the next writer of the same output can tell a temporary left by a
+# killed run (its process is gone) from one being written now; XXXXXXXX is random, so that two writers never
+# share a name. Only entries whose whole name matches that pattern are ever swept.
 
-_TMP_TAG = ".tmp-"
+_TMP_TAG = ".brainae-tmp-"
+_OLD_TAG = ".brainae-old-"
+_RAND = r"[a-z0-9_]{8}"
+_TEMP_NAME = re.compile(
+    r"^\.(?P<name>.+)\.brainae-(?:tmp|old)-(?P<pid>\d+)-" + _RAND + r"(?P<suffix>(?:\.[A-Za-z0-9]+)*)$"
+)
 
 
-def _tmp_prefix(path: Path) -> str:
-    return f".{path.name}{_TMP_TAG}{os.getpid()}-"
+def _tmp_prefix(path: Path, tag: str = _TMP_TAG) -> str:
+    return f".{path.name}{tag}{os.getpid()}-"
+
+
+def temp_owner(name: str) -> str | None:
+    """The output name that the temporary file or folder named ``name`` stands for, or None when ``name`` is
+    not one of brainae's temporaries (``.NAME.brainae-tmp-PID-XXXXXXXX[SUFFIX]``).
+
+    Example:
+        >>> temp_owner(".out.nii.gz.brainae-tmp-123-ab12cd34.nii.gz")
+        'out.nii.gz'
+        >>> temp_owner(".out.nii.gz.tmp-mine") is None
+        True
+    """
+    m = _TEMP_NAME.match(name)
+    return m.group("name") if m else None
+
+
+def is_temporary(name: str) -> bool:
+    """True when ``name`` is a brainae temporary (see :func:`temp_owner`)."""
+    return temp_owner(name) is not None
+
+
+def temp_file(path: str | os.PathLike) -> Path:
+    """Create (empty) and return a brainae temporary file beside ``path``: ``.NAME.brainae-tmp-PID-XXXXXXXX``
+    with ``path``'s suffixes (writers that look at the extension still work). The caller renames it into place
+    (:func:`publish`) or removes it; a killed caller's temporary is swept by the next writer of ``path``."""
+    path = Path(path)
+    suffix = "".join(s for s in path.suffixes if re.fullmatch(r"\.[A-Za-z0-9]+", s)) or ".tmp"
+    fd, name = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=suffix, dir=path.parent)
+    os.close(fd)
+    return Path(name)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -387,26 +542,27 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # alive, owned by someone else
+    except (PermissionError, OverflowError):  # alive, owned by someone else (or no such pid at all)
         return True
     return True
 
 
 def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
-    """Remove ``.NAME.tmp-PID-*`` / ``.NAME.old-PID`` siblings of ``path`` whose writing process is gone."""
+    """Remove the temporaries of ``path`` (``.NAME.brainae-tmp-PID-XXXXXXXX[SUFFIX]``, ``.NAME.brainae-old-...``)
+    whose writing process is gone. Nothing else is touched: the whole name must match brainae's pattern for
+    exactly this ``NAME``."""
     path = Path(path)
     removed: list[Path] = []
     parent = path.parent
     if not parent.is_dir():
         return removed
-    pattern = re.compile(re.escape(f".{path.name}") + r"(?:\.tmp-|\.old-)(\d+)")
     try:
         entries = list(parent.iterdir())
     except OSError:
         return removed
     for entry in entries:
-        m = pattern.match(entry.name)
-        if not m or _pid_alive(int(m.group(1))):
+        m = _TEMP_NAME.match(entry.name)
+        if not m or m.group("name") != path.name or _pid_alive(int(m.group("pid"))):
             continue
         with contextlib.suppress(OSError):
             if entry.is_dir() and not entry.is_symlink():
@@ -415,6 +571,44 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
                 entry.unlink()
             removed.append(entry)
     return removed
+
+
+def publish(tmp: str | os.PathLike, path: str | os.PathLike, *, replace: bool) -> None:
+    """Rename the finished temporary file ``tmp`` to ``path``.
+
+    ``replace=False`` never replaces a file: when ``path`` appeared meanwhile (another run writing the same
+    output), ``tmp`` is removed and a :class:`BrainaeError` says so; ``replace=True`` replaces ``path``
+    atomically (the caller has checked that it may).
+    """
+    import errno
+
+    tmp, path = Path(tmp), Path(path)
+    if replace:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # atomic and exclusive: fails when path exists
+    except FileExistsError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise BrainaeError(
+            f"{path}: was created by another run while this one worked; nothing was written: add --force "
+            "to replace it, or choose another output"
+        ) from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
+            raise
+        if path.exists() or path.is_symlink():  # a file system without hard links: check, then rename
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise BrainaeError(
+                f"{path}: was created by another run while this one worked; nothing was written: add --force "
+                "to replace it, or choose another output"
+            ) from None
+        os.replace(tmp, path)
+        return
+    with contextlib.suppress(OSError):
+        tmp.unlink()
 
 
 def _os_error_in(exc: BaseException) -> OSError | None:
@@ -442,7 +636,7 @@ def write_error(path: Path, exc: BaseException) -> BrainaeError | None:
         return None
     import errno
 
-    where = Path(err.filename) if getattr(err, "filename", None) else path
+    where = _owner_path(Path(err.filename) if getattr(err, "filename", None) else path)  # the user's name
     reason = err.strerror or str(err) or type(exc).__name__
     code = getattr(err, "errno", None)
     if code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) or "too large" in reason or "No space" in reason:
@@ -456,32 +650,47 @@ def write_error(path: Path, exc: BaseException) -> BrainaeError | None:
     return BrainaeError(f"{where}: cannot write ({reason}); {fix}; nothing was written")
 
 
+def _owner_path(path: Path) -> Path:
+    """``path`` with every brainae temporary in it named as the output it stands for (e.g. a file inside a
+    temporary folder is named inside the output folder): error messages name the user's paths."""
+    parts = []
+    for part in path.parts:
+        while (owner := temp_owner(part)) is not None:
+            part = owner
+        parts.append(part)
+    return Path(*parts) if parts else path
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, replace: bool | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed to ``path``, on error removed.
 
-    The temporary name keeps ``path``'s suffixes so that writers that look at the extension still work.
-    Temporaries left by a killed earlier writer of ``path`` are removed first. An operating-system error
-    (permission, full disk, file too large, read-only) becomes one :class:`BrainaeError` naming the path.
+    The temporary (``.NAME.brainae-tmp-PID-XXXXXXXX`` + ``path``'s suffixes, so that writers that look at the
+    extension still work) is brainae's own pattern; temporaries left by a killed earlier writer of ``path``
+    are removed first. ``replace``: whether an existing ``path`` may be replaced; by default, only when it
+    existed already when writing began (the caller checked it), so a file that another run created meanwhile
+    is never replaced silently (:func:`publish`). An operating-system error (permission, full disk, file too
+    large, read-only) becomes one :class:`BrainaeError` naming ``path``, never the temporary.
     """
     path = Path(path)
+    if replace is None:
+        replace = path.exists() or path.is_symlink()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path)
-        suffix = "".join(path.suffixes) or ".tmp"
-        fd, tmp_name = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=suffix, dir=path.parent)
-        os.close(fd)
+        tmp = temp_file(path)
     except OSError as exc:
         raise write_error(path, exc) from None  # type: ignore[misc]
-    tmp = Path(tmp_name)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
+        publish(tmp, path, replace=replace)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         err = write_error(path, exc)
+        if err is None and isinstance(exc, BrainaeError) and str(tmp) in str(exc):
+            err = BrainaeError(str(exc).replace(str(tmp), str(path)))  # name the output, not the temporary
         if err is not None:
             raise err from None
         raise
@@ -500,9 +709,12 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     An existing ``path`` is moved aside first and removed only once the new folder is in place, so a
     failure leaves either the old folder or nothing, never a half-written one. Temporary folders left by a
     killed earlier writer are removed first; operating-system errors become one :class:`BrainaeError`.
-    Callers decide beforehand whether an existing ``path`` may be replaced (:func:`check_output`).
+    Callers decide beforehand whether an existing ``path`` may be replaced (:func:`check_output`); a ``path``
+    that did not exist then and was created meanwhile (another run writing the same output) is never replaced:
+    the temporary is removed and a :class:`BrainaeError` says so.
     """
     path = Path(path)
+    existed = path.exists() or path.is_symlink()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path)
@@ -513,9 +725,14 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
         old = None
+        if not existed and (path.is_symlink() or (path.exists() and not _empty_dir(path))):
+            raise BrainaeError(
+                f"{path}: was created by another run while this one worked; nothing was written: add --force "
+                "to replace it, or choose another output"
+            )
         if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
+            old = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path, _OLD_TAG), dir=path.parent))
+            os.replace(path, old)  # an existing (empty) folder is replaced by rename
         os.replace(tmp, path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
@@ -527,6 +744,13 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         if err is not None:
             raise err from None
         raise
+
+
+def _empty_dir(path: Path) -> bool:
+    try:
+        return path.is_dir() and not any(path.iterdir())
+    except OSError:
+        return False
 
 
 # ------------------------------------------------------------------------------ what --force may replace
@@ -566,10 +790,16 @@ def read_marker(folder: str | os.PathLike) -> dict | None:
 
 
 def relation(out: str | os.PathLike, inp: str | os.PathLike) -> str | None:
-    """How ``out`` relates to the input ``inp``: "is", "contains", "lies inside" or None."""
+    """How ``out`` relates to the input ``inp``: "is", "contains", "lies inside" or None.
+
+    Links are followed: a symbolic or hard link to an input "is" that input.
+    """
     a, b = Path(out).resolve(), Path(inp).resolve()
     if a == b:
         return "is"
+    with contextlib.suppress(OSError):
+        if a.exists() and b.exists() and os.path.samefile(a, b):
+            return "is"
     if b in a.parents:
         return "lies inside"
     if a in b.parents:
@@ -587,7 +817,8 @@ def check_same_grid(other: Volume, volume: Volume, what: str = "mask") -> None:
 
 
 def check_not_input(out: str | os.PathLike, inputs: list, what: str = "output") -> None:
-    """Refuse an output path that is, contains or lies inside one of ``inputs``."""
+    """Refuse an output path that is, contains or lies inside one of ``inputs`` (files or folders: scans,
+    masks, brain masks, models, data folders). The one check every command's outputs go through."""
     for inp in inputs:
         if inp is None:
             continue
@@ -604,6 +835,52 @@ def check_not_input(out: str | os.PathLike, inputs: list, what: str = "output") 
         )
 
 
+def check_distinct(outputs: list) -> None:
+    """Refuse two outputs of one command that are the same file (e.g. ``-o X --calibrated X``)."""
+    seen: dict[Path, Path] = {}
+    for out in outputs:
+        if out is None:
+            continue
+        key = Path(out).resolve()
+        if key in seen:
+            raise BrainaeError(
+                f"{out}: named for two different outputs of this command; give each output its own file"
+            )
+        seen[key] = Path(out)
+
+
+def check_output_file(
+    out: str | os.PathLike,
+    inputs: list,
+    *,
+    force: bool,
+    is_ours: Callable[[Path], bool],
+    what: str,
+    option: str = "output",
+) -> Path:
+    """Decide whether the output file ``out`` may be written (call before any work).
+
+    Refused: ``out`` is, contains or lies inside an input (:func:`check_not_input`); ``out`` is a folder;
+    ``out`` exists without ``force``; with ``force``, ``out`` is not ``what`` (``is_ours`` says whether
+    brainae wrote it: ``--force`` replaces only brainae's own files).
+    """
+    out = Path(out)
+    check_not_input(out, inputs, "output")
+    if out.is_dir():
+        raise BrainaeError(f"{out}: is a folder; {option} names the file to write")
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise BrainaeError(
+                f"{out}: already exists; add --force to replace it, or choose another {option}"
+            )
+        if not is_ours(out):
+            raise BrainaeError(
+                f"{out}: exists and is not {what}, so --force will not replace it; choose another {option}, "
+                "or move the file away yourself"
+            )
+    return out
+
+
 def foreign_files(folder: Path, marker: dict) -> list[Path]:
     """Files in ``folder`` that its manifest does not list (sub-folders with their own marker excepted)."""
     listed = set(marker.get("files", []))
@@ -613,14 +890,14 @@ def foreign_files(folder: Path, marker: dict) -> list[Path]:
         keep = []
         for d in dirs:
             sub = rootp / d
-            if read_marker(sub) is not None or _TMP_TAG in d or ".old-" in d:
+            if read_marker(sub) is not None or is_temporary(d):
                 continue  # another brainae output (e.g. EVAL/stats), or a temporary
             keep.append(d)
         dirs[:] = keep
         for name in files:
             p = rootp / name
             rel = str(p.relative_to(folder))
-            if name == MARKER or rel in listed or _TMP_TAG in name:
+            if name == MARKER or rel in listed or is_temporary(name):
                 continue
             found.append(p)
     return sorted(found)

@@ -150,16 +150,14 @@ class NormativeModel:
             "provenance": self.provenance,
             "quantiles": [float(q) for q in self.quantiles],
         }
-        tmp = path.with_name(f".{path.name}.brainae-tmp-{os.getpid()}.npz")
-        try:
+        from brainae.io import atomic_path
+
+        with atomic_path(path) as tmp:  # a brainae temporary ending in .npz, so numpy adds no suffix
             np.savez_compressed(
                 tmp,
                 **{k: np.asarray(getattr(self, k), np.float16) for k in self.MAPS},
                 meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
             )
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
 
 
 def load_normative(path: str | os.PathLike) -> NormativeModel:
@@ -689,7 +687,7 @@ def fit_normative(
 ):
     """Build and calibrate a normative model from a folder of healthy T1 volumes: the ``train`` volumes make
     the template and maps (:func:`build_normative`), the ``val`` volumes calibrate the score
-    (:func:`calibrate_normative`). Returns the model."""
+    (:func:`calibrate_normative`). Returns ``(model, summary)``."""
     from brainae.fit import load_split, load_training_volumes
     from brainae.io import list_niftis, volume_id
 
@@ -710,5 +708,11 @@ def fit_normative(
     }
     model = build_normative(scans, rounds=rounds, provenance=provenance, log=progress)
     va = load_training_volumes([ids[i] for i in val], mask_method=mask_method, masks=masks, progress=progress)
-    calibrate_normative(model, [(v.data, v.zooms, v.brain, v.id) for v in va], log=progress)
-    return model
+    cal = calibrate_normative(model, [(v.data, v.zooms, v.brain, v.id) for v in va], log=progress)
+    summary = {
+        "volumes": len(train),
+        "calibration_scans": cal["n"],
+        "score_mean": cal["mean"],
+        "score_std": cal["std"],
+    }
+    return model, summary

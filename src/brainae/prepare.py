@@ -540,12 +540,6 @@ def write_slices(
     return pd.concat(index_parts, ignore_index=True), montage_inputs
 
 
-def _worker_init() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # the pool gives the parallelism; one thread per process avoids oversubscription
-
-
 def _run_quiet(func: Callable, args: tuple):
     """``func(*args)`` in a worker, with the warnings it raised (re-emitted in order by the parent)."""
     with warnings.catch_warnings(record=True) as caught:
@@ -562,12 +556,10 @@ def _map(func: Callable, jobs: list[tuple], workers: int) -> Iterator[Any]:
     if workers <= 1 or len(jobs) <= 1:
         yield from (func(*job) for job in jobs)
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from brainae.workers import process_pool
 
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    ctx = multiprocessing.get_context(method)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as ex:
+    # one torch thread per process: the pool gives the parallelism, more threads would oversubscribe
+    with process_pool(workers, threads=1) as ex:
         pending: deque = deque()
         todo = iter(jobs)
         for job in itertools.islice(todo, 2 * workers):  # a bounded window: memory does not grow with N

@@ -28,6 +28,7 @@ The per-slice ``lo``/``hi`` are returned so that results can be put back on the 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -37,6 +38,10 @@ from brainae.errors import BrainaeError
 PROFILES = ("sagittal", "coronal", "axial")
 PROFILE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
 SCALINGS = ("slice-minmax", "volume-minmax", "volume-percentile")
+
+
+MAX_SIZE = 1024
+"""The largest model grid (pixels per side): far above any brain slice model, far below an absurd card."""
 
 
 @dataclass(frozen=True)
@@ -60,8 +65,13 @@ class Preprocessing:
             raise BrainaeError(f"unknown scaling {self.scaling!r}; choose one of {', '.join(SCALINGS)}")
         if int(self.size) < 8 or int(self.size) % 8:
             raise BrainaeError(f"--size {self.size}: must be a multiple of 8 (the models downsample 3 times)")
-        if self.fov_mm is not None and not self.fov_mm > 0:
-            raise BrainaeError(f"fov_mm {self.fov_mm}: must be positive")
+        if int(self.size) > MAX_SIZE:
+            raise BrainaeError(f"--size {self.size}: at most {MAX_SIZE} pixels (a slice of a brain scan)")
+        if self.fov_mm is not None and not (math.isfinite(self.fov_mm) and self.fov_mm > 0):
+            raise BrainaeError(f"fov_mm {self.fov_mm}: must be a positive number of millimetres")
+        lo, hi = (float(p) for p in self.percentiles)
+        if not (0 <= lo < hi <= 100):
+            raise BrainaeError(f"percentiles {self.percentiles}: give two numbers 0 <= low < high <= 100")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -134,9 +144,15 @@ class VolumetricPreprocessing:
 
     @classmethod
     def from_dict(cls, d: dict) -> VolumetricPreprocessing:
-        grid = d.get("grid_mm")
+        from brainae.tasks import TASKS
+
+        task, grid = str(d["task"]), d.get("grid_mm")
+        if task not in TASKS:
+            raise BrainaeError(f"unknown task {task!r} in the card (known: {', '.join(TASKS)})")
+        if grid is not None and not (math.isfinite(float(grid)) and float(grid) > 0):
+            raise BrainaeError(f"working grid {grid!r} mm in the card is not a positive number")
         return cls(
-            task=str(d["task"]),
+            task=task,
             grid_mm=None if grid is None else float(grid),
             voxel_mm=tuple(float(v) for v in d.get("voxel_mm", (1.0, 2.0))),
             reference=str(d.get("reference", "median")),
@@ -231,6 +247,13 @@ def _grid(n_out: tuple[int, int], scale: tuple[float, float]):
     return torch.stack([gx, gy], dim=-1).float()[None]
 
 
+def _contiguous(a: np.ndarray) -> np.ndarray:
+    """``a`` as a C-contiguous float32 array that torch can take: numpy keeps the negative strides of size-1
+    axes of a flipped view (it calls them contiguous), torch refuses them."""
+    arr = np.ascontiguousarray(a, dtype=np.float32)
+    return arr.copy() if any(st < 0 for st in arr.strides) else arr
+
+
 def resample_slices(
     stack: np.ndarray, spacing: tuple[float, float], size: int, fov_mm: float | None = None
 ) -> np.ndarray:
@@ -247,7 +270,7 @@ def resample_slices(
     fov = _fov((h, w), spacing, fov_mm)
     pix = fov / size
     grid = _grid((size, size), (pix / (h * spacing[0]), pix / (w * spacing[1])))
-    x = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
+    x = torch.from_numpy(_contiguous(stack))[:, None]
     # 'border' clamps at the edges like a plain resize; beyond the slice's extent the value is 0.
     out = F.grid_sample(
         x, grid.expand(n, -1, -1, -1), mode="bilinear", padding_mode="border", align_corners=False
@@ -274,7 +297,7 @@ def unresample_slices(
     h, w = shape
     fov = _fov((h, w), spacing, fov_mm)
     grid = _grid((h, w), (spacing[0] / fov, spacing[1] / fov))
-    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
+    x = torch.from_numpy(_contiguous(images))[:, None]
     out = F.grid_sample(
         x, grid.expand(n, -1, -1, -1), mode="bilinear", padding_mode="border", align_corners=False
     )

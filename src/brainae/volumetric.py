@@ -111,7 +111,10 @@ def fit_intensity(
     else:
         raise BrainaeError(f"unknown intensity reference {reference!r}; use p99.5 or median")
     if not math.isfinite(hi) or hi <= lo:
-        raise BrainaeError("the volume is constant (or its brain is at background level): nothing to process")
+        raise BrainaeError(
+            "the volume is constant (or its brain is at background level): nothing to process; give a T1 scan "
+            "of a head, not an empty volume or a mask"
+        )
     return Intensity(lo, hi)
 
 

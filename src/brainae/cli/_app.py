@@ -194,10 +194,36 @@ def _os_failure(exc: BaseException) -> str | None:
     return text
 
 
+UNEXPECTED = "unexpected failure"
+"""How the one line for an error brainae did not foresee (a bug) starts; tests assert it never appears."""
+
+
+def _unexpected(exc: BaseException, command_name: str) -> str:
+    """The one line for an exception brainae did not foresee: what it was, that outputs are written only
+    whole (so nothing partial is left), and how to get the traceback for a report."""
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    return (
+        f"{UNEXPECTED} in brainae {command_name} ({type(exc).__name__}: {first}); no partial output was left: "
+        "please report it with the command line (BRAINAE_DEBUG=1 shows the traceback)"
+    )
+
+
+def _check_numbers(values: dict[str, Any]) -> None:
+    """One error line for a number option given as NaN or infinity (click's ranges let NaN through: every
+    comparison with it is false)."""
+    import math
+
+    for name, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            fail(f"--{name.replace('_', '-')} {value}: give a finite number")
+
+
 def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
     """Register a typer command whose library errors become one ``error:`` line and exit code 1."""
 
     def decorate(func: F) -> F:
+        name = str(args[0]) if args else func.__name__
+
         @functools.wraps(func)
         def wrapper(*a: Any, **kw: Any) -> Any:
             from brainae.errors import BrainaeError, BrainaeWarning
@@ -205,6 +231,7 @@ def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
             old = warnings.showwarning
             warnings.showwarning = _show_warning
             try:
+                _check_numbers(kw)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", DeprecationWarning)
                     warnings.simplefilter("ignore", FutureWarning)
@@ -220,7 +247,9 @@ def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
             except Exception as exc:  # an OS error (permission, full disk) is one line, not a traceback
                 text = _os_failure(exc)
                 if text is None:
-                    raise
+                    if os.environ.get("BRAINAE_DEBUG"):
+                        raise
+                    text = _unexpected(exc, name)
                 fail(text.replace("\n", " "))
             finally:
                 warnings.showwarning = old

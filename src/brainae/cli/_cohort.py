@@ -253,7 +253,11 @@ def card_summary(loaded: Any, name: str | None) -> dict[str, Any]:
             "Name": name or "normative",
             "Task": "anomaly",
             "Kind": "normative model of healthy anatomy (registered template and per-voxel statistics)",
-            "Source": {"train": len(prov.get("train", [])), "val": len(prov.get("val", [])), "data": prov.get("source")},
+            "Source": {
+                "train": len(prov.get("train", [])),
+                "val": len(prov.get("val", [])),
+                "data": prov.get("source"),
+            },
         }
     summary: dict[str, Any] = {"Name": getattr(loaded, "name", None) or name or "?"}
     task = getattr(loaded, "task", None)

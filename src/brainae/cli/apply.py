@@ -12,6 +12,7 @@ overwritten without ``--force`` and inputs are never written.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -120,6 +121,11 @@ def _job_model(model: str | None, task: str, device: str):
                 f"{path.name}: a normative model makes anomaly maps; use `brainae anomaly`, or give a {task} model"
             )
         return "normative", load_normative(path)
+    if path.suffix.lower() == ".npz":
+        raise BrainaeError(
+            f"{model or path}: an inpainting atlas, which only `brainae inpaint` uses; {task} needs a model for "
+            f"{task}: leave --model out (brainae's {task} model) or give a checkpoint from `brainae fit {task}`"
+        )
     if path.suffix.lower() in (".h5", ".hdf5", ".keras"):
         return "slice", _load_model(path, device)
     from brainae.checkpoint import read_checkpoint
@@ -129,28 +135,27 @@ def _job_model(model: str | None, task: str, device: str):
     return "slice", _load_model(path, device)
 
 
-def _check_output(out: Path, inputs: list[Path], force: bool) -> None:
+def _check_output(out: Path, inputs: list, force: bool) -> None:
+    """Refuse an output NIfTI before any work: not a NIfTI name, an input (scan, mask, brain mask, model,
+    data folder: :func:`brainae.io.check_output_file`), or an existing file that brainae did not write."""
     from brainae.errors import BrainaeError
-    from brainae.io import is_nifti, written_by_brainae
+    from brainae.io import check_output_file, is_nifti, written_by_brainae
 
     if not is_nifti(out):
         raise BrainaeError(f"{out}: outputs are NIfTI files; end the name with .nii.gz or .nii")
-    for src in inputs:
-        if src.exists() and out.exists() and out.resolve() == src.resolve():
-            raise BrainaeError(
-                f"{out}: is an input file; inputs are never overwritten, choose another output"
-            )
-    if out.exists() and not force:
-        raise BrainaeError(f"{out}: already exists; add --force to overwrite it or choose another output")
-    if out.exists() and not written_by_brainae(out):
-        raise BrainaeError(
-            f"{out}: exists and was not written by brainae (no brainae mark in its header); --force replaces "
-            "only brainae's own outputs: choose another output, or move the file away yourself"
-        )
+    check_output_file(
+        out,
+        inputs,
+        force=force,
+        is_ours=written_by_brainae,
+        what="written by brainae (its header has no brainae mark)",
+        option="output",
+    )
 
 
-def _pairs(inp: Path, out: Path, force: bool) -> list[tuple[Path, Path]]:
-    """(input, output) files for a file or a folder of files; every output checked before any work."""
+def _pairs(inp: Path, out: Path, force: bool, inputs: list | None = None) -> list[tuple[Path, Path]]:
+    """(input, output) files for a file or a folder of files; every output checked before any work against
+    every input of the command (``inputs``: masks, brain masks, the model; IN and its files are added)."""
     from brainae.errors import BrainaeError
     from brainae.io import list_niftis
 
@@ -164,49 +169,70 @@ def _pairs(inp: Path, out: Path, force: bool) -> list[tuple[Path, Path]]:
             raise BrainaeError(f"{inp}: no such file or folder; check the path")
         target = out / inp.name if out.is_dir() else out
         pairs = [(inp, target)]
-    for src, dst in pairs:
-        _check_output(dst, [src], force)
+    for src, dst in pairs:  # IN covers its files (an output lying inside it); src: a link to it
+        _check_output(dst, [inp, src, *(inputs or [])], force)
     return pairs
 
 
-class _Outputs:
-    """All outputs of one command, or none: each is written beside its destination under a temporary name,
-    checked for NaN/Inf, and all are renamed into place only once every input has been processed."""
+def _model_input(model: str | None, task: str) -> Path | None:
+    """The file behind ``--model`` (a shipped model by name or a path), as one of the command's inputs."""
+    from brainae.cli.volumetric import resolve_model_name
+    from brainae.errors import BrainaeError
 
-    def __init__(self) -> None:
+    if model == "biharmonic":
+        return None
+    try:
+        return resolve_model_name(model if model is not None else "normative" if task == "anomaly" else task)
+    except BrainaeError:
+        return None  # reported when the model is loaded
+
+
+class _Outputs:
+    """All outputs of one command, or none: each is written beside its destination under a brainae temporary
+    name (:func:`brainae.io.stage_like`), checked for NaN/Inf, and all are renamed into place only once every
+    input has been processed (:func:`brainae.io.publish`: without ``force`` an output that another run created
+    meanwhile is never replaced)."""
+
+    def __init__(self, force: bool = False) -> None:
+        self.force = force
         self.staged: list[tuple[Path, Path]] = []
         self.created: list[Path] = []
 
     def save(self, dst: Path, data, like) -> None:
-        import os
-
         import numpy as np
 
         from brainae.errors import BrainaeError
-        from brainae.io import save_like
+        from brainae.io import stage_like, write_error
 
         if not np.isfinite(data).all():
             raise BrainaeError(
                 f"{like.path}: the model produced {int((~np.isfinite(data)).sum())} NaN/Inf voxels; nothing was "
                 "written: check the checkpoint (a diverged training) or the input's intensities"
             )
+        if any(d == dst for _, d in self.staged):
+            raise BrainaeError(f"{dst}: named for two outputs of this command; give each output its own file")
         if not dst.parent.exists():
             missing = [q for q in [dst.parent, *dst.parent.parents] if not q.exists()]
             self.created.extend(missing)
-        suffix = ".nii.gz" if dst.name.lower().endswith(".nii.gz") else ".nii"
-        tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}-staged{suffix}")
-        self.staged.append((tmp, dst))
-        save_like(tmp, data, like)
+            try:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise write_error(dst, exc) from None  # type: ignore[misc]
+        self.staged.append((stage_like(dst, data, like), dst))
 
     def save_bytes(self, dst: Path, data: bytes) -> None:
-        """Stage a small file (a JSON sidecar) as :meth:`save` stages a volume."""
-        import os
+        """Stage a small file (a JSON sidecar) as :meth:`save` stages a volume (a brainae temporary)."""
+        from brainae.io import remove_stale_temporaries, temp_file, write_error
 
-        if not dst.parent.exists():
-            self.created.extend(q for q in [dst.parent, *dst.parent.parents] if not q.exists())
-            dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}-staged{dst.suffix}")
-        tmp.write_bytes(data)
+        try:
+            if not dst.parent.exists():
+                self.created.extend(q for q in [dst.parent, *dst.parent.parents] if not q.exists())
+                dst.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(dst)
+            tmp = temp_file(dst)
+            tmp.write_bytes(data)
+        except OSError as exc:
+            raise write_error(dst, exc) from None  # type: ignore[misc]
         self.staged.append((tmp, dst))
 
     def commit(self) -> None:
@@ -223,17 +249,30 @@ class _Outputs:
 
     def __exit__(self, kind, exc, tb) -> None:
         import contextlib
-        import os
 
-        from brainae.io import write_error
+        from brainae.errors import BrainaeError
+        from brainae.io import publish, write_error
 
+        published: list[Path] = []
         if exc is None:
             try:
+                if not self.force:
+                    for _, dst in self.staged:  # another run's output appeared meanwhile: write none
+                        if dst.exists() or dst.is_symlink():
+                            raise BrainaeError(
+                                f"{dst}: was created by another run while this one worked; nothing was "
+                                "written: add --force to replace it, or choose another output"
+                            )
                 for tmp, dst in self.staged:
-                    os.replace(tmp, dst)
+                    publish(tmp, dst, replace=self.force)
+                    published.append(dst)
                 return
-            except OSError as err:
-                exc = write_error(dst, err)
+            except (OSError, BrainaeError) as err:
+                exc = write_error(dst, err) or err
+                if not self.force:  # all or nothing: take back what this run put in place
+                    for done in published:
+                        with contextlib.suppress(OSError):
+                            done.unlink()
         for tmp, _ in self.staged:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
@@ -244,8 +283,8 @@ class _Outputs:
             raise exc
 
 
-def _check_view(view: Path | None, inp: Path, force: bool) -> None:
-    """Refuse a ``--view`` page before any work (a folder IN, a bad or existing path)."""
+def _check_view(view: Path | None, inp: Path, force: bool, inputs: list | None = None) -> None:
+    """Refuse a ``--view`` page before any work (a folder IN, a bad or existing path, one of ``inputs``)."""
     from brainae.errors import BrainaeError
     from brainae.view import check_view_output
 
@@ -255,7 +294,7 @@ def _check_view(view: Path | None, inp: Path, force: bool) -> None:
         raise BrainaeError(
             f"{inp}: --view shows one volume; give one input file, or run brainae view afterwards"
         )
-    check_view_output(view, [inp], force=force)
+    check_view_output(view, [inp, *(p for p in inputs or [] if p is not None)], force=force)
 
 
 def _write_view(view: Path | None, vol, results: list, *, mode: str, title: str) -> str | None:
@@ -291,39 +330,50 @@ def _run_job(pair: tuple) -> object:
     return _JOB(*pair)
 
 
-def _worker_threads(threads: int) -> None:
-    import torch
+_NAMES_A_FILE = re.compile(r"\.(nii|nii\.gz|safetensors|npz|h5|hdf5|keras|json)\b", re.IGNORECASE)
 
-    torch.set_num_threads(threads)
+
+def _naming(job):
+    """``job`` whose errors name the input file they came from (library errors about an array, such as "the
+    volume is constant", do not know it)."""
+    from brainae.errors import BrainaeError
+
+    def run(src: Path, dst) -> object:
+        try:
+            return job(src, dst)
+        except BrainaeError as exc:
+            text = str(exc)
+            if str(src) in text or src.name in text or _NAMES_A_FILE.search(text):
+                raise  # it names the scan, or another file (a mask, a model) already
+            raise BrainaeError(f"{src}: {text}") from None
+
+    return run
 
 
 def _each(pairs: list, what: str, workers: int, device: str, job):
     """``(src, dst, job(src, dst))`` for each pair, in order, with progress.
 
-    With ``workers > 1``, a folder and the CPU, the jobs run in that many forked processes, which share the
-    cores (``torch`` threads = cores // workers); each volume is processed alone by the same code, so the
-    outputs depend on ``workers`` only through the float rounding of torch's multi-threaded kernels (measured
-    on 2 mm IXI volumes: 1e-7 of the volume's maximum). The outputs are still written here, by
-    :class:`_Outputs`.
+    With ``workers > 1``, a folder and the CPU, the jobs run in that many forked processes
+    (:func:`brainae.workers.process_pool`: they die with this process, and their errors come back intact),
+    which share the cores (``torch`` threads = cores // workers); each volume is processed alone by the same
+    code, so the outputs depend on ``workers`` only through the float rounding of torch's multi-threaded
+    kernels (measured on 2 mm IXI volumes: 1e-7 of the volume's maximum). The outputs are still written here,
+    by :class:`_Outputs`.
     """
     global _JOB
+    job = _naming(job)
     if workers <= 1 or len(pairs) < 2 or not str(device).startswith(("cpu", "auto")) or _cuda():
         for src, dst in _iterate(pairs, what):
             yield src, dst, job(src, dst)
         return
-    import multiprocessing
     import os
-    from concurrent.futures import ProcessPoolExecutor
+
+    from brainae.workers import process_pool
 
     _JOB = job
     threads = max(1, (os.cpu_count() or 1) // workers)
-    ctx = multiprocessing.get_context(
-        "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    )
     try:
-        with ProcessPoolExecutor(
-            workers, mp_context=ctx, initializer=_worker_threads, initargs=(threads,)
-        ) as ex:
+        with process_pool(workers, threads=threads) as ex:
             results = ex.map(_run_job, pairs)
             for (src, dst), result in zip(_iterate(pairs, what), results):
                 yield src, dst, result
@@ -365,13 +415,15 @@ def _run_simple(
     workers=1,
     cohort=None,
     model_name=None,
+    inputs=None,
 ) -> None:
-    """denoise / reconstruct with a slice autoencoder; ``loaded`` is (model, prep, normative)."""
+    """denoise / reconstruct with a slice autoencoder; ``loaded`` is (model, prep, normative); ``inputs``: the
+    command's other inputs (the model file)."""
     from brainae.apply import denoise, reconstruct
     from brainae.cli import _cohort
     from brainae.io import load_volume
 
-    pairs = cohort.pairs if cohort is not None else _pairs(inp, out, force)
+    pairs = cohort.pairs if cohort is not None else _pairs(inp, out, force, inputs)
     model, prep, normative = loaded
     sel = _selection(min_brain_frac, mask_method, normative)
     func = denoise if kind == "denoise" else reconstruct
@@ -381,7 +433,7 @@ def _run_simple(
         vol = load_volume(src)
         return vol, func(vol, model, prep, batch_size=batch_size, device=device, selection=sel)
 
-    with _Outputs() as outputs:
+    with _Outputs(force) as outputs:
         for src, dst, (vol, res) in _each(pairs, kind, workers, device, job):  # noqa: B007 (src: the view)
             outputs.save(dst, res.data, vol)
             lines.append(
@@ -437,7 +489,8 @@ def denoise_cmd(
     from brainae.infer import denoise_volume
     from brainae.io import load_volume
 
-    _check_view(view, inp, force)
+    inputs = [_model_input(model, "denoise")]
+    _check_view(view, inp, force, inputs)
     cohort = _cohort.plan(inp, out, job="denoise", bids_out=bids_out, shard=shard, force=force)
     if cohort is None and out is None:
         raise BrainaeError("OUT: give the output file (a folder for a folder IN)")
@@ -457,16 +510,17 @@ def denoise_cmd(
             workers,
             cohort,
             model or "denoise",
+            inputs,
         )
         return
-    pairs = cohort.pairs if cohort is not None else _pairs(inp, out, force)
+    pairs = cohort.pairs if cohort is not None else _pairs(inp, out, force, inputs)
     lines = []
 
     def job(src: Path, _dst: Path) -> tuple:
         vol = load_volume(src)
         return vol, denoise_volume(vol, loaded, device=device)
 
-    with _Outputs() as outputs:
+    with _Outputs(force) as outputs:
         for src, dst, (vol, result) in _each(pairs, "denoise", workers, device, job):  # noqa: B007
             outputs.save(dst, result, vol)
             lines.append(f"{dst}: denoised with {loaded.name}")
@@ -502,6 +556,11 @@ def reconstruct_cmd(
     from brainae.infer import is_volumetric
 
     path = resolve_model_name(model)
+    if path.suffix.lower() == ".npz":
+        raise BrainaeError(
+            f"{model}: an inpainting atlas, which only `brainae inpaint` uses; reconstruct needs a slice "
+            "autoencoder (e.g. --model thesis)"
+        )
     if path.suffix.lower() == ".safetensors" and path.is_file():
         from brainae.checkpoint import read_checkpoint
 
@@ -513,7 +572,18 @@ def reconstruct_cmd(
             )
     loaded = _load_model(path, device)
     _run_simple(
-        "reconstruct", inp, out, loaded, device, batch_size, force, min_brain_frac, mask_method, None, workers
+        "reconstruct",
+        inp,
+        out,
+        loaded,
+        device,
+        batch_size,
+        force,
+        min_brain_frac,
+        mask_method,
+        None,
+        workers,
+        inputs=[path],
     )
 
 
@@ -580,11 +650,12 @@ def inpaint_cmd(
     from brainae.infer import inpaint_volume
     from brainae.io import load_volume
 
-    _check_view(view, inp, force)
+    inputs = [mask, _model_input(model, "atlas")]
+    _check_view(view, inp, force, inputs)
     cohort = _cohort.plan(inp, out, job="inpaint", bids_out=bids_out, shard=shard, force=force)
     if cohort is None and out is None:
         raise BrainaeError("OUT: give the output file (a folder for a folder IN)")
-    pairs = cohort.pairs if cohort is not None else _pairs(inp, out, force)
+    pairs = cohort.pairs if cohort is not None else _pairs(inp, out, force, inputs)
     masks = {}
     for src, _ in pairs:
         rel = (
@@ -611,6 +682,11 @@ def inpaint_cmd(
         """(volume, filled data, the output's line)."""
         vol = load_volume(src)
         m = _load_mask(masks[src], vol)
+        if m.all():
+            raise BrainaeError(
+                f"{masks[src]}: the mask covers every voxel of {src.name}: nothing is left to fill from; "
+                "give a mask of only the region to fill"
+            )
         if kind == "biharmonic":
             from brainae.baselines import biharmonic_inpaint
 
@@ -629,7 +705,7 @@ def inpaint_cmd(
         note = f", {left} outside the field of view kept" if left else ""
         return vol, res.data, f"{dst}: {int(res.inside.sum())} voxels filled{note}"
 
-    with _Outputs() as outputs:
+    with _Outputs(force) as outputs:
         for src, dst, (vol, filled, line) in _each(pairs, "inpaint", workers, device, job):  # noqa: B007
             outputs.save(dst, filled, vol)
             lines.append(line)
@@ -717,9 +793,10 @@ def anomaly_cmd(
     """
     from brainae.cli import _cohort
     from brainae.errors import BrainaeError
-    from brainae.io import list_niftis
+    from brainae.io import check_distinct, list_niftis
 
     cohort = None
+    inputs = [brain_mask, _model_input(model, "anomaly")]
     if _cohort.wanted(inp, bids_out, shard):  # BIDS / --shard: the model decides which maps there are
         kind, loaded = _job_model(model, "anomaly", device)
         cohort = _cohort.plan(
@@ -737,19 +814,20 @@ def anomaly_cmd(
             k: cohort.extra(k) for k in ("calibrated", "lesion") if all(k in i.outputs for i in cohort.items)
         }
     elif out is not None:
-        pairs = _pairs(inp, out, force)
+        pairs = _pairs(inp, out, force, inputs)
     elif inp.is_dir():
         pairs = [(f, None) for f in list_niftis(inp)]
     elif inp.exists():
         pairs = [(inp, None)]
     else:
         raise BrainaeError(f"{inp}: no such file or folder; check the path")
-    _check_view(view, inp, force)
+    _check_view(view, inp, force, inputs)
     if cohort is None:
         extra = {}
         for name, target in (("calibrated", calibrated), ("lesion", lesion_mask)):
             if target is not None:
-                extra[name] = [dst for _, dst in _pairs(inp, target, force)]
+                extra[name] = [dst for _, dst in _pairs(inp, target, force, inputs)]
+        check_distinct([dst for _, dst in pairs] + [d for dsts in extra.values() for d in dsts] + [view])
         kind, loaded = _job_model(model, "anomaly", device)
     if kind == "slice":
         if extra or brain_mask is not None or workers > 1:
@@ -770,6 +848,7 @@ def anomaly_cmd(
             as_json,
             view,
             cohort,
+            force,
         )
     else:
         rows, lines = _volumetric_anomaly(
@@ -786,6 +865,7 @@ def anomaly_cmd(
             workers,
             cohort,
             model,
+            force,
         )
     _print(lines)
     if cohort is not None and not as_json:
@@ -808,6 +888,7 @@ def _volumetric_anomaly(
     workers=1,
     cohort=None,
     model=None,
+    force=False,
 ):
     import numpy as np
 
@@ -826,14 +907,30 @@ def _volumetric_anomaly(
             if not bpath.exists():
                 raise BrainaeError(f"{bpath}: no such brain mask; give a mask NIfTI on the scan's grid")
             brain = _load_mask(bpath, vol)
-        if isinstance(vm, NormativeModel):
-            res = normative_anomaly(vol, vm, brain=brain, mask_method=mask_method or "auto", fpr=fpr)
-        else:
-            res = anomaly_volume(vol, vm, brain=brain, device=device, mask_method=mask_method or "auto", fpr=fpr)
+            if not brain.any() or brain.all():
+                what = "is empty" if not brain.any() else "covers every voxel"
+                raise BrainaeError(
+                    f"{bpath}: the brain mask {what}; give the brain mask of {src.name} (non-zero inside the "
+                    "brain only), or leave --brain-mask out"
+                )
+        try:
+            if isinstance(vm, NormativeModel):
+                res = normative_anomaly(vol, vm, brain=brain, mask_method=mask_method or "auto", fpr=fpr)
+            else:
+                res = anomaly_volume(
+                    vol, vm, brain=brain, device=device, mask_method=mask_method or "auto", fpr=fpr
+                )
+        except BrainaeError as exc:
+            if brain is None or bpath.name in str(exc):
+                raise
+            raise BrainaeError(
+                f"{bpath}: with this brain mask {src.name} cannot be scored ({exc}); check that it is the brain "
+                "mask of this scan"
+            ) from None
         return vol, brain is not None, res
 
     rows, lines = [], []
-    with _Outputs() as outputs:
+    with _Outputs(force) as outputs:
         for i, (src, dst, (vol, given, res)) in enumerate(_each(pairs, "anomaly", workers, device, job)):
             if not given:
                 warn_if_threshold_mask(res.stripped_input)
@@ -891,6 +988,7 @@ def _slice_anomaly(
     as_json,
     view=None,
     cohort=None,
+    force=False,
 ):
     import warnings
 
@@ -908,8 +1006,9 @@ def _slice_anomaly(
         )
     sel = _selection(min_brain_frac, mask_method, normative)
     rows, lines = [], []
-    with _Outputs() as outputs:
-        for src, dst in _iterate(pairs, "anomaly"):
+    with _Outputs(force) as outputs:
+
+        def job(src: Path, _dst) -> tuple:
             vol = load_volume(src)
             res = anomaly(
                 vol,
@@ -921,6 +1020,9 @@ def _slice_anomaly(
                 selection=sel,
                 signed=signed,
             )
+            return vol, res
+
+        for src, dst, (vol, res) in _each(pairs, "anomaly", 1, device, job):
             if dst is not None:
                 outputs.save(dst, res.map, vol)
             score = _finite_or_none(res.score, f"{src.name}: the anomaly score")

@@ -95,14 +95,12 @@ def fit_command(
     from brainae.infer import calibrate_fitted
     from brainae.tasks import get_task
 
-    if task == "atlas":
-        _fit_atlas(data, out, split=split, masks=masks, mask_method=mask_method, seed=seed, force=force)
-        return
-    if task == "normative":
-        _fit_normative(data, out, split=split, masks=masks, mask_method=mask_method, seed=seed, force=force)
+    if task in ("atlas", "normative"):
+        _fit_npz(task, data, out, split=split, masks=masks, mask_method=mask_method, seed=seed, force=force)
         return
     get_task(task)
-    check_checkpoint_output(out, [data, masks], force)
+    split_file = Path(split) if split not in (None, "random", "ixi") else None
+    check_checkpoint_output(out, [data, masks, split_file], force)
     width_list = None
     if widths is not None:
         try:
@@ -137,22 +135,33 @@ def fit_command(
     console.print(json.dumps(summary))
 
 
-def _fit_atlas(data: Path, out: Path, *, split, masks, mask_method, seed: int, force: bool) -> None:
-    from brainae.atlas import fit_atlas
+def _fit_npz(kind: str, data: Path, out: Path, *, split, masks, mask_method, seed: int, force: bool) -> None:
+    """``brainae fit atlas`` / ``fit normative``: build the ``.npz`` (no training), after every check."""
+    from brainae.atlas import fit_atlas, is_atlas
     from brainae.errors import BrainaeError
+    from brainae.io import check_output_file
+    from brainae.normative import fit_normative, is_normative_file
 
+    what = {"atlas": "an atlas", "normative": "a normative model"}[kind]
     if out.suffix.lower() != ".npz":
-        raise BrainaeError(f"{out}: an atlas is written as .npz; give --out NAME.npz")
-    if out.exists() and not force:
-        raise BrainaeError(f"{out} exists; use --force to overwrite it")
+        raise BrainaeError(f"{out}: {what} is written as .npz; give --out NAME.npz")
     if not data.is_dir():
         raise BrainaeError(f"{data}: no such folder; give a folder of healthy T1 NIfTI volumes")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    split_file = Path(split) if split not in (None, "random", "ixi") else None
+    check_output_file(
+        out,
+        [data, masks, split_file],
+        force=force,
+        is_ours=is_atlas if kind == "atlas" else is_normative_file,
+        what=f"{what} that brainae wrote",
+        option="--out",
+    )
 
     def log(msg: str) -> None:
         err_console.print(msg, markup=False, highlight=False)
 
-    atlas, summary = fit_atlas(
+    build = fit_atlas if kind == "atlas" else fit_normative
+    built, summary = build(
         data,
         split=None if split in (None, "random") else split,
         masks=masks,
@@ -160,39 +169,8 @@ def _fit_atlas(data: Path, out: Path, *, split, masks, mask_method, seed: int, f
         seed=seed,
         log=log,
     )
-    atlas.save(out)
-    console.print(json.dumps({"atlas": str(out), "volumes": int(atlas.volumes.shape[0]), **summary}))
-
-
-def _fit_normative(data: Path, out: Path, *, split, masks, mask_method, seed: int, force: bool) -> None:
-    from brainae.errors import BrainaeError
-    from brainae.normative import fit_normative
-
-    if out.suffix.lower() != ".npz":
-        raise BrainaeError(f"{out}: a normative model is written as .npz; give --out NAME.npz")
-    if out.exists() and not force:
-        raise BrainaeError(f"{out} exists; use --force to overwrite it")
-    if not data.is_dir():
-        raise BrainaeError(f"{data}: no such folder; give a folder of healthy T1 NIfTI volumes")
-    out.parent.mkdir(parents=True, exist_ok=True)
-
-    def log(msg: str) -> None:
-        err_console.print(msg, markup=False, highlight=False)
-
-    model = fit_normative(
-        data,
-        split=None if split in (None, "random") else split,
-        masks=masks,
-        mask_method=mask_method or "deepbet",
-        seed=seed,
-        log=log,
-    )
-    model.save(out)
-    cal = model.calibration
-    console.print(
-        json.dumps({"normative": str(out), "volumes": len(model.provenance["train"]), "calibration_scans": cal["n"],
-                    "score_mean": cal["mean"], "score_std": cal["std"]})
-    )
+    built.save(out)
+    console.print(json.dumps({kind: str(out), **summary}))
 
 
 @command("info")
@@ -209,10 +187,8 @@ def info_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole card as JSON.")] = False,
 ) -> None:
     """Show a model card: task, architecture, training data and recipe, preprocessing, measured numbers."""
-    from brainae.card import Training
-    from brainae.checkpoint import read_checkpoint
-    from brainae.models import build_model
-    from brainae.models.registry import count_parameters
+    from brainae.checkpoint import verify_checkpoint
+    from brainae.errors import BrainaeError
     from brainae.normative import is_normative_file
 
     path = resolve_model_name(model)
@@ -222,14 +198,28 @@ def info_command(
     if path.suffix.lower() == ".npz":
         _atlas_info(path, as_json)
         return
-    ckpt = read_checkpoint(path, weights=False)
+    ckpt, parameters = verify_checkpoint(path)  # NaN weights, crafted sizes: refused, nothing is built
     card = ckpt.metadata()
     card["file"] = str(path)
     card["size_mb"] = round(path.stat().st_size / 1e6, 2)
-    card["parameters"] = count_parameters(build_model(ckpt.arch, **ckpt.arch_kwargs))
+    card["parameters"] = parameters
     if as_json:
         typer.echo(json.dumps(card, indent=1, default=str))
         return
+    try:
+        lines = _card_lines(ckpt, card, path)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+        raise BrainaeError(
+            f"{path}: a damaged model card ({type(exc).__name__}: {exc}); re-create the checkpoint"
+        ) from None
+    for line in lines:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _card_lines(ckpt, card: dict, path: Path) -> list[str]:
+    """The lines of ``brainae info`` for a checkpoint."""
+    from brainae.card import Training
+
     prep, training, norm = ckpt.preprocessing, ckpt.training, ckpt.normative
     source = ckpt.source.to_dict() if ckpt.source is not None else {}
     task = prep.task if ckpt.volumetric else "reconstruct (slice autoencoder)"
@@ -302,8 +292,7 @@ def info_command(
     lines.append(f"source       {json.dumps(source)}")
     if source.get("measured"):
         lines.append(f"measured     {json.dumps(source['measured'])}")
-    for line in lines:
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    return lines
 
 
 def _normative_info(path: Path, as_json: bool) -> None:
@@ -365,7 +354,12 @@ def _atlas_info(path: Path, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(card, indent=1, default=str))
         return
-    cal = prov.get("calibration", {})
+    cal = prov.get("calibration") if isinstance(prov.get("calibration"), dict) else {}
+
+    def count(key: str) -> int:
+        value = prov.get(key)
+        return len(value) if isinstance(value, list) else 0
+
     lines = [
         f"model        {path.name} ({card['size_mb']} MB)",
         "task         inpaint",
@@ -375,8 +369,8 @@ def _atlas_info(path: Path, as_json: bool) -> None:
         f"matched over +-{st.radius} voxels, {len(st.scales)} scalings x {1 + 6 * sum(1 for a in st.angles if a)} "
         f"rotations, {st.keep} candidates combined per voxel by "
         f"{'joint weights' if st.fusion == 'joint' else 'ring-mismatch weights'})",
-        f"training     atlas volumes: {len(prov.get('train', []))} ({prov.get('source')}); calibration: "
-        f"{len(prov.get('val', []))} val volumes, {cal.get('holes')} holes",
+        f"training     atlas volumes: {count('train')} ({prov.get('source')}); calibration: "
+        f"{count('val')} val volumes, {cal.get('holes')} holes",
         f"calibration  share {st.share}; mean gain over biharmonic on the calibration holes "
         f"{cal.get('mean_gain_db_over_biharmonic')} dB; falls back to biharmonic below registration "
         f"correlation {st.min_fit} or above ring mismatch {st.max_ring_rms}",

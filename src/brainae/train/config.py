@@ -140,8 +140,10 @@ class TrainConfig:
             raise BrainaeError(f"bn_momentum must be in (0, 1], got {self.bn_momentum}")
         if not (self.l2 >= 0 and math.isfinite(self.l2)):
             raise BrainaeError(f"l2 must be a non-negative number, got {self.l2}")
-        if not self.lr > 0:
-            raise BrainaeError(f"lr must be positive, got {self.lr}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise BrainaeError(
+                f"--lr {self.lr}: the learning rate must be a positive finite number, e.g. 1e-3"
+            )
         if self.lr_patience < 1 or self.patience < 1:
             raise BrainaeError("patience and lr_patience must be at least 1")
         if self.init is not None and not Path(self.init).is_file():

@@ -215,8 +215,7 @@ def prepare_run_dir(
     """
     from brainae.io import check_not_input, remove_stale_temporaries, write_marker
 
-    if dataset is not None:
-        check_not_input(out, [dataset], "run folder")
+    check_not_input(out, [dataset, config.init], "run folder")  # --force must not delete an --init checkpoint
     if out.exists() and not out.is_dir():
         raise BrainaeError(f"{out}: is a file; --out names the run folder")
     for name in RUN_FILES:

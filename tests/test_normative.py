@@ -235,3 +235,24 @@ def test_a_bids_dataset_gets_normative_maps_as_derivatives(tmp_path, held_out):
     assert "sub-01_desc-anomaly_T1w.nii.gz" in names and "sub-01_desc-anomaly_mask.nii.gz" in names, names
     side = json.loads((out / "sub-01_desc-anomaly_T1w.json").read_text())
     assert side["Model"]["Name"] == "normative" and side["Model"]["Task"] == "anomaly"
+
+
+@pytest.mark.parametrize("kind", ["tiny", "constant", "zeros"])
+def test_malformed_scans_give_one_line_with_the_default_model(tmp_path, kind):
+    from brainae.cli import app
+
+    rng = np.random.default_rng(0)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    data = {
+        "tiny": rng.uniform(0, 100, (8, 8, 8)),
+        "constant": np.full((80, 96, 80), 100.0),
+        "zeros": np.zeros((80, 96, 80)),
+    }[kind].astype(np.float32)
+    src = write_volume(tmp_path / "scan.nii.gz", data, affine)
+    before = src.read_bytes()
+    out = tmp_path / "map.nii.gz"
+    result = CliRunner().invoke(app, ["anomaly", str(src), "-o", str(out)])
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code != 0 and len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert "Traceback" not in result.output and "unexpected failure" not in result.output
+    assert not out.exists() and src.read_bytes() == before

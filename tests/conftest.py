@@ -54,7 +54,7 @@ def pytest_configure(config) -> None:
 
 
 #: Module fixtures that read the real data: a test that uses one needs that data set (one skip line for all).
-DATA_FIXTURES = {"crop": "ixi-t1-2mm", "val_volume": "ixi-t1-2mm"}
+DATA_FIXTURES = {"crop": "ixi-t1-2mm", "val_volume": "ixi-t1-2mm", "held_out": "ixi-t1-2mm"}
 
 
 @pytest.hookimpl(tryfirst=True)

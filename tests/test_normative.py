@@ -192,6 +192,7 @@ def test_info_shows_the_normative_card():
     assert not set(card["provenance"]["train"]) & set(card["provenance"]["val"])
 
 
+@pytest.mark.data("ixi-t1-2mm")
 def test_build_normative_gives_a_symmetric_template_and_sane_maps(tmp_path):
     """Three real volumes, few iterations: the recipe's steps run end to end and their products hold."""
     from brainae.brainmask import brain_mask

@@ -1,12 +1,20 @@
-"""A real brain tumour (issue 9): anomaly maps on the BraTS 2013 case in ``../shared/data/lesion-dev``. JSON.
+"""Real tumours: anomaly maps on the plain-T1 case in ``../shared/data/lesion-dev-t1`` and the BraTS case in
+``../shared/data/lesion-dev`` (issues 9 and 25). JSON.
 
-Input: ``T1c_subtrMeanDivStd.nii.gz`` (contrast-enhanced T1, 1 mm, 240 x 240 x 155, z-scored inside the
-brain), skull-stripped: every voxel outside ``brainmask.nii.gz`` set to the volume's mode value outside the
-mask (its background, -4.76 here). ``--flair`` adds FLAIR as a second row (our models are T1 models; T1c is
-the headline). Ground truth: ``OTMultiClass > 0`` (all tumour sub-regions). Everything is read in RAS+ order.
+Cases (``--cases``, default both):
+
+- ``t1``: ``lesion-dev-t1/t1.nii.gz``, a brain metastasis on plain (non-contrast) T1, skull-stripped, 1 mm,
+  240 x 240 x 155; truth ``lesion_auto > 0`` (an automatic tumour + oedema segmentation); brain: the non-zero
+  voxels. The headline case of the normative model.
+- ``t1c``: ``T1c_subtrMeanDivStd.nii.gz`` of BraTS 2013 pat0001 (contrast-enhanced T1, 1 mm, z-scored inside the
+  brain), skull-stripped: every voxel outside ``brainmask.nii.gz`` set to the volume's mode value outside the
+  mask. ``--flair`` adds its FLAIR. Ground truth: ``OTMultiClass > 0`` (all tumour sub-regions). Everything is
+  read in RAS+ order.
 
 Methods (``METHODS``; ``--methods`` picks a subset):
 
+- ``dae``: the coarse-noise denoising autoencoder (``model="anomaly"``), the default before the normative
+  model: its residual map.
 - ``brainae`` / ``brainae_residual``: ``brainae.anomaly((data, affine), model=--model or None)`` — its
   ``calibrated`` and ``residual`` maps; with ``--pass-mask`` the case's brain mask is given as ``brain_mask``,
   otherwise brainae finds the brain itself (the timing then includes its skull stripping). Its own binary
@@ -21,7 +29,7 @@ Metrics inside the brain mask (:mod:`brainae.scoring`): voxel AUROC, AUPRC (aver
 Dice (and its threshold), Dice of the method's own mask where it has one, seconds per call.
 
 Usage:
-    python benchmarks/lesion_case.py [--flair] [--methods thesis,zscore] [--model CKPT] [--out FILE.json]
+    python benchmarks/lesion_case.py [--cases t1,t1c] [--flair] [--methods brainae,dae,thesis,zscore] [--model M]
 """
 
 from __future__ import annotations

@@ -81,7 +81,9 @@ QUANTILES = np.array([1, 2, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 85, 90, 95, 9
 
 @dataclass
 class NormativeSettings:
-    """How scans are registered and scored (defaults chosen on the ``val`` volumes and the dev cases).
+    """How scans are registered and scored. The registration's defaults keep a 1 mm scan well under a minute
+    and lesions in place (coarse warp); the smoothing was chosen on synthetic lesions planted in the ``val``
+    volumes; the weights follow what plain-T1 lesions look like (mostly darker than healthy tissue).
 
     Attributes:
         aff_iterations: ANTs affine iterations per level (shrink factors 4, 2, 1).
@@ -114,7 +116,8 @@ class NormativeModel:
     """The healthy template and normative maps, on a 2 mm RAS+ grid.
 
     Attributes:
-        template: mean of the registered, standardised healthy brains (symmetric left-right along axis 0).
+        template: mean of the registered healthy brains and their mirror images (each brain's median 1;
+            symmetric left-right along axis 0), what scans are registered to.
         brain: fraction of the healthy brains covering each voxel.
         mean, sd: per-voxel mean and sd of the standardised intensities.
         lr_sd: per-voxel sd of ``x - mirror(x)``.

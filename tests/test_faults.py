@@ -708,7 +708,7 @@ def test_workers_report_a_bad_volume_in_one_line(volume, tmp_path):
     for out, args in (
         (tmp_path / "d", ("denoise", folder, tmp_path / "d", "--model", ckpt)),
         (tmp_path / "i", ("inpaint", folder, mask, tmp_path / "i", "--model", "biharmonic")),
-        (tmp_path / "a", ("anomaly", folder, "-o", tmp_path / "a", "--brain-mask", mask)),
+        (tmp_path / "a", ("anomaly", folder, "-o", tmp_path / "a", "--model", "anomaly", "--brain-mask", mask)),
     ):
         res = run_cli_process([*map(str, args), "--workers", "2", "--device", "cpu"], timeout=300)
         assert res.returncode == 1, res.stderr

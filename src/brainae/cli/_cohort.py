@@ -233,14 +233,20 @@ def _check_replaceable(item: Item, inputs: list[Path]) -> None:
 
 def _write_description(root: Path, desc: dict[str, Any]) -> None:
     """Write ``dataset_description.json`` (atomically; every shard writes the same bytes)."""
+    from brainae.errors import BrainaeError
     from brainae.io import atomic_path
 
     path = root / "dataset_description.json"
     data = _json(desc)
     if path.is_file() and path.read_bytes() == data:
         return
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+    except BrainaeError:
+        if path.is_file() and path.read_bytes() == data:  # another shard wrote the same file meanwhile
+            return
+        raise
 
 
 def card_summary(loaded: Any, name: str | None) -> dict[str, Any]:

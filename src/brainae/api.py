@@ -124,17 +124,16 @@ def inpaint(img, mask, *, model=None, device: str = "cpu"):
 def _anomaly_model(model, device):
     """The normative model (default, ``"normative"``, a normative ``.npz`` or a loaded one) or a volumetric
     anomaly checkpoint (``"anomaly"``, a path, a loaded one)."""
-    from brainae.normative import DEFAULT_NORMATIVE, NormativeModel, is_normative_file, load_normative
+    from brainae.infer import VolumetricModel
+    from brainae.normative import NormativeModel, is_normative_file, load_normative
+    from brainae.pretrained import resolve_model_name
 
-    if isinstance(model, NormativeModel):
+    if isinstance(model, NormativeModel | VolumetricModel):
         return model
-    if model is None or str(model) == "normative":
-        return load_normative(DEFAULT_NORMATIVE)
-    if is_normative_file(model):
-        return load_normative(model)
-    if str(model) == "anomaly":
-        model = None
-    return _model(model, "anomaly", device)
+    path = resolve_model_name("normative" if model is None else model)
+    if is_normative_file(path):
+        return load_normative(path)
+    return _model(path, "anomaly", device)
 
 
 @dataclass

@@ -897,11 +897,25 @@ def _working_residual(
     return res.astype(np.float32), bw, brain_in, was_stripped
 
 
+def healthy_tail(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(levels, thresholds): for tail probabilities ``10^-k`` (k from 0 to :data:`MAX_LEVEL` in steps of
+    0.05, limited by the number of values) the healthy value reached by that fraction of ``values``."""
+    allv = np.sort(np.asarray(values, dtype=np.float64).ravel())
+    kmax = min(MAX_LEVEL, math.log10(allv.size) - 1.0)
+    levels = np.round(np.arange(0.0, kmax + 1e-9, 0.05), 4)
+    return levels, np.maximum.accumulate(np.quantile(allv, 1.0 - 10.0 ** (-levels)))
+
+
+def tail_level(levels, thresholds, values: np.ndarray) -> np.ndarray:
+    """``-log10`` healthy tail probability of each value under a :func:`healthy_tail` table."""
+    levels = np.asarray(levels, dtype=np.float64)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    return np.interp(values, thresholds, levels, left=0.0, right=float(levels[-1])).astype(np.float32)
+
+
 def _levels(normative: Normative, residual: np.ndarray) -> np.ndarray:
     """``-log10`` tail probability of each residual under the stored healthy distribution."""
-    thresholds = np.asarray(normative.thresholds, dtype=np.float64)
-    levels = np.asarray(normative.levels, dtype=np.float64)
-    return np.interp(residual, thresholds, levels, left=0.0, right=float(levels[-1])).astype(np.float32)
+    return tail_level(normative.levels, normative.thresholds, residual)
 
 
 def anomaly_volume(
@@ -948,12 +962,8 @@ def calibrate(vm: VolumetricModel, volumes: list, brains: list, *, device: str |
         values = res[bw]
         pooled.append(values)
         scores[getattr(vol, "id", str(len(scores)))] = volume_score(values, TOP_FRACTION)
-    allv = np.sort(np.concatenate(pooled).astype(np.float64))
-    n = allv.size
-    kmax = min(MAX_LEVEL, math.log10(n) - 1.0)
-    levels = np.round(np.arange(0.0, kmax + 1e-9, 0.05), 4)
-    thresholds = np.quantile(allv, 1.0 - 10.0 ** (-levels))
-    thresholds = np.maximum.accumulate(thresholds)
+    n = int(sum(v.size for v in pooled))
+    levels, thresholds = healthy_tail(np.concatenate(pooled))
     values = np.array(list(scores.values()))
     finite = np.isfinite(values)
     if not finite.all():

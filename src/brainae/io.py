@@ -573,6 +573,14 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def clobbered(path: str | os.PathLike) -> BrainaeError:
+    """The error of an output that another run created while this one worked (nothing is written)."""
+    return BrainaeError(
+        f"{path}: was created by another run while this one worked; nothing was written: add --force to "
+        "replace it, or choose another output"
+    )
+
+
 def publish(tmp: str | os.PathLike, path: str | os.PathLike, *, replace: bool) -> None:
     """Rename the finished temporary file ``tmp`` to ``path``.
 
@@ -591,20 +599,14 @@ def publish(tmp: str | os.PathLike, path: str | os.PathLike, *, replace: bool) -
     except FileExistsError:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise BrainaeError(
-            f"{path}: was created by another run while this one worked; nothing was written: add --force "
-            "to replace it, or choose another output"
-        ) from None
+        raise clobbered(path) from None
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
             raise
         if path.exists() or path.is_symlink():  # a file system without hard links: check, then rename
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            raise BrainaeError(
-                f"{path}: was created by another run while this one worked; nothing was written: add --force "
-                "to replace it, or choose another output"
-            ) from None
+            raise clobbered(path) from None
         os.replace(tmp, path)
         return
     with contextlib.suppress(OSError):

@@ -215,7 +215,6 @@ class Registration:
         fit: correlation of ``warped`` with the template inside the template's brain.
         inverse: ANTs transform files bringing template-space maps onto the scan's 2 mm grid.
         scan_image: the ANTs image of the scan (the grid maps are brought back to).
-        forward: ANTs transform files bringing scan-grid maps into template space.
     """
 
     warped: np.ndarray
@@ -224,7 +223,6 @@ class Registration:
     fit: float
     inverse: list
     scan_image: object
-    forward: list = field(default_factory=list)
 
 
 def _ants():
@@ -293,9 +291,7 @@ def registered(
         jac = _ants_call(ants.create_jacobian_determinant_image, fixed, fwd[0], do_log=True).numpy()
         inside = template > 0.1 * float(template.max())
         fit = float(np.corrcoef(warped[inside], template[inside])[0, 1]) if inside.sum() > 10 else math.nan
-        yield Registration(
-            warped, wbrain, np.nan_to_num(jac), fit, list(reg["invtransforms"]), moving, list(fwd)
-        )
+        yield Registration(warped, wbrain, np.nan_to_num(jac), fit, list(reg["invtransforms"]), moving)
 
 
 def to_scan(reg: Registration, template_map: np.ndarray) -> np.ndarray:
@@ -536,17 +532,16 @@ class ScanScore:
 
     Attributes:
         score: the score map (0 outside ``brain``); brain: the scan's brain mask on that grid; fit: the
-        registration's correlation with the template; deviations: template-space :class:`Deviations`.
+        registration's correlation with the template.
     """
 
     score: np.ndarray
     brain: np.ndarray
     fit: float
-    deviations: Deviations | None = None
 
 
 def scan_score(
-    model: NormativeModel, data: np.ndarray, zooms, brain: np.ndarray, *, keep: bool = False
+    model: NormativeModel, data: np.ndarray, zooms, brain: np.ndarray
 ) -> ScanScore:
     """Register a skull-stripped scan (``brain`` its mask) to the template and score it (see module doc).
 
@@ -565,19 +560,16 @@ def scan_score(
         dev = deviations(model, reg)
         s = to_scan(reg, score(dev, model.settings))
     return ScanScore(
-        np.where(b2, np.maximum(s, 0.0), 0.0).astype(np.float32), b2, reg.fit, dev if keep else None
+        np.where(b2, np.maximum(s, 0.0), 0.0).astype(np.float32), b2, reg.fit
     )
 
 
-TOP_FRACTION = 0.001
-MAX_LEVEL = 6.0
-
-
 def volume_score(score_map: np.ndarray, brain: np.ndarray) -> float:
-    """Mean of the top :data:`TOP_FRACTION` of the brain's scores."""
-    v = np.sort(score_map[brain].ravel())
-    k = max(1, int(math.ceil(TOP_FRACTION * v.size)))
-    return float(v[-k:].mean())
+    """Mean of the top 0.1 % of the brain's scores (as brainae's other anomaly maps score a volume)."""
+    from brainae.infer import TOP_FRACTION
+    from brainae.slice_anomaly import volume_score as top_mean
+
+    return top_mean(score_map[brain], TOP_FRACTION)
 
 
 def calibrate_normative(
@@ -593,10 +585,10 @@ def calibrate_normative(
         scores[sid] = volume_score(sc.score, sc.brain)
         if log:
             log(f"calibration: {sid} (fit {sc.fit:.3f}, score {scores[sid]:.3f})")
-    allv = np.sort(np.concatenate(pooled).astype(np.float64))
-    kmax = min(MAX_LEVEL, math.log10(allv.size) - 1.0)
-    levels = np.round(np.arange(0.0, kmax + 1e-9, 0.05), 4)
-    thresholds = np.maximum.accumulate(np.quantile(allv, 1.0 - 10.0 ** (-levels)))
+    from brainae.infer import healthy_tail
+
+    allv = np.concatenate(pooled)
+    levels, thresholds = healthy_tail(allv)
     values = np.array(list(scores.values()))
     model.calibration = {
         "n": len(values),
@@ -612,12 +604,12 @@ def calibrate_normative(
 
 def levels_of(model: NormativeModel, score_map: np.ndarray) -> np.ndarray:
     """``-log10`` healthy tail probability of each score (0 where no calibration)."""
+    from brainae.infer import tail_level
+
     cal = model.calibration
     if not cal.get("levels"):
         return np.zeros_like(score_map)
-    return np.interp(
-        score_map, cal["thresholds"], cal["levels"], left=0.0, right=float(cal["levels"][-1])
-    ).astype(np.float32)
+    return tail_level(cal["levels"], cal["thresholds"], score_map)
 
 
 PRETRAINED = Path(__file__).resolve().parent / "pretrained"

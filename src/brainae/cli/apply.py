@@ -251,7 +251,7 @@ class _Outputs:
         import contextlib
 
         from brainae.errors import BrainaeError
-        from brainae.io import publish, write_error
+        from brainae.io import clobbered, publish, write_error
 
         published: list[Path] = []
         if exc is None:
@@ -259,10 +259,7 @@ class _Outputs:
                 if not self.force:
                     for _, dst in self.staged:  # another run's output appeared meanwhile: write none
                         if dst.exists() or dst.is_symlink():
-                            raise BrainaeError(
-                                f"{dst}: was created by another run while this one worked; nothing was "
-                                "written: add --force to replace it, or choose another output"
-                            )
+                            raise clobbered(dst)
                 for tmp, dst in self.staged:
                     publish(tmp, dst, replace=self.force)
                     published.append(dst)

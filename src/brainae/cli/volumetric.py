@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from brainae.cli._app import command, console, err_console
+from brainae.pretrained import resolve_model_name  # the one resolver of model names (re-exported here)
 
 
 @command("fit")
@@ -379,28 +380,3 @@ def _atlas_info(path: Path, as_json: bool) -> None:
     ]
     for line in lines:
         console.print(line, markup=False, highlight=False)
-
-
-def resolve_model_name(model: str | Path) -> Path:
-    """A checkpoint path from a file name or a shipped model's name (denoise, inpaint, anomaly, atlas, normative,
-    thesis)."""
-    from brainae.errors import BrainaeError
-    from brainae.infer import DEFAULT_ATLAS, DEFAULT_MODELS
-    from brainae.normative import DEFAULT_NORMATIVE
-    from brainae.pretrained import THESIS_RES_UNET
-
-    name = str(model)
-    if name == "atlas":
-        return DEFAULT_ATLAS
-    if name == "normative":
-        return DEFAULT_NORMATIVE
-    if name in DEFAULT_MODELS:
-        return DEFAULT_MODELS[name]
-    if name == "thesis":
-        return THESIS_RES_UNET
-    path = Path(name)
-    if not path.exists():
-        raise BrainaeError(
-            f"{path}: no such checkpoint; give a file or one of: {', '.join(DEFAULT_MODELS)}, atlas, normative, thesis"
-        )
-    return path
